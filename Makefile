@@ -1,0 +1,40 @@
+# lesion-ml: `make run` runs the demo pipeline, `make test` runs the whole test suite.
+# Both create (or reuse) the virtual environment .venv with the pinned dependencies.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PREFECT_LOGGING_EXTRA_LOGGERS := lesion_ml
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run test test-fast install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import torch, torchvision, lightgbm, prefect, dvc, albumentations, lesion_ml"
+	@touch $@
+
+run: $(STAMP)
+	@test -d .git || (git init -q && echo "initialised a git repository (DVC needs one)")
+	$(BIN)/dvc repro
+	@echo "metrics: reports/metrics.json"; $(BIN)/dvc metrics show
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not flow"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,18 @@
+"""Stage `split`: patient-grouped, stratified folds."""
+from __future__ import annotations
+
+from prefect import flow
+
+from lesion_ml.config import load_params
+from tasks import paths
+from tasks.data import make_folds
+
+
+@flow(name="split")
+def split_flow(params: str = str(paths.PARAMS)) -> dict:
+    """Assign every lesion a validation fold; no patient spans two folds."""
+    return make_folds(paths.LESIONS, load_params(params).split, paths.FOLDS)
+
+
+if __name__ == "__main__":
+    split_flow()

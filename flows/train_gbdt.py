@@ -1,0 +1,23 @@
+"""Stage `train_gbdt`: LightGBM on the selected metadata, out-of-fold predictions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from lesion_ml.config import load_params
+from tasks import paths
+from tasks.train import combine_oof, train_gbdt_fold
+
+
+@flow(name="train_gbdt")
+def train_gbdt_flow(params: str = str(paths.PARAMS)) -> Path:
+    """One model per fold; their validation predictions form the OOF table."""
+    p = load_params(params)
+    preds = [train_gbdt_fold(paths.features_path(k), paths.FOLDS, p.train_gbdt, k, paths.GBDT_DIR)
+             for k in range(p.split.n_folds)]
+    return combine_oof(preds, paths.GBDT_DIR / "oof.parquet")
+
+
+if __name__ == "__main__":
+    train_gbdt_flow()

@@ -1,0 +1,160 @@
+"""Typed configuration: one frozen pydantic model per params.yaml section.
+
+`load_params` validates the whole file once; library functions take the narrowest
+section they need. Unknown keys are errors (``extra="forbid"``) so that a typo in
+params.yaml fails loudly instead of being silently ignored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """params.yaml (or a config dict) does not validate; the message names each bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Section):
+    """The generated demo data set (ISIC 2024 format)."""
+
+    n_patients: int = Field(160, ge=2)
+    lesions_per_patient: tuple[int, int] = (4, 14)
+    malignant_fraction: float = Field(0.12, gt=0, lt=1)
+    tile_px: tuple[int, int] = (90, 140)
+    seed: int = 2024
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SyntheticConfig:
+        lo, hi = self.lesions_per_patient
+        if not 1 <= lo <= hi:
+            raise ValueError(f"lesions_per_patient must be [min, max] with 1 <= min <= max, got {[lo, hi]}")
+        lo, hi = self.tile_px
+        if not 16 <= lo <= hi:
+            raise ValueError(f"tile_px must be [min, max] with 16 <= min <= max, got {[lo, hi]}")
+        return self
+
+
+FolderFormat = Literal["auto", "generic", "isic2019", "isic2020", "ham10000"]
+
+
+class FolderConfig(_Section):
+    """An image folder plus a CSV (ISIC 2019/2020, HAM10000 or a generic labels file)."""
+
+    csv: str = "labels.csv"
+    images: str = "images"
+    format: FolderFormat = "auto"
+    malignant: tuple[str, ...] = ("mel", "bcc", "akiec", "ak", "scc")
+    group_column: str | None = None
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "isic2024", "folder"] = "synthetic"
+    path: str = "data/raw/isic2024"
+    metadata_csv: str = "train-metadata.csv"
+    image_dir: str | None = None
+    on_bad_image: Literal["error", "skip"] = "error"
+    verify_images: Literal["none", "header", "decode"] = "header"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    folder: FolderConfig = FolderConfig()
+
+
+class SplitConfig(_Section):
+    n_folds: int = Field(5, ge=2)
+    seed: int = 42
+
+
+class PrepareConfig(_Section):
+    k: int = Field(20, ge=1)
+    method: Literal["mutual_info", "f_classif"] = "mutual_info"
+    clip_quantiles: tuple[float, float] = (0.001, 0.999)
+    seed: int = 42
+
+
+class TrainGbdtConfig(_Section):
+    n_estimators: int = Field(300, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(15, ge=2)
+    min_child_samples: int = Field(10, ge=1)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    n_jobs: int = Field(2, ge=1)
+    seed: int = 42
+
+
+class CnnModelConfig(_Section):
+    """One entry of train_cnn.models (a DVC foreach item)."""
+
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    pretrained: Literal["auto", "true", "false"] = "false"
+    image_size: int = Field(64, ge=16)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 42
+
+
+class TrainCnnConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
+    models: dict[str, CnnModelConfig] = Field(default_factory=lambda: {"resnet18": CnnModelConfig()})
+
+
+class EvaluateConfig(_Section):
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class Params(_Section):
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    train_gbdt: TrainGbdtConfig = TrainGbdtConfig()
+    train_cnn: TrainCnnConfig = TrainCnnConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (value {e['input']!r}); check the spelling")
+        else:
+            lines.append(f"  {key}: {e['msg']} (found {e['input']!r})")
+    return f"invalid configuration in {where}:\n" + "\n".join(lines)
+
+
+def validate_params(raw: dict[str, Any] | None, where: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ConfigError naming every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, where)) from None
+
+
+def load_params(path: Path | str = Path("params.yaml")) -> Params:
+    """Read and validate a params.yaml file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; run from the repository root or pass --params") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, found {type(raw).__name__}")
+    return validate_params(raw, str(path))
+
+
+def to_plain(model: BaseModel) -> dict[str, Any]:
+    """A JSON/YAML-ready dict of a config section (for writing next to outputs)."""
+    return model.model_dump(mode="json")

@@ -1,0 +1,165 @@
+"""The image store: one interface, ``get(image_id) -> RGB uint8 array``, over an ISIC 2024
+HDF5 file (keys = isic_id, values = encoded JPEG bytes) or a folder of image files.
+
+Reads stream: the HDF5 handle is opened lazily, once per process (so DataLoader workers
+each get their own), and only the requested image's bytes are read.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import h5py
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class BadImageError(ValueError):
+    """An image is missing, unreadable or corrupt; the message names the image and its file."""
+
+
+def decode_image(data: bytes, where: str) -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array of shape (H, W, 3).
+
+    Grayscale becomes 3 channels, alpha is dropped, 16-bit is scaled to 8-bit.
+
+    Raises:
+        BadImageError: the bytes are not a decodable image (`where` names the source).
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    if img is None or img.size == 0:
+        raise BadImageError(f"{where}: cannot decode image ({len(data)} bytes); expected JPEG or PNG "
+                            "(params.yaml data.on_bad_image: skip drops such images)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def check_image_bytes(data: bytes, where: str, mode: str = "header") -> None:
+    """Cheap integrity check without decoding ("header") or a full decode ("decode").
+
+    "header" checks the JPEG start/end markers or the PNG signature and IEND chunk, which
+    catches empty, truncated and non-image files at the cost of reading the bytes only.
+    """
+    if mode == "none":
+        return
+    if mode == "decode":
+        decode_image(data, where)
+        return
+    tail = data.rstrip(b"\x00")[-12:]
+    if data[:3] == b"\xff\xd8\xff":
+        if not tail.endswith(b"\xff\xd9"):
+            raise BadImageError(f"{where}: truncated JPEG (no end-of-image marker, {len(data)} bytes) "
+                                "(params.yaml data.on_bad_image: skip drops such images)")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in tail:
+            raise BadImageError(f"{where}: truncated PNG (no IEND chunk, {len(data)} bytes) "
+                                "(params.yaml data.on_bad_image: skip drops such images)")
+    else:
+        decode_image(data, where)  # other formats: fall back to decoding
+
+
+@dataclass
+class ImageStore:
+    """Images by id, from an HDF5 file, a folder (id -> relative file), or both.
+
+    The HDF5 file wins where both hold an id. Use `from_manifest`/`to_manifest` to pass a
+    store between processes as a small JSON-able dict.
+    """
+
+    hdf5: Path | None = None
+    root: Path | None = None
+    files: Mapping[str, str] = field(default_factory=dict)
+    _h5: Any = field(default=None, init=False, repr=False)
+    _pid: int = field(default=-1, init=False, repr=False)
+
+    def _handle(self) -> h5py.File | None:
+        if self.hdf5 is None:
+            return None
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.hdf5, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def ids(self) -> set[str]:
+        """Every image id the store can serve."""
+        out = set(self.files)
+        h5 = self._handle()
+        if h5 is not None:
+            out.update(h5.keys())
+        return out
+
+    def where(self, image_id: str) -> str:
+        h5 = self._handle()
+        if h5 is not None and image_id in h5:
+            return f"{self.hdf5}[{image_id!r}]"
+        if image_id in self.files:
+            return str(Path(self.root or ".") / self.files[image_id])
+        return f"image {image_id!r}"
+
+    def read_bytes(self, image_id: str) -> bytes:
+        """The encoded bytes of one image.
+
+        Raises:
+            BadImageError: the id is in neither the HDF5 file nor the folder mapping.
+        """
+        h5 = self._handle()
+        if h5 is not None and image_id in h5:
+            return _dataset_bytes(h5[image_id][()])
+        if image_id in self.files:
+            path = Path(self.root or ".") / self.files[image_id]
+            try:
+                return path.read_bytes()
+            except OSError as err:
+                raise BadImageError(f"{path}: cannot read image {image_id!r}: {err.strerror}") from None
+        raise BadImageError(f"image {image_id!r} is not in the image store "
+                            f"(hdf5={self.hdf5}, folder={self.root})")
+
+    def get(self, image_id: str) -> np.ndarray:
+        """The image as an RGB uint8 array of shape (H, W, 3)."""
+        return decode_image(self.read_bytes(image_id), self.where(image_id))
+
+    def iter_bytes(self, image_ids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        for image_id in image_ids:
+            yield image_id, self.read_bytes(image_id)
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for DataLoader workers
+        state = self.__dict__.copy()
+        state["_h5"], state["_pid"] = None, -1
+        return state
+
+    def to_manifest(self, relative_to: Path | None = None) -> dict[str, Any]:
+        def rel(p: Path | None) -> str | None:
+            if p is None:
+                return None
+            return os.path.relpath(p, relative_to) if relative_to else str(p)
+
+        return {"hdf5": rel(self.hdf5), "root": rel(self.root), "files": dict(self.files)}
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], base: Path | None = None) -> ImageStore:
+        def path(p: str | None) -> Path | None:
+            if p is None:
+                return None
+            return (base / p) if base is not None and not Path(p).is_absolute() else Path(p)
+
+        return cls(hdf5=path(manifest.get("hdf5")), root=path(manifest.get("root")),
+                   files=dict(manifest.get("files") or {}))
+
+
+def _dataset_bytes(value: Any) -> bytes:
+    """Bytes of one HDF5 value: ISIC stores a fixed-length bytes scalar (|S), others uint8 arrays."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (np.ndarray, np.void, np.bytes_)):
+        return value.tobytes()
+    raise BadImageError(f"HDF5 value of type {type(value).__name__} is not encoded image bytes")

@@ -1,0 +1,304 @@
+"""Readers that turn a data source into the canonical lesion table plus an image store.
+
+Sources:
+    isic2024   train-image.hdf5 (or train-image/image/*.jpg) + train-metadata.csv
+    folder     images + a CSV: ISIC 2019 one-hot ground truth, ISIC 2020 target /
+               benign_malignant, HAM10000 dx, or a generic file with a 0/1 `target`
+    synthetic  the generated demo set, read through the isic2024 reader
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lesion_ml.config import DataConfig, FolderConfig
+from lesion_ml.data.images import IMAGE_SUFFIXES, BadImageError, ImageStore, check_image_bytes
+from lesion_ml.data.schema import CANONICAL_COLUMNS, ISIC2024_COLUMNS
+
+log = logging.getLogger(__name__)
+
+ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+HAM10000_DX = frozenset({"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"})
+RENAMES = {  # other sources' names -> ISIC 2024 names
+    "age": "age_approx",
+    "localization": "anatom_site_general",
+    "anatom_site_general_challenge": "anatom_site_general",
+}
+
+
+class DataError(ValueError):
+    """The input data breaks the data contract; the message names file, row/key, value and fix."""
+
+
+@dataclass
+class Ingested:
+    """The canonical lesion table, its image store and what ingest noticed."""
+
+    table: pd.DataFrame
+    store: ImageStore
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """pd.read_csv with errors that name the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: metadata CSV not found (params.yaml data.path / data.metadata_csv)")
+    try:
+        return pd.read_csv(path, low_memory=False, **kwargs)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                        "save the CSV as UTF-8") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: malformed CSV: {err}") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; expected a header row and one row per image") from None
+
+
+def read_isic2024(root: Path, metadata_csv: str = "train-metadata.csv", source: str = "isic2024",
+                  image_dir: str | None = None) -> Ingested:
+    """Read an ISIC 2024 style folder: an HDF5 of JPEG bytes and/or a folder of <isic_id>.jpg
+    (`image_dir`, by default train-image/image or images)."""
+    csv = root / metadata_csv
+    dtypes = {c: "object" for c, t in ISIC2024_COLUMNS.items() if t == "object"}
+    meta = read_csv(csv, dtype={**dtypes, "target": "string"})
+    _require(meta, ["isic_id", "target"], csv)
+    h5 = root / "train-image.hdf5"
+    candidates = [image_dir] if image_dir else ["train-image/image", "images"]
+    folder = next((root / c for c in candidates if (root / c).is_dir()), root / candidates[0])
+    files = _index_folder(folder) if folder.is_dir() else {}
+    if not h5.is_file() and not files:
+        raise DataError(f"{root}: no images: expected train-image.hdf5 or {folder.relative_to(root)}/*.jpg "
+                        "(params.yaml data.path, data.image_dir)")
+    store = ImageStore(hdf5=h5 if h5.is_file() else None, root=folder if files else None, files=files)
+    table = _canonical(meta.rename(columns={"isic_id": "image_id"}), source, csv)
+    return Ingested(table, store, {"metadata_csv": str(csv)})
+
+
+def detect_format(columns: pd.Index) -> str:
+    """Guess the folder CSV format from its columns."""
+    cols = set(columns)
+    if "dx" in cols and "image_id" in cols:
+        return "ham10000"
+    if "image" in cols and {"MEL", "NV"} <= cols:
+        return "isic2019"
+    if "image_name" in cols and ({"target", "benign_malignant"} & cols):
+        return "isic2020"
+    if "target" in cols:
+        return "generic"
+    raise DataError(f"cannot tell the CSV format from its columns {sorted(cols)[:12]}; expected HAM10000 "
+                    "(image_id, dx), ISIC 2019 (image, MEL, NV, ...), ISIC 2020 (image_name, target) or "
+                    "a generic file with target and image_file/image_id (params.yaml data.folder.format)")
+
+
+def read_folder(root: Path, cfg: FolderConfig) -> Ingested:
+    """Read a folder of images plus a labels CSV into the canonical table."""
+    csv = root / cfg.csv
+    meta = read_csv(csv, dtype={"target": "string"})
+    fmt = detect_format(meta.columns) if cfg.format == "auto" else cfg.format
+    malignant = {m.lower() for m in cfg.malignant}
+    if fmt == "ham10000":
+        _require(meta, ["image_id", "dx"], csv)
+        table = meta.copy()
+        table["target"] = _map_diagnosis(meta["dx"], malignant, csv, "dx", allowed=HAM10000_DX | malignant)
+    elif fmt == "isic2019":
+        _require(meta, ["image", "MEL", "NV"], csv)
+        classes = [c for c in ISIC2019_CLASSES if c in meta.columns]
+        onehot = meta[classes].to_numpy(dtype=float)
+        bad = np.flatnonzero(onehot.sum(1) != 1)
+        if bad.size:
+            raise DataError(f"{csv}: row {bad[0] + 2}: one-hot ground truth must have exactly one 1 among "
+                            f"{classes}, found {onehot[bad[0]].tolist()} ({bad.size} such rows)")
+        dx = pd.Series(np.array(classes)[onehot.argmax(1)], index=meta.index)
+        table = meta.rename(columns={"image": "image_id"}).drop(columns=classes)
+        table["diagnosis"] = dx
+        table["target"] = _map_diagnosis(dx, malignant, csv, "one-hot class")
+    elif fmt == "isic2020":
+        table = meta.rename(columns={"image_name": "image_id"})
+        if "target" not in table and "benign_malignant" in table:
+            table["target"] = _map_diagnosis(table["benign_malignant"], {"malignant"}, csv, "benign_malignant",
+                                             allowed={"benign", "malignant"})
+    else:
+        id_col = next((c for c in ("image_id", "isic_id", "image", "image_name") if c in meta.columns), None)
+        if id_col is None and "image_file" not in meta.columns:
+            raise DataError(f"{csv}: no image column; expected one of image_file, image_id, isic_id, image")
+        table = meta.rename(columns={id_col: "image_id"}) if id_col else meta.copy()
+        if id_col is None:
+            table["image_id"] = [Path(str(f)).stem for f in meta["image_file"]]
+    group = cfg.group_column or ("lesion_id" if "patient_id" not in table and "lesion_id" in table else None)
+    if group:
+        _require(table, [group], csv)
+        log.info("%s: grouping folds by %s (one group per %s)", csv, group, group)
+        table["patient_id"] = table[group].astype("object")
+    images_dir = root / cfg.images
+    files = _folder_files(table, images_dir, root, csv)
+    table = table.rename(columns=RENAMES).drop(columns=["image_file"], errors="ignore")
+    table = _canonical(table, fmt if fmt != "generic" else "folder", csv)
+    return Ingested(table, ImageStore(root=root, files=files), {"metadata_csv": str(csv), "format": fmt})
+
+
+def _folder_files(table: pd.DataFrame, images_dir: Path, root: Path, csv: Path) -> dict[str, str]:
+    """id -> path relative to `root`; CSV paths may not leave the data folder."""
+    root_real = root.resolve()
+    if "image_file" in table.columns:
+        files = {}
+        for i, (image_id, rel) in enumerate(zip(table["image_id"], table["image_file"])):
+            path = (root / str(rel)).resolve()
+            if not path.is_relative_to(root_real):
+                raise DataError(f"{csv}: row {i + 2}: image_file {rel!r} points outside the data folder "
+                                f"{root}; image paths must stay inside it")
+            files[str(image_id)] = os.path.relpath(path, root_real)
+        return files
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: image folder not found (params.yaml data.folder.images)")
+    found = _index_folder(images_dir)
+    prefix = os.path.relpath(images_dir, root)
+    return {k: os.path.join(prefix, v) for k, v in found.items()}
+
+
+def _index_folder(folder: Path) -> dict[str, str]:
+    """Map file stem -> path relative to `folder` for every image file below it."""
+    out: dict[str, str] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            out.setdefault(path.stem, str(path.relative_to(folder)))
+    return out
+
+
+def _map_diagnosis(values: pd.Series, malignant: set[str], csv: Path, column: str,
+                   allowed: set[str] | None = None) -> pd.Series:
+    text = values.astype("string").str.strip().str.lower()
+    if allowed is not None:
+        bad = text[~text.isin(allowed)]
+        if len(bad):
+            raise DataError(f"{csv}: row {bad.index[0] + 2}: {column} {values[bad.index[0]]!r} is not one of "
+                            f"{sorted(allowed)} ({len(bad)} such rows); map it in params.yaml "
+                            "data.folder.malignant or fix the CSV")
+    missing = text[text.isna()]
+    if len(missing):
+        raise DataError(f"{csv}: row {missing.index[0] + 2}: {column} is empty ({len(missing)} such rows); "
+                        "every image needs a diagnosis")
+    return text.isin(malignant).astype("int64")
+
+
+def _require(df: pd.DataFrame, columns: list[str], csv: Path) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{csv}: missing required column(s) {missing}; found {list(df.columns)[:15]}")
+
+
+def _parse_target(values: pd.Series, csv: Path) -> pd.Series:
+    """0/1 labels; anything else (2, "1.0", "malignant", empty) is an error naming the row."""
+    text = values.astype("string").str.strip()
+    bad = ~text.isin(["0", "1"]).fillna(False)
+    numeric = pd.to_numeric(text.where(~bad, "0"))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{csv}: row {i + 2}: target {str(values.iloc[i])!r} is not allowed; target must be "
+                        f"0 (benign) or 1 (malignant) ({int(bad.sum())} bad rows)")
+    return numeric.astype("int64")
+
+
+def _canonical(table: pd.DataFrame, source: str, csv: Path) -> pd.DataFrame:
+    """Order and type the canonical columns; validate ids and targets."""
+    if table.empty:
+        raise DataError(f"{csv}: no rows; the data set is empty")
+    _require(table, ["image_id", "target"], csv)
+    table = table.copy()
+    table["image_id"] = table["image_id"].astype("string").str.strip()
+    dup = table["image_id"].duplicated(keep=False)
+    if dup.any():
+        rows = (np.flatnonzero(dup.to_numpy()) + 2).tolist()
+        raise DataError(f"{csv}: duplicated image id {table['image_id'][dup].iloc[0]!r} at rows {rows[:6]} "
+                        f"({int(dup.sum())} rows share an id); ids must be unique")
+    table["target"] = _parse_target(table["target"], csv)
+    if "patient_id" not in table.columns or table["patient_id"].isna().all():
+        log.warning("%s: no patient_id; treating each image as its own patient (folds cannot group "
+                    "lesions of one patient)", csv)
+        table["patient_id"] = table["image_id"]
+    elif table["patient_id"].isna().any():
+        n = int(table["patient_id"].isna().sum())
+        log.warning("%s: %d rows without patient_id; each becomes its own patient", csv, n)
+        table["patient_id"] = table["patient_id"].fillna(table["image_id"])
+    table["patient_id"] = table["patient_id"].astype("string")
+    table["source"] = source
+    rest = [c for c in table.columns if c not in CANONICAL_COLUMNS]
+    return table[list(CANONICAL_COLUMNS) + rest].reset_index(drop=True)
+
+
+def check_images(ing: Ingested, on_bad_image: str, verify: str) -> Ingested:
+    """Match rows to images and check each image; apply `on_bad_image` ("error" or "skip").
+
+    Rows whose image is missing or corrupt raise BadImageError, or are dropped and listed in the
+    report under "skipped". Images without a row are counted in the report and logged.
+    """
+    table, store = ing.table, ing.store
+    available = store.ids()
+    bad: list[dict[str, str]] = []
+    for image_id in table["image_id"]:
+        if image_id not in available:
+            bad.append({"image_id": image_id, "reason": "no image with this id in the image store"})
+            continue
+        try:
+            check_image_bytes(store.read_bytes(image_id), store.where(image_id), verify)
+        except BadImageError as err:
+            bad.append({"image_id": image_id, "reason": str(err)})
+    if bad and on_bad_image == "error":
+        first = bad[0]
+        raise BadImageError(f"{len(bad)} of {len(table)} rows have a missing or bad image; first: "
+                            f"{first['image_id']!r}: {first['reason']} "
+                            "(params.yaml data.on_bad_image: skip drops them and lists them in reports/ingest.json)")
+    if bad:
+        log.warning("skipping %d rows with a missing or bad image (data.on_bad_image: skip)", len(bad))
+        table = table[~table["image_id"].isin({b["image_id"] for b in bad})].reset_index(drop=True)
+    unlisted = len(available - set(table["image_id"]) - {b["image_id"] for b in bad})
+    if unlisted:
+        log.warning("%d images have no metadata row and are ignored", unlisted)
+    report = dict(ing.report, skipped=bad, images_without_row=unlisted)
+    return Ingested(table, store, report)
+
+
+def check_classes(table: pd.DataFrame, where: str) -> None:
+    """A classifier needs rows, and both classes."""
+    if table.empty:
+        raise DataError(f"{where}: no rows left after dropping bad images; the data set is empty")
+    counts = table["target"].value_counts()
+    if len(counts) < 2:
+        only = int(counts.index[0])
+        raise DataError(f"{where}: only target={only} present ({int(counts.iloc[0])} rows); "
+                        "training needs both benign (0) and malignant (1) examples")
+
+
+def summarise(table: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "n_images": int(len(table)),
+        "n_patients": int(table["patient_id"].nunique()),
+        "n_malignant": int(table["target"].sum()),
+        "malignant_fraction": float(table["target"].mean()),
+        "sources": sorted(table["source"].unique().tolist()),
+    }
+
+
+def ingest(cfg: DataConfig, synthetic_dir: Path | None = None) -> Ingested:
+    """Read the configured source, check every image, and return the canonical table.
+
+    For `source: synthetic` the demo set must already exist in `synthetic_dir`
+    (see lesion_ml.data.synthetic.generate_synthetic).
+    """
+    if cfg.source == "synthetic":
+        if synthetic_dir is None:
+            raise ValueError("synthetic source needs synthetic_dir")
+        ing = read_isic2024(synthetic_dir, "train-metadata.csv", source="synthetic")
+    elif cfg.source == "isic2024":
+        ing = read_isic2024(Path(cfg.path), cfg.metadata_csv, image_dir=cfg.image_dir)
+    else:
+        ing = read_folder(Path(cfg.path), cfg.folder)
+    ing = check_images(ing, cfg.on_bad_image, cfg.verify_images)
+    check_classes(ing.table, ing.report.get("metadata_csv", cfg.path))
+    ing.report.update(summarise(ing.table))
+    return ing

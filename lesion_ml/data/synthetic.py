@@ -1,0 +1,359 @@
+"""A deterministic demo data set in ISIC 2024 format (train-image.hdf5 + train-metadata.csv).
+
+Each patient has a skin tone and a "nevus phenotype"; their benign lesions resemble each other,
+which gives patient-relative features their signal. Malignant lesions are drawn larger, more
+irregular, more asymmetric and multi-coloured. The tbp_lv_* columns are MEASURED on the drawn
+tile (colour in CIELAB, area, perimeter, axes, asymmetry) and then perturbed with measurement
+noise, so images and metadata agree without either being a perfect predictor. A share of
+malignant lesions is drawn benign-looking and a share of benign ones atypical, so the task is
+learnable but not trivial.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pandas as pd
+
+from lesion_ml.config import SyntheticConfig
+from lesion_ml.data.schema import ISIC2024_COLUMNS
+from lesion_ml.io import atomic_path
+
+TILE_MM = 15.0  # an ISIC 2024 tile covers about 15 x 15 mm of skin
+
+ATTRIBUTIONS = (  # (name, weight, licence) roughly as in the ISIC 2024 training set
+    ("Memorial Sloan Kettering Cancer Center", 0.32, "CC-BY"),
+    ("Department of Dermatology, Hospital Clínic de Barcelona", 0.26, "CC-BY-NC"),
+    ("University Hospital of Basel", 0.16, "CC-BY-NC"),
+    ("Frazer Institute, The University of Queensland, Dermatology Research Centre", 0.13, "CC-BY"),
+    ("ACEMID MIA", 0.07, "CC-0"),
+    ("ViDIR Group, Department of Dermatology, Medical University of Vienna", 0.04, "CC-BY-NC"),
+    ("Department of Dermatology, University of Athens, Andreas Syggros Hospital of Skin and "
+     "Venereal Diseases, Alexander Stratigos, Konstantinos Liopyris", 0.02, "CC-BY"),
+)
+
+# detailed location -> (simple location, anatom_site_general, (x, y, z) centre on the body model)
+LOCATIONS = {
+    "Torso Back Top Third": ("Torso Back", "posterior torso", (0, 1350, -120)),
+    "Torso Back Middle Third": ("Torso Back", "posterior torso", (0, 1180, -130)),
+    "Torso Back Bottom Third": ("Torso Back", "posterior torso", (0, 1020, -120)),
+    "Torso Front Top Half": ("Torso Front", "anterior torso", (0, 1300, 110)),
+    "Torso Front Bottom Half": ("Torso Front", "anterior torso", (0, 1080, 120)),
+    "Left Arm - Upper": ("Left Arm", "upper extremity", (250, 1300, 0)),
+    "Left Arm - Lower": ("Left Arm", "upper extremity", (330, 1000, 30)),
+    "Right Arm - Upper": ("Right Arm", "upper extremity", (-250, 1300, 0)),
+    "Right Arm - Lower": ("Right Arm", "upper extremity", (-330, 1000, 30)),
+    "Left Leg - Upper": ("Left Leg", "lower extremity", (110, 700, 40)),
+    "Left Leg - Lower": ("Left Leg", "lower extremity", (110, 300, 20)),
+    "Right Leg - Upper": ("Right Leg", "lower extremity", (-110, 700, 40)),
+    "Right Leg - Lower": ("Right Leg", "lower extremity", (-110, 300, 20)),
+    "Head & Neck": ("Head & Neck", "head/neck", (0, 1580, 40)),
+    "Unknown": ("Unknown", None, (0, 1000, 0)),
+}
+_LOC_NAMES = tuple(LOCATIONS)
+_LOC_WEIGHTS = np.array([14, 12, 10, 10, 8, 6, 6, 6, 6, 5, 5, 5, 5, 6, 1.5], dtype=float)
+
+MALIGNANT_KINDS = {  # kind -> (weight, iddx chain)
+    "bcc": (0.45, ["Malignant", "Malignant adnexal epithelial proliferations - Follicular",
+                   "Basal cell carcinoma", "Basal cell carcinoma, Nodular"]),
+    "mel": (0.35, ["Malignant", "Malignant melanocytic proliferations (Melanoma)",
+                   "Melanoma Invasive", "Melanoma Invasive, Superficial spreading"]),
+    "scc": (0.20, ["Malignant", "Malignant epidermal proliferations",
+                   "Squamous cell carcinoma, Invasive"]),
+}
+
+
+@dataclass(frozen=True)
+class _Lesion:
+    malignant: bool
+    diameter_mm: float
+    aspect: float  # minor / major axis of the underlying ellipse
+    irregularity: float  # amplitude of border harmonics
+    asymmetry: float  # offset of the colour pattern from the centre, as a fraction of the radius
+    n_colours: int
+    contrast: float  # how much darker than the skin (L*)
+    redness: float  # extra a* inside the lesion
+
+
+def generate_synthetic(out_dir: Path | str, cfg: SyntheticConfig) -> tuple[Path, Path]:
+    """Write ``train-image.hdf5`` and ``train-metadata.csv`` into `out_dir`.
+
+    Output is identical for the same `cfg` (including `cfg.seed`); files are written atomically.
+
+    Returns:
+        The paths of the HDF5 file and of the metadata CSV.
+    """
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(cfg.seed)
+    patients = _draw_patients(rng, cfg)
+    n = int(patients["n_lesions"].sum())
+    malignant = _choose_malignant(rng, patients, n, cfg.malignant_fraction)
+
+    rows, images = [], []
+    isic_numbers = rng.choice(np.arange(15_000, 9_999_999), size=n, replace=False)
+    i = 0
+    for p in patients.itertuples(index=False):
+        for _ in range(p.n_lesions):
+            lesion = _draw_lesion(rng, p, bool(malignant[i]))
+            size = int(rng.integers(cfg.tile_px[0], cfg.tile_px[1] + 1))
+            tile, measured = _render(rng, lesion, p, size)
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+            assert ok, "JPEG encoding failed"
+            isic_id = f"ISIC_{isic_numbers[i]:07d}"
+            rows.append(_metadata_row(rng, isic_id, p, lesion, measured))
+            images.append((isic_id, jpeg.tobytes()))
+            i += 1
+    meta = _to_frame(rows)
+    _ensure_object_columns(meta)
+
+    h5_path, csv_path = out_dir / "train-image.hdf5", out_dir / "train-metadata.csv"
+    with atomic_path(h5_path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for isic_id, data in images:
+                f.create_dataset(isic_id, data=np.bytes_(data))
+    with atomic_path(csv_path) as tmp:
+        meta.to_csv(tmp, index=False)
+    return h5_path, csv_path
+
+
+def _draw_patients(rng: np.random.Generator, cfg: SyntheticConfig) -> pd.DataFrame:
+    n = cfg.n_patients
+    ids = rng.choice(np.arange(10_000, 9_999_999), size=n, replace=False)
+    att = rng.choice(len(ATTRIBUTIONS), size=n, p=np.array([a[1] for a in ATTRIBUTIONS]) /
+                     sum(a[1] for a in ATTRIBUTIONS))
+    age = rng.choice(np.arange(20, 90, 5), size=n).astype(float)
+    age[rng.random(n) < 0.01] = np.nan
+    sex = rng.choice(np.array(["male", "female"], dtype=object), size=n, p=[0.52, 0.48])
+    sex[rng.random(n) < 0.025] = None
+    return pd.DataFrame({
+        "patient_id": [f"IP_{x:07d}" for x in ids],
+        "age_approx": age,
+        "sex": sex,
+        "attribution": att,
+        "n_lesions": rng.integers(cfg.lesions_per_patient[0], cfg.lesions_per_patient[1] + 1, size=n),
+        "skin_L": rng.normal(60, 7, n).clip(35, 80),
+        "skin_A": rng.normal(17, 3, n).clip(8, 30),
+        "skin_B": rng.normal(24, 3, n).clip(12, 35),
+        "nevus_mm": np.exp(rng.normal(math.log(3.2), 0.2, n)),
+        "nevus_contrast": rng.normal(12, 3, n).clip(4, 25),
+        "nevus_aspect": rng.uniform(0.65, 0.95, n),
+    })
+
+
+def _choose_malignant(rng: np.random.Generator, patients: pd.DataFrame, n: int, frac: float) -> np.ndarray:
+    """Exactly round(frac * n) malignant lesions (at least one), older patients more often."""
+    age = np.repeat(patients["age_approx"].fillna(55).to_numpy(), patients["n_lesions"].to_numpy())
+    weight = np.exp((age - 55) / 20)
+    k = min(n - 1, max(1, round(frac * n)))
+    chosen = rng.choice(n, size=k, replace=False, p=weight / weight.sum())
+    out = np.zeros(n, dtype=bool)
+    out[chosen] = True
+    return out
+
+
+def _draw_lesion(rng: np.random.Generator, p, malignant: bool) -> _Lesion:
+    subtle = malignant and rng.random() < 0.25  # benign-looking malignancies
+    atypical = (not malignant) and rng.random() < 0.06  # dysplastic-looking benign lesions
+    if malignant and not subtle or atypical:
+        return _Lesion(
+            malignant=malignant,
+            diameter_mm=float(p.nevus_mm * np.exp(rng.normal(math.log(1.9), 0.35))),
+            aspect=float(rng.uniform(0.5, 0.9)),
+            irregularity=float(rng.uniform(0.06, 0.22)),
+            asymmetry=float(rng.uniform(0.15, 0.45)),
+            n_colours=int(rng.integers(2, 5)),
+            contrast=float(p.nevus_contrast * rng.uniform(1.0, 1.8)),
+            redness=float(rng.uniform(0, 10)),
+        )
+    return _Lesion(
+        malignant=malignant,
+        diameter_mm=float(p.nevus_mm * np.exp(rng.normal(0, 0.22))),
+        aspect=float(np.clip(p.nevus_aspect + rng.normal(0, 0.05), 0.5, 1.0)),
+        irregularity=float(rng.uniform(0.0, 0.07)),
+        asymmetry=float(rng.uniform(0.0, 0.15)),
+        n_colours=int(rng.choice([1, 1, 1, 2])),
+        contrast=float(p.nevus_contrast * rng.uniform(0.8, 1.2)),
+        redness=float(rng.uniform(0, 4)),
+    )
+
+
+_PALETTE = np.array([  # (dL, da, db) offsets of extra colours: dark brown, black, blue-grey, pink, tan
+    [-18, 4, 6], [-32, 0, -2], [-14, -4, -14], [8, 16, 2], [10, 2, 10]], dtype=np.float32)
+
+
+def _render(rng: np.random.Generator, les: _Lesion, p, size: int) -> tuple[np.ndarray, dict]:
+    """Draw one tile; return it (RGB uint8) and the measurements taken on it."""
+    ppm = size / TILE_MM
+    lab = np.empty((size, size, 3), np.float32)
+    noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size, 3)).astype(np.float32), (0, 0), size / 12)
+    lab[..., 0] = p.skin_L + 6 * noise[..., 0] * 3
+    lab[..., 1] = p.skin_A + 3 * noise[..., 1] * 3
+    lab[..., 2] = p.skin_B + 3 * noise[..., 2] * 3
+
+    # border: an ellipse whose radius is modulated by a few random harmonics
+    radius = min(les.diameter_mm / 2 * ppm, 0.46 * size)
+    theta = np.linspace(0, 2 * np.pi, 180, endpoint=False)
+    r = np.ones_like(theta)
+    for k in range(2, 8):
+        r += les.irregularity * rng.normal(0, 1) / math.sqrt(k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    rot = rng.uniform(0, np.pi)
+    x = radius * r * np.cos(theta)
+    y = radius * les.aspect * r * np.sin(theta)
+    cx, cy = size / 2 + rng.normal(0, size * 0.03, 2)
+    pts = np.stack([cx + x * math.cos(rot) - y * math.sin(rot), cy + x * math.sin(rot) + y * math.cos(rot)], 1)
+    mask = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    if mask.sum() < 4:
+        cv2.circle(mask, (int(cx), int(cy)), 2, 1, -1)
+
+    # lesion colour: a base colour plus off-centre blobs of other colours (asymmetry)
+    inside = np.zeros((size, size, 3), np.float32)
+    inside[...] = (p.skin_L - les.contrast, p.skin_A + les.redness + 3, p.skin_B + 7)
+    for c in rng.choice(len(_PALETTE), size=les.n_colours - 1, replace=False):
+        ang = rng.uniform(0, 2 * np.pi)
+        off = les.asymmetry * radius * rng.uniform(0.5, 1.5)
+        blob = np.zeros((size, size), np.uint8)
+        cv2.ellipse(blob, (int(cx + off * math.cos(ang)), int(cy + off * math.sin(ang))),
+                    (max(1, int(radius * rng.uniform(0.25, 0.6))), max(1, int(radius * rng.uniform(0.2, 0.5)))),
+                    float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        soft = cv2.GaussianBlur(blob.astype(np.float32), (0, 0), max(0.8, radius / 8))
+        inside += soft[..., None] * _PALETTE[c]
+    inside += cv2.GaussianBlur(rng.normal(0, 2.0, (size, size, 3)).astype(np.float32), (0, 0), 1.0)
+    edge = 1.5 if les.irregularity > 0.06 else 2.5
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), edge)[..., None]
+    lab = lab * (1 - alpha) + inside * alpha
+    lab[..., 0] = lab[..., 0].clip(0, 100)
+    lab[..., 1:] = lab[..., 1:].clip(-100, 100)
+    rgb = (cv2.cvtColor(lab, cv2.COLOR_LAB2RGB).clip(0, 1) * 255 + rng.normal(0, 2, lab.shape)).clip(0, 255)
+    rgb = rgb.astype(np.uint8)
+    return rgb, _measure(rgb, mask, ppm, les)
+
+
+def _measure(rgb: np.ndarray, mask: np.ndarray, ppm: float, les: _Lesion) -> dict:
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
+    ring = cv2.dilate(mask, np.ones((7, 7), np.uint8), iterations=2).astype(bool) & ~mask.astype(bool)
+    if ring.sum() < 10:
+        ring = ~mask.astype(bool)
+    ins = lab[mask.astype(bool)]
+    out = lab[ring]
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cnt = max(contours, key=cv2.contourArea)
+    area = float(mask.sum()) / ppm**2
+    perim = max(cv2.arcLength(cnt, True) / ppm, 2 * math.sqrt(math.pi * area))
+    if len(cnt) >= 5:
+        (_, _), (a1, a2), angle = cv2.fitEllipse(cnt)
+    else:
+        a1 = a2 = 2.0
+        angle = 0.0
+    major, minor = max(a1, a2) / ppm, min(a1, a2) / ppm
+    asym = _point_asymmetry(mask)
+    rings = []
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+    if dist.max() > 0:
+        for lo, hi in zip(np.linspace(0, dist.max(), 5)[:-1], np.linspace(0, dist.max(), 5)[1:]):
+            sel = (dist > lo) & (dist <= hi)
+            if sel.any():
+                rings.append(lab[sel].mean(0))
+    radial = float(np.std(np.array(rings), axis=0).max()) if len(rings) > 1 else 0.0
+    return {
+        "L": ins[:, 0].mean(), "A": ins[:, 1].mean(), "B": ins[:, 2].mean(),
+        "Lext": out[:, 0].mean(), "Aext": out[:, 1].mean(), "Bext": out[:, 2].mean(),
+        "stdL": ins[:, 0].std(), "stdLExt": out[:, 0].std(),
+        "color_std": float(np.sqrt(ins[:, 1].var() + ins[:, 2].var())),
+        "area": area, "perimeter": perim, "major": major, "minor": minor, "angle": angle,
+        "asym": asym + les.asymmetry * 0.4, "radial": radial,
+    }
+
+
+def _point_asymmetry(mask: np.ndarray) -> float:
+    """1 - IoU of the mask and its 180-degree rotation about the lesion's centroid (0 = symmetric)."""
+    mom = cv2.moments(mask, binaryImage=True)
+    if mom["m00"] == 0:
+        return 0.0
+    h, w = mask.shape
+    shift = np.float32([[1, 0, w / 2 - mom["m10"] / mom["m00"]], [0, 1, h / 2 - mom["m01"] / mom["m00"]]])
+    centred = cv2.warpAffine(mask, shift, (w, h), flags=cv2.INTER_NEAREST)
+    rotated = np.flip(centred, axis=(0, 1))
+    return 1 - float((centred & rotated).sum()) / max(1.0, float((centred | rotated).sum()))
+
+
+def _metadata_row(rng: np.random.Generator, isic_id: str, p, les: _Lesion, m: dict) -> dict:
+    def noisy(v: float, rel: float = 0.08) -> float:
+        return float(v * (1 + rng.normal(0, rel)))
+
+    loc = _LOC_NAMES[rng.choice(len(_LOC_NAMES), p=_LOC_WEIGHTS / _LOC_WEIGHTS.sum())]
+    simple, site, (x0, y0, z0) = LOCATIONS[loc]
+    dL, dA, dB = m["L"] - m["Lext"], m["A"] - m["Aext"], m["B"] - m["Bext"]
+    ratio = m["perimeter"] ** 2 / max(m["area"], 1e-6)
+    border = float(np.clip((ratio - 4 * math.pi) / 2.5 + 8 * m["asym"] + rng.normal(0, 0.6), 0, 10))
+    colour = float(np.clip(0.9 * m["color_std"] + 1.2 * m["radial"] + rng.normal(0, 0.8), 0, 10))
+    evidence = 2.5 - 0.35 * m["major"] - 0.25 * border - 0.3 * colour + rng.normal(0, 2.0)
+    att_name, _, licence = ATTRIBUTIONS[p.attribution]
+    kind = None
+    if les.malignant:
+        kinds = list(MALIGNANT_KINDS)
+        kind = kinds[rng.choice(len(kinds), p=[MALIGNANT_KINDS[k][0] for k in kinds])]
+    chain = MALIGNANT_KINDS[kind][1] if kind else ["Benign"]
+    row = {
+        "isic_id": isic_id, "target": int(les.malignant), "patient_id": p.patient_id,
+        "age_approx": p.age_approx, "sex": p.sex, "anatom_site_general": site,
+        "clin_size_long_diam_mm": round(noisy(max(m["major"], 1.0), 0.1), 2),
+        "image_type": "TBP tile: close-up",
+        "tbp_tile_type": "3D: XP" if rng.random() < 0.71 else "3D: white",
+        "tbp_lv_A": noisy(m["A"], 0.05), "tbp_lv_Aext": noisy(m["Aext"], 0.05),
+        "tbp_lv_B": noisy(m["B"], 0.05), "tbp_lv_Bext": noisy(m["Bext"], 0.05),
+        "tbp_lv_L": noisy(m["L"], 0.04), "tbp_lv_Lext": noisy(m["Lext"], 0.03),
+        "tbp_lv_areaMM2": noisy(m["area"]), "tbp_lv_area_perim_ratio": noisy(ratio, 0.06),
+        "tbp_lv_color_std_mean": max(0.0, noisy(m["color_std"], 0.15)),
+        "tbp_lv_deltaA": dA + rng.normal(0, 0.5), "tbp_lv_deltaB": dB + rng.normal(0, 0.5),
+        "tbp_lv_deltaL": dL + rng.normal(0, 0.7),
+        "tbp_lv_deltaLB": math.hypot(dL, dB) + abs(rng.normal(0, 0.3)),
+        "tbp_lv_deltaLBnorm": math.hypot(dL, dB) * rng.uniform(0.6, 0.95),
+        "tbp_lv_eccentricity": float(np.clip(math.sqrt(max(0.0, 1 - (m["minor"] / max(m["major"], 1e-6)) ** 2))
+                                             + rng.normal(0, 0.03), 0, 0.999)),
+        "tbp_lv_location": loc, "tbp_lv_location_simple": simple,
+        "tbp_lv_minorAxisMM": noisy(m["minor"]),
+        "tbp_lv_nevi_confidence": float(100 / (1 + math.exp(-evidence))),
+        "tbp_lv_norm_border": border, "tbp_lv_norm_color": colour,
+        "tbp_lv_perimeterMM": noisy(m["perimeter"]),
+        "tbp_lv_radial_color_std_max": max(0.0, noisy(m["radial"], 0.15)),
+        "tbp_lv_stdL": noisy(m["stdL"], 0.1), "tbp_lv_stdLExt": noisy(m["stdLExt"], 0.1),
+        "tbp_lv_symm_2axis": float(np.clip(m["asym"] + rng.normal(0, 0.04), 0.05, 0.95)),
+        "tbp_lv_symm_2axis_angle": int(5 * rng.integers(0, 36)),
+        "tbp_lv_x": x0 + rng.normal(0, 60), "tbp_lv_y": y0 + rng.normal(0, 60), "tbp_lv_z": z0 + rng.normal(0, 40),
+        "attribution": att_name, "copyright_license": licence,
+        "lesion_id": f"IL_{rng.integers(0, 9_999_999):07d}" if les.malignant or rng.random() < 0.03 else None,
+        "iddx_full": "::".join(chain),
+    }
+    row["tbp_lv_C"] = math.hypot(row["tbp_lv_A"], row["tbp_lv_B"])
+    row["tbp_lv_Cext"] = math.hypot(row["tbp_lv_Aext"], row["tbp_lv_Bext"])
+    row["tbp_lv_H"] = math.degrees(math.atan2(row["tbp_lv_B"], row["tbp_lv_A"]))
+    row["tbp_lv_Hext"] = math.degrees(math.atan2(row["tbp_lv_Bext"], row["tbp_lv_Aext"]))
+    for level in range(1, 6):
+        row[f"iddx_{level}"] = chain[level - 1] if level <= len(chain) else None
+    melanoma = kind == "mel"
+    row["mel_mitotic_index"] = str(rng.choice(["0/mm^2", "<1/mm^2", "1/mm^2", "2/mm^2"])) if melanoma else None
+    row["mel_thick_mm"] = round(float(rng.uniform(0.2, 2.5)), 2) if melanoma else np.nan
+    row["tbp_lv_dnn_lesion_confidence"] = float(100 / (1 + math.exp(-rng.normal(3, 2))))
+    return row
+
+
+def _to_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)[list(ISIC2024_COLUMNS)]
+    for col, dtype in ISIC2024_COLUMNS.items():
+        df[col] = df[col].astype(object if dtype == "object" else dtype)
+    return df
+
+
+def _ensure_object_columns(meta: pd.DataFrame) -> None:
+    """Give the sparse text columns at least one value so that they read back as text (object),
+    as in the real file: the first malignant lesion gets a fifth diagnosis level."""
+    first = int(np.flatnonzero(meta["target"].to_numpy() == 1)[0])
+    meta.loc[meta.index[first], "iddx_5"] = f"{meta['iddx_4'].iat[first] or meta['iddx_3'].iat[first]}, other"
+    if meta["mel_mitotic_index"].isna().all():
+        meta.loc[meta.index[first], "mel_mitotic_index"] = "0/mm^2"

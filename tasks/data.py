@@ -1,0 +1,78 @@
+"""Tasks of the ingest, split and prepare stages."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NONE
+
+from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig, SyntheticConfig
+from lesion_ml.data.sources import ingest
+from lesion_ml.data.synthetic import generate_synthetic
+from lesion_ml.io import write_json, write_parquet
+from lesion_ml.split import assign_folds
+from lesion_ml.tabular.prepare import clean_metadata, fit_transform_fold
+
+
+@task(cache_policy=NONE)
+def generate_demo(cfg: SyntheticConfig, out: Path) -> Path:
+    """Write the demo data set (ISIC 2024 format) into `out`."""
+    generate_synthetic(out, cfg)
+    return out
+
+
+@task(cache_policy=NONE)
+def ingest_source(cfg: DataConfig, synthetic_dir: Path, lesions: Path, images: Path, report: Path) -> dict:
+    """Read the source into the canonical lesion table and an image-store manifest."""
+    ing = ingest(cfg, synthetic_dir)
+    write_parquet(ing.table, lesions)
+    write_json(ing.store.to_manifest(), images)
+    write_json(ing.report, report)
+    return {k: v for k, v in ing.report.items() if k != "skipped"}
+
+
+@task(cache_policy=NONE)
+def make_folds(lesions: Path, cfg: SplitConfig, out: Path) -> dict:
+    """Patient-grouped stratified folds for every row."""
+    folds = assign_folds(pd.read_parquet(lesions), cfg)
+    write_parquet(folds, out)
+    return folds.groupby("fold")["target"].agg(["size", "sum"]).to_dict(orient="index")
+
+
+@task(cache_policy=NONE)
+def prepare_fold(lesions: Path, folds: Path, cfg: PrepareConfig, fold: int, out: Path) -> list[str]:
+    """Clean the metadata, fit imputation + selection on the fold's training rows, transform all rows."""
+    table = pd.read_parquet(lesions)
+    fold_of = pd.read_parquet(folds).set_index("image_id")["fold"].reindex(table["image_id"]).to_numpy()
+    features = clean_metadata(table)
+    selected, names, _ = fit_transform_fold(features, table["target"], fold_of != fold, cfg)
+    selected.insert(0, "image_id", table["image_id"].to_numpy())
+    write_parquet(selected, out)
+    return names
+
+
+@task(cache_policy=NONE)
+def write_selection(per_fold: list[list[str]], n_columns: int, out: Path) -> dict:
+    """Selected features per fold and how often each was chosen."""
+    counts = pd.Series([f for names in per_fold for f in names]).value_counts()
+    summary = {
+        "n_input_columns": n_columns,
+        "n_selected": int(np.mean([len(n) for n in per_fold])),
+        "per_fold": {str(i): names for i, names in enumerate(per_fold)},
+        "stability": {name: round(int(c) / len(per_fold), 3) for name, c in counts.items()},
+    }
+    write_json(summary, out)
+    return summary
+
+
+def count_metadata_columns(lesions: Path) -> int:
+    """How many metadata columns the lesion table offers (beyond image_id and source)."""
+    cols = pd.read_parquet(lesions).columns
+    return int(len([c for c in cols if c not in ("image_id", "source")]))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

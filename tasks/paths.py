@@ -1,0 +1,20 @@
+"""Where each stage reads and writes, relative to the repository root (the DVC stage graph)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+INTERIM = Path("data/interim")
+DEMO_DIR = INTERIM / "demo"
+LESIONS = INTERIM / "lesions.parquet"
+IMAGES = INTERIM / "images.json"
+FOLDS = Path("data/processed/folds.parquet")
+FEATURES = Path("data/processed/features")
+MODELS = Path("models")
+GBDT_DIR = MODELS / "gbdt"
+CNN_DIR = MODELS / "cnn"
+REPORTS = Path("reports")
+
+
+def features_path(fold: int) -> Path:
+    return FEATURES / f"fold{fold}.parquet"

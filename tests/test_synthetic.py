@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from conftest import TINY
+from lesion_ml.data.images import ImageStore
+from lesion_ml.data.schema import ISIC2024_COLUMNS
+from lesion_ml.data.synthetic import generate_synthetic
+
+
+def _kind(dtype) -> str:
+    if pd.api.types.is_string_dtype(dtype) or dtype == object:
+        return "object"
+    return str(dtype)
+
+
+def test_matches_isic2024_schema_names_and_dtypes(tiny_demo):
+    meta = pd.read_csv(tiny_demo / "train-metadata.csv")
+    assert list(meta.columns) == list(ISIC2024_COLUMNS)
+    assert {c: _kind(meta[c].dtype) for c in meta.columns} == ISIC2024_COLUMNS
+
+
+def test_every_row_has_a_decodable_tile_and_ids_match(tiny_demo):
+    meta = pd.read_csv(tiny_demo / "train-metadata.csv")
+    with h5py.File(tiny_demo / "train-image.hdf5") as f:
+        assert sorted(f.keys()) == sorted(meta["isic_id"])
+    store = ImageStore(hdf5=tiny_demo / "train-image.hdf5")
+    img = store.get(meta["isic_id"][0])
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    assert TINY.tile_px[0] <= img.shape[0] <= TINY.tile_px[1]
+
+
+def test_patients_have_several_lesions_and_configured_fraction(tiny_demo):
+    meta = pd.read_csv(tiny_demo / "train-metadata.csv")
+    per_patient = meta.groupby("patient_id").size()
+    assert meta["patient_id"].nunique() == TINY.n_patients
+    assert per_patient.between(*TINY.lesions_per_patient).all()
+    assert meta["target"].sum() == round(TINY.malignant_fraction * len(meta))
+    assert set(meta["target"]) == {0, 1}
+    # label-derived columns agree with the label, as in the real data
+    assert (meta.loc[meta["target"] == 1, "iddx_1"] == "Malignant").all()
+    assert (meta.loc[meta["target"] == 0, "iddx_full"] == "Benign").all()
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path, tiny_demo):
+    generate_synthetic(tmp_path / "a", TINY)
+    assert (tmp_path / "a/train-metadata.csv").read_bytes() == (tiny_demo / "train-metadata.csv").read_bytes()
+    a, b = ImageStore(hdf5=tmp_path / "a/train-image.hdf5"), ImageStore(hdf5=tiny_demo / "train-image.hdf5")
+    first = pd.read_csv(tiny_demo / "train-metadata.csv")["isic_id"][0]
+    assert a.read_bytes(first) == b.read_bytes(first)
+    generate_synthetic(tmp_path / "c", TINY.model_copy(update={"seed": 8}))
+    assert (tmp_path / "c/train-metadata.csv").read_bytes() != (tiny_demo / "train-metadata.csv").read_bytes()
+
+
+def test_malignant_lesions_are_drawn_larger_and_more_irregular(tmp_path):
+    cfg = TINY.model_copy(update={"n_patients": 40, "seed": 3})
+    generate_synthetic(tmp_path, cfg)
+    meta = pd.read_csv(tmp_path / "train-metadata.csv")
+    means = meta.groupby("target")[["clin_size_long_diam_mm", "tbp_lv_norm_color", "tbp_lv_symm_2axis"]].mean()
+    assert (means.loc[1] > means.loc[0]).all(), means
+    # the measured area agrees with the drawn tile: dark pixels cover about tbp_lv_areaMM2
+    store = ImageStore(hdf5=tmp_path / "train-image.hdf5")
+    row = meta.sort_values("tbp_lv_areaMM2").iloc[-1]
+    img = store.get(row["isic_id"]).astype(float).mean(2)
+    ppm = img.shape[0] / 15.0
+    dark = (img < img[:3].mean() - 12).sum() / ppm**2
+    assert 0.4 * row["tbp_lv_areaMM2"] < dark < 2.0 * row["tbp_lv_areaMM2"]
