@@ -6,6 +6,8 @@ table. Everything that learns from data lives in `build_preprocessor` and is fit
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -140,6 +142,19 @@ def fit_transform_fold(features: pd.DataFrame, target: pd.Series, train: np.ndar
     encoded = encode.fit_transform(features[train], target[train])
     select.set_params(k=min(cfg.k, encoded.shape[1]))
     select.fit(encoded, target[train])
-    names = [str(n) for n in pipe.get_feature_names_out()]
+    names = safe_names(pipe.get_feature_names_out())
     out = pd.DataFrame(pipe.transform(features), columns=names, index=features.index).astype("float32")
     return out, names, pipe
+
+
+def safe_names(names) -> list[str]:
+    """Feature names with only letters, digits and '_' (LightGBM rejects JSON characters), unique."""
+    out: list[str] = []
+    for name in names:
+        base = re.sub(r"[^0-9A-Za-z_]+", "_", str(name)).strip("_") or "feature"
+        candidate, i = base, 1
+        while candidate in out:
+            i += 1
+            candidate = f"{base}_{i}"
+        out.append(candidate)
+    return out

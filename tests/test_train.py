@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lesion_ml.config import CnnModelConfig, DataConfig
+from lesion_ml.data.sources import ingest
+from lesion_ml.models.backbones import PretrainedWeightsMissing, create_backbone
+from lesion_ml.train import LesionImages, create_transforms, train_fold
+
+
+def test_unknown_backbone_suggests_close_names():
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet81'; close matches: \['resnet18'"):
+        create_backbone("resnet81")
+
+
+def test_pretrained_true_without_weights_says_where_to_put_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(PretrainedWeightsMissing, match=r"resnet18-f37072fd.pth in .*/checkpoints/"):
+        create_backbone("resnet18", pretrained="true")
+
+
+def test_dataset_yields_normalised_tensor_dicts(tiny_demo):
+    ing = ingest(DataConfig(source="synthetic"), tiny_demo)
+    ds = LesionImages(ing.store, ing.table["image_id"][:3], ing.table["target"][:3], create_transforms(32, True))
+    sample = ds[0]
+    assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.float32
+    assert float(sample["label"]) in (0.0, 1.0)
+
+
+@pytest.mark.slow
+def test_train_fold_changes_weights_and_predicts_every_validation_image(tiny_demo):
+    ing = ingest(DataConfig(source="synthetic"), tiny_demo)
+    ids, y = ing.table["image_id"].tolist(), ing.table["target"].to_numpy()
+    cfg = CnnModelConfig(image_size=32, epochs=1, batch_size=8)
+    torch.manual_seed(cfg.seed)
+    before = create_backbone(cfg.backbone).state_dict()["conv1.weight"].clone()
+    result = train_fold(ing.store, ids[:30], y[:30], ids[30:], cfg, torch.device("cpu"), seed=cfg.seed)
+    assert result.valid_pred.shape == (len(ids) - 30,)
+    assert np.isfinite(result.valid_pred).all() and ((0 <= result.valid_pred) & (result.valid_pred <= 1)).all()
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert not torch.equal(before, result.model.state_dict()["conv1.weight"])
