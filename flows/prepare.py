@@ -5,16 +5,19 @@ from prefect import flow
 
 from lesion_ml.config import load_params
 from tasks import paths
-from tasks.data import count_metadata_columns, prepare_fold, write_selection
+from tasks.data import clean_features, count_metadata_columns, prepare_fold, write_selection
 
 
 @flow(name="prepare")
 def prepare_flow(params: str = str(paths.PARAMS)) -> dict:
     """One fitted preprocessor per fold; the selection report lists each fold's features."""
     p = load_params(params)
-    per_fold = [prepare_fold(paths.LESIONS, paths.FOLDS, p.prepare, k, paths.features_path(k))
+    clean = paths.FEATURES / "clean.parquet"
+    n_candidates = clean_features(paths.LESIONS, p.prepare, clean)
+    per_fold = [prepare_fold(clean, paths.FOLDS, p.prepare, k, paths.features_path(k))
                 for k in range(p.split.n_folds)]
-    return write_selection(per_fold, count_metadata_columns(paths.LESIONS), paths.REPORTS / "selection.json")
+    return write_selection(per_fold, count_metadata_columns(paths.LESIONS), n_candidates,
+                           paths.REPORTS / "selection.json")
 
 
 if __name__ == "__main__":

@@ -70,11 +70,29 @@ class SplitConfig(_Section):
     seed: int = 42
 
 
-class PrepareConfig(_Section):
+FeatureFamily = Literal["size_shape", "colour", "border", "position", "patient_relative"]
+
+
+class SelectConfig(_Section):
+    method: Literal["mutual_info", "f_classif", "chi2", "l1", "gbdt"] = "mutual_info"
     k: int = Field(20, ge=1)
-    method: Literal["mutual_info", "f_classif"] = "mutual_info"
+    correlation_threshold: float | None = Field(0.95, gt=0, le=1)
+    max_rows: int | None = Field(50_000, ge=100, description="rows scored for selection (all positives kept)")
+
+
+class PrepareConfig(_Section):
+    features: tuple[FeatureFamily, ...] = ("size_shape", "colour", "border", "position", "patient_relative")
+    impute: Literal["median", "knn", "iterative"] = "median"
     clip_quantiles: tuple[float, float] = (0.001, 0.999)
+    select: SelectConfig = SelectConfig()
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _quantiles(self) -> PrepareConfig:
+        lo, hi = self.clip_quantiles
+        if not 0 <= lo < hi <= 1:
+            raise ValueError(f"clip_quantiles must be [low, high] with 0 <= low < high <= 1, got {[lo, hi]}")
+        return self
 
 
 class TrainGbdtConfig(_Section):
@@ -84,9 +102,11 @@ class TrainGbdtConfig(_Section):
     min_child_samples: int = Field(10, ge=1)
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
-    class_weight: Literal["balanced", "none"] = "balanced"
+    reg_lambda: float = Field(1.0, ge=0)
+    balance: Literal["class_weight", "downsample", "none"] = "class_weight"
+    neg_per_pos: float = Field(20.0, gt=0, description="negatives kept per positive when balance=downsample")
+    seeds: tuple[int, ...] = Field((42,), min_length=1)
     n_jobs: int = Field(2, ge=1)
-    seed: int = 42
 
 
 class CnnModelConfig(_Section):

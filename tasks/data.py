@@ -43,23 +43,35 @@ def make_folds(lesions: Path, cfg: SplitConfig, out: Path) -> dict:
 
 
 @task(cache_policy=NONE)
-def prepare_fold(lesions: Path, folds: Path, cfg: PrepareConfig, fold: int, out: Path) -> list[str]:
-    """Clean the metadata, fit imputation + selection on the fold's training rows, transform all rows."""
+def clean_features(lesions: Path, cfg: PrepareConfig, out: Path) -> int:
+    """Clean the metadata and add the engineered feature families (no fitting, no labels)."""
     table = pd.read_parquet(lesions)
-    fold_of = pd.read_parquet(folds).set_index("image_id")["fold"].reindex(table["image_id"]).to_numpy()
-    features = clean_metadata(table)
-    selected, names, _ = fit_transform_fold(features, table["target"], fold_of != fold, cfg)
-    selected.insert(0, "image_id", table["image_id"].to_numpy())
+    features = clean_metadata(table, cfg.features)
+    features.insert(0, "image_id", table["image_id"].to_numpy())
+    features.insert(1, "target", table["target"].to_numpy())
+    write_parquet(features, out)
+    return features.shape[1] - 2
+
+
+@task(cache_policy=NONE)
+def prepare_fold(clean: Path, folds: Path, cfg: PrepareConfig, fold: int, out: Path) -> list[str]:
+    """Fit clipping, imputation, encoding and selection on the fold's training rows; transform all rows."""
+    features = pd.read_parquet(clean)
+    ids, target = features.pop("image_id"), features.pop("target")
+    fold_of = pd.read_parquet(folds).set_index("image_id")["fold"].reindex(ids).to_numpy()
+    selected, names, _ = fit_transform_fold(features, target, fold_of != fold, cfg)
+    selected.insert(0, "image_id", ids.to_numpy())
     write_parquet(selected, out)
     return names
 
 
 @task(cache_policy=NONE)
-def write_selection(per_fold: list[list[str]], n_columns: int, out: Path) -> dict:
+def write_selection(per_fold: list[list[str]], n_columns: int, n_candidates: int, out: Path) -> dict:
     """Selected features per fold and how often each was chosen."""
     counts = pd.Series([f for names in per_fold for f in names]).value_counts()
     summary = {
         "n_input_columns": n_columns,
+        "n_candidate_features": n_candidates,
         "n_selected": int(np.mean([len(n) for n in per_fold])),
         "per_fold": {str(i): names for i, names in enumerate(per_fold)},
         "stability": {name: round(int(c) / len(per_fold), 3) for name, c in counts.items()},
@@ -69,9 +81,10 @@ def write_selection(per_fold: list[list[str]], n_columns: int, out: Path) -> dic
 
 
 def count_metadata_columns(lesions: Path) -> int:
-    """How many metadata columns the lesion table offers (beyond image_id and source)."""
+    """How many columns the source offered, the canonical image_id/source columns aside
+    (55 for ISIC 2024: its isic_id became image_id)."""
     cols = pd.read_parquet(lesions).columns
-    return int(len([c for c in cols if c not in ("image_id", "source")]))
+    return int(len([c for c in cols if c != "source"]))
 
 
 def read_json(path: Path) -> dict:

@@ -28,7 +28,9 @@ def train_gbdt_fold(features: Path, folds: Path, cfg: TrainGbdtConfig, fold: int
     f, train = _fold_rows(folds, fold)
     X = pd.read_parquet(features).set_index("image_id").loc[f["image_id"]]  # noqa: N806
     model = fit_gbdt(X[train], f["target"].to_numpy()[train], cfg)
-    write_text(model.booster_.model_to_string(), out / f"fold{fold}.txt")
+    for seed, m in zip(cfg.seeds, model.models):
+        write_text(m.booster_.model_to_string(), out / f"fold{fold}_seed{seed}.txt")
+    write_json(dict(zip(X.columns, model.feature_importances_.round(4))), out / f"importance_fold{fold}.json")
     pred = f.loc[~train, ["image_id", "fold", "target"]].assign(pred=predict_gbdt(model, X[~train]))
     return write_parquet(pred, out / f"pred_fold{fold}.parquet")
 

@@ -9,7 +9,7 @@ from lesion_ml.config import ConfigError, Params, load_params, validate_params
 def test_repository_params_validate():
     params = load_params(REPO / "params.yaml")
     assert params.data.source == "synthetic"
-    assert params.prepare.k == 20
+    assert params.prepare.select.k == 20
     assert "resnet18" in params.train_cnn.models
 
 

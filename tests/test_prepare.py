@@ -4,10 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lesion_ml.config import DataConfig, PrepareConfig
+from lesion_ml.config import DataConfig, PrepareConfig, SelectConfig
 from lesion_ml.data.schema import ISIC2024_COLUMNS, LEAK_COLUMNS
 from lesion_ml.data.sources import DataError, ingest
-from lesion_ml.tabular.prepare import clean_metadata, fit_transform_fold
+from lesion_ml.tabular.prepare import clean_metadata, fit_transform_fold, safe_names
+
+ALL = ("size_shape", "colour", "border", "position", "patient_relative")
+
+
+def cfg(k=20, method="mutual_info", impute="median", **kw) -> PrepareConfig:
+    return PrepareConfig(impute=impute, select=SelectConfig(k=k, method=method, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -15,38 +21,86 @@ def demo_table(tiny_demo):
     return ingest(DataConfig(source="synthetic"), tiny_demo).table
 
 
-def test_leak_and_id_columns_never_reach_features(demo_table):
-    features = clean_metadata(demo_table)
+def test_leakage_guard_on_the_real_column_list(demo_table):
+    features = clean_metadata(demo_table, ALL)
     leaks = {c for c in ISIC2024_COLUMNS if c in LEAK_COLUMNS}
+    assert leaks == {"target", "lesion_id", "iddx_full", "iddx_1", "iddx_2", "iddx_3", "iddx_4", "iddx_5",
+                     "mel_mitotic_index", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence"}
     assert not leaks & set(features.columns)
     assert not {"image_id", "patient_id", "attribution", "copyright_license", "image_type"} & set(features.columns)
-    # even with k larger than the number of columns, nothing label-derived is selected
-    train = np.ones(len(features), bool)
-    _, names, _ = fit_transform_fold(features, demo_table["target"], train, PrepareConfig(k=500))
-    assert not any(n.startswith(tuple(LEAK_COLUMNS)) for n in names)
+    # whatever k is, nothing label-derived can be selected
+    _, names, _ = fit_transform_fold(features, demo_table["target"], np.ones(len(features), bool), cfg(k=500))
+    assert not [n for n in names if any(n.startswith(leak) for leak in leaks)]
 
 
-def test_selects_k_features_without_missing_values(demo_table):
-    features = clean_metadata(demo_table)
+@pytest.mark.parametrize("method", ["mutual_info", "f_classif", "chi2", "l1", "gbdt"])
+def test_each_method_selects_k_complete_float_columns(demo_table, method):
+    features = clean_metadata(demo_table, ALL)
     train = np.arange(len(features)) % 3 != 0
-    out, names, _ = fit_transform_fold(features, demo_table["target"], train, PrepareConfig(k=20))
-    assert len(names) == 20 and list(out.columns) == names
+    out, names, _ = fit_transform_fold(features, demo_table["target"], train, cfg(k=12, method=method))
+    assert len(names) == 12 and list(out.columns) == names and len(set(names)) == 12
     assert out.notna().all().all() and out.dtypes.eq("float32").all()
 
 
-def test_fit_sees_training_rows_only(demo_table):
-    """Changing validation rows must not change how training rows are transformed."""
-    features = clean_metadata(demo_table)
+@pytest.mark.parametrize("impute", ["median", "knn", "iterative"])
+def test_imputers_fill_every_value_and_add_indicators(demo_table, impute):
+    table = demo_table.copy()
+    table.loc[::4, "tbp_lv_areaMM2"] = np.nan
+    features = clean_metadata(table, ())
+    train = np.arange(len(features)) % 3 != 0
+    out, names, _ = fit_transform_fold(features, table["target"], train, cfg(k=500, impute=impute,
+                                                                               correlation_threshold=None))
+    assert out.notna().all().all()
+    assert any("missingindicator_tbp_lv_areaMM2" == n for n in names)
+
+
+@pytest.mark.parametrize("impute", ["median", "knn", "iterative"])
+def test_fit_sees_training_rows_only(demo_table, impute):
+    """Changing validation rows (values and labels) must not change the fitted preprocessing."""
+    features = clean_metadata(demo_table, ALL)
     target = demo_table["target"]
     train = np.arange(len(features)) % 4 != 0
-    a, names_a, _ = fit_transform_fold(features, target, train, PrepareConfig(k=10, method="f_classif"))
+    c = cfg(k=10, method="f_classif", impute=impute)
+    a, names_a, _ = fit_transform_fold(features, target, train, c)
     poisoned = features.copy()
-    num = [c for c in poisoned.columns if pd.api.types.is_numeric_dtype(poisoned[c])]
-    poisoned.loc[~train, num] = 1e6  # would move medians, quantiles and scores if seen
-    b, names_b, _ = fit_transform_fold(poisoned, target.where(train, 1 - target), train,
-                                       PrepareConfig(k=10, method="f_classif"))
+    num = [col for col in poisoned.columns if pd.api.types.is_numeric_dtype(poisoned[col])]
+    poisoned.loc[~train, num] = 1e6  # would move medians, quantiles, neighbours and scores if seen
+    b, names_b, _ = fit_transform_fold(poisoned, target.where(train, 1 - target), train, c)
     assert names_a == names_b
     pd.testing.assert_frame_equal(a[train], b[train])
+
+
+def test_identical_output_for_a_seed(demo_table):
+    features = clean_metadata(demo_table, ALL)
+    train = np.arange(len(features)) % 2 == 0
+    a, na, _ = fit_transform_fold(features, demo_table["target"], train, cfg(k=15))
+    b, nb, _ = fit_transform_fold(features, demo_table["target"], train, cfg(k=15))
+    assert na == nb
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_patient_relative_features_never_use_labels(demo_table):
+    flipped = demo_table.assign(target=1 - demo_table["target"])
+    a, b = clean_metadata(demo_table, ALL), clean_metadata(flipped, ALL)
+    rel = [c for c in a.columns if c.startswith(("pr_", "fe_patient"))]
+    assert len(rel) > 10
+    pd.testing.assert_frame_equal(a[rel], b[rel])
+
+
+def test_patient_relative_z_score_is_within_patient(demo_table):
+    out = clean_metadata(demo_table, ("patient_relative",))
+    z = out["pr_z_clin_size_long_diam_mm"].groupby(demo_table["patient_id"].to_numpy())
+    assert np.allclose(z.mean(), 0, atol=1e-6)
+    counts = demo_table.groupby("patient_id")["image_id"].transform("size")
+    assert (out["fe_patient_lesion_count"] == counts).all()
+
+
+def test_feature_families_are_switchable(demo_table):
+    none = clean_metadata(demo_table, ())
+    shape = clean_metadata(demo_table, ("size_shape",))
+    assert not [c for c in none.columns if c.startswith(("fe_", "pr_"))]
+    assert {"fe_axis_ratio", "fe_shape_index"} <= set(shape.columns)
+    assert not [c for c in shape.columns if c.startswith("pr_")]
 
 
 def test_text_in_numeric_column_is_named(demo_table):
@@ -57,15 +111,33 @@ def test_text_in_numeric_column_is_named(demo_table):
         clean_metadata(bad)
 
 
-def test_site_spellings_are_normalised():
-    table = pd.DataFrame({"image_id": ["a", "b", "c"], "patient_id": ["p"] * 3, "target": [0, 1, 0],
-                          "source": ["x"] * 3, "anatom_site_general": ["Back", "scalp", "unknown"]})
+def test_unknown_category_spelling_lists_the_allowed_set(demo_table):
+    bad = demo_table.copy()
+    bad["sex"] = bad["sex"].astype(object)
+    bad.loc[2, "sex"] = "femme"
+    with pytest.raises(DataError, match=r"column 'sex', row 2: unknown category 'femme'; allowed \(any case\): "
+                                        r"\['female', 'male'\]"):
+        clean_metadata(bad)
+
+
+def test_site_spellings_of_other_sources_are_normalised():
+    table = pd.DataFrame({"image_id": list("abcd"), "patient_id": ["p"] * 4, "target": [0, 1, 0, 1],
+                          "source": ["x"] * 4, "anatom_site_general": ["Back", "scalp", "unknown", "palms/soles"],
+                          "sex": ["MALE", " female", "unknown", None]})
     out = clean_metadata(table)
     assert out["anatom_site_general"].tolist()[:2] == ["posterior torso", "head/neck"]
-    assert pd.isna(out["anatom_site_general"].iloc[2])
+    assert out["anatom_site_general"].iloc[3] == "lower extremity" and pd.isna(out["anatom_site_general"].iloc[2])
+    assert out["sex"].tolist()[:2] == ["male", "female"] and out["sex"].iloc[2:].isna().all()
+
+
+def test_correlation_pruning_drops_duplicates():
+    from lesion_ml.tabular.select import CorrelationPruner
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 1))
+    X = np.hstack([x, 2 * x + 0.001 * rng.normal(size=(200, 1)), rng.normal(size=(200, 1)), np.ones((200, 1))])
+    assert CorrelationPruner(0.95).fit(X).get_support().tolist() == [True, False, True, False]
 
 
 def test_feature_names_are_safe_and_unique():
-    from lesion_ml.tabular.prepare import safe_names
-
     assert safe_names(["site_head/neck", "site_head neck", "a{b}"]) == ["site_head_neck", "site_head_neck_2", "a_b"]

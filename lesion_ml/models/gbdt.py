@@ -8,18 +8,52 @@ import pandas as pd
 from lesion_ml.config import TrainGbdtConfig
 
 
-def fit_gbdt(X: pd.DataFrame, y: np.ndarray, cfg: TrainGbdtConfig) -> lgb.LGBMClassifier:  # noqa: N803
-    """Fit a seeded LightGBM classifier; `class_weight: balanced` reweights the rare class."""
-    model = lgb.LGBMClassifier(
+def _one(cfg: TrainGbdtConfig, seed: int) -> lgb.LGBMClassifier:
+    return lgb.LGBMClassifier(
         n_estimators=cfg.n_estimators, learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
         min_child_samples=cfg.min_child_samples, subsample=cfg.subsample, subsample_freq=1,
-        colsample_bytree=cfg.colsample_bytree,
-        class_weight="balanced" if cfg.class_weight == "balanced" else None,
-        n_jobs=cfg.n_jobs, random_state=cfg.seed, deterministic=True, force_row_wise=True, verbose=-1,
+        colsample_bytree=cfg.colsample_bytree, reg_lambda=cfg.reg_lambda,
+        class_weight="balanced" if cfg.balance == "class_weight" else None,
+        n_jobs=cfg.n_jobs, random_state=seed, deterministic=True, force_row_wise=True, verbose=-1,
     )
-    return model.fit(X, np.asarray(y))
 
 
-def predict_gbdt(model: lgb.LGBMClassifier, X: pd.DataFrame) -> np.ndarray:  # noqa: N803
-    """Malignancy probabilities."""
+def downsample_negatives(y: np.ndarray, neg_per_pos: float, seed: int) -> np.ndarray:
+    """Indices of all positives plus a random `neg_per_pos` negatives per positive (sorted)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y != 1)
+    n_neg = min(len(neg), max(1, int(round(neg_per_pos * max(len(pos), 1)))))
+    return np.sort(np.concatenate([pos, rng.choice(neg, size=n_neg, replace=False)]))
+
+
+class SeedAverage:
+    """LightGBM models fitted with different seeds; predictions are their mean probability."""
+
+    def __init__(self, models: list[lgb.LGBMClassifier]):
+        self.models = models
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:  # noqa: N803
+        return np.mean([m.predict_proba(X) for m in self.models], axis=0)
+
+    @property
+    def feature_importances_(self) -> np.ndarray:
+        return np.mean([m.booster_.feature_importance("gain") for m in self.models], axis=0)
+
+
+def fit_gbdt(X: pd.DataFrame, y: np.ndarray, cfg: TrainGbdtConfig) -> SeedAverage:  # noqa: N803
+    """Fit one seeded LightGBM per entry of `cfg.seeds` and average them.
+
+    `cfg.balance`: "class_weight" reweights the rare class, "downsample" keeps all positives and
+    `cfg.neg_per_pos` negatives per positive (a fresh draw per seed), "none" does neither.
+    """
+    y = np.asarray(y)
+    models = []
+    for seed in cfg.seeds:
+        idx = downsample_negatives(y, cfg.neg_per_pos, seed) if cfg.balance == "downsample" else slice(None)
+        models.append(_one(cfg, seed).fit(X.iloc[idx] if isinstance(X, pd.DataFrame) else X[idx], y[idx]))
+    return SeedAverage(models)
+
+
+def predict_gbdt(model: SeedAverage, X: pd.DataFrame) -> np.ndarray:  # noqa: N803
+    """Malignancy probabilities (mean over seeds)."""
     return model.predict_proba(X)[:, 1]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.flow
 TINY_PARAMS = {
     "data": {"synthetic": TINY.model_dump(mode="json")},
     "split": {"n_folds": 2, "seed": 0},
-    "prepare": {"k": 8},
+    "prepare": {"select": {"k": 8}},
     "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1},
     "train_cnn": {"threads": 1, "models": {"tiny": {"backbone": "resnet18", "image_size": 32, "epochs": 1,
                                                    "batch_size": 8}}},
