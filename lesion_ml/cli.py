@@ -20,6 +20,26 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from lesion_ml.bench import bench_tabular, format_table
+    from lesion_ml.config import load_params
+    from lesion_ml.io import write_json
+
+    params = load_params(args.params) if Path(args.params).is_file() else None
+    kw = {"prepare": params.prepare, "gbdt": params.train_gbdt, "split": params.split} if params else {}
+    result = bench_tabular(n_rows=args.rows, n_patients=args.patients, malignant=args.malignant,
+                           seed=args.seed, **kw)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    else:
+        print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesion", description="lesion-ml: skin-lesion malignancy detection")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--malignant-fraction", type=float, help="share of malignant lesions, 0..1")
     synth.add_argument("--seed", type=int, default=SyntheticConfig().seed)
     synth.set_defaults(func=_synth)
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    tab = bench_sub.add_parser("tabular", help="prepare + select + k-fold LightGBM at ISIC 2024 scale")
+    tab.add_argument("--rows", type=int, default=401_059, help="rows of generated metadata (default 401,059)")
+    tab.add_argument("--patients", type=int, default=1_042)
+    tab.add_argument("--malignant", type=int, default=393, help="number of malignant rows")
+    tab.add_argument("--seed", type=int, default=0)
+    tab.add_argument("--params", default="params.yaml",
+                     help="params.yaml whose prepare/train_gbdt/split sections are used (defaults if absent)")
+    tab.add_argument("--json", help="also write the figures to this JSON file")
+    tab.set_defaults(func=_bench)
     return parser
 
 

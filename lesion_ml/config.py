@@ -77,7 +77,7 @@ class SelectConfig(_Section):
     method: Literal["mutual_info", "f_classif", "chi2", "l1", "gbdt"] = "mutual_info"
     k: int = Field(20, ge=1)
     correlation_threshold: float | None = Field(0.95, gt=0, le=1)
-    max_rows: int | None = Field(50_000, ge=100, description="rows scored for selection (all positives kept)")
+    max_rows: int | None = Field(10_000, ge=100, description="rows scored for selection (all positives kept)")
 
 
 class PrepareConfig(_Section):
@@ -85,6 +85,8 @@ class PrepareConfig(_Section):
     impute: Literal["median", "knn", "iterative"] = "median"
     clip_quantiles: tuple[float, float] = (0.001, 0.999)
     select: SelectConfig = SelectConfig()
+    fit_rows: int | None = Field(100_000, ge=100, description="training rows the clipping/imputation/encoding "
+                                 "is fitted on (all positives kept); null: all")
     seed: int = 42
 
     @model_validator(mode="after")
@@ -103,9 +105,9 @@ class TrainGbdtConfig(_Section):
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
-    balance: Literal["class_weight", "downsample", "none"] = "class_weight"
+    balance: Literal["class_weight", "downsample", "none"] = "downsample"
     neg_per_pos: float = Field(20.0, gt=0, description="negatives kept per positive when balance=downsample")
-    seeds: tuple[int, ...] = Field((42,), min_length=1)
+    seeds: tuple[int, ...] = Field((42, 43, 44), min_length=1)
     n_jobs: int = Field(2, ge=1)
 
 

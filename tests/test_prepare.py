@@ -141,3 +141,12 @@ def test_correlation_pruning_drops_duplicates():
 
 def test_feature_names_are_safe_and_unique():
     assert safe_names(["site_head/neck", "site_head neck", "a{b}"]) == ["site_head_neck", "site_head_neck_2", "a_b"]
+
+
+def test_subsample_keeps_every_positive_and_caps_rows():
+    from lesion_ml.tabular.select import subsample_rows
+
+    y = np.array([0] * 1000 + [1] * 30)
+    idx = subsample_rows(y, 200, seed=3)
+    assert len(idx) == 200 and (y[idx] == 1).sum() == 30 and np.all(np.diff(idx) > 0)
+    assert len(subsample_rows(y, None, 0)) == 1030 and len(subsample_rows(y, 5000, 0)) == 1030

@@ -21,7 +21,7 @@ from lesion_ml.config import PrepareConfig
 from lesion_ml.data.schema import ID_COLUMNS, LEAK_COLUMNS
 from lesion_ml.data.sources import DataError
 from lesion_ml.tabular.features import engineer
-from lesion_ml.tabular.select import CorrelationPruner, KBestSelector
+from lesion_ml.tabular.select import CorrelationPruner, KBestSelector, subsample_rows
 
 SITE_ALIASES = {  # anatomic site spellings of ISIC 2019/2020 and HAM10000 -> ISIC 2024
     "anterior torso": "anterior torso", "torso": "anterior torso", "chest": "anterior torso",
@@ -143,13 +143,17 @@ def build_preprocessor(features: pd.DataFrame, cfg: PrepareConfig) -> Pipeline:
 
 def fit_transform_fold(features: pd.DataFrame, target: pd.Series, train: np.ndarray,
                        cfg: PrepareConfig) -> tuple[pd.DataFrame, list[str], Pipeline]:
-    """Fit the preprocessor on the rows in `train` (a boolean mask) and transform every row.
+    """Fit the preprocessor on the rows in `train` (a boolean mask; at most `cfg.fit_rows` of
+    them, every positive kept) and transform every row.
 
     Returns:
         (all rows' selected features as float32 columns, the selected names, the fitted pipeline)
     """
     pipe = build_preprocessor(features, cfg)
-    pipe.fit(features[train], np.asarray(target)[train])
+    rows = np.flatnonzero(train)
+    y = np.asarray(target)[rows]
+    rows = rows[subsample_rows(y, cfg.fit_rows, cfg.seed)]  # quantiles and medians need no 400k rows
+    pipe.fit(features.iloc[rows], np.asarray(target)[rows])
     names = safe_names(_feature_names(pipe))
     out = pd.DataFrame(pipe.transform(features), columns=names, index=features.index).astype("float32")
     return out, names, pipe

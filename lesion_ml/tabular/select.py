@@ -11,6 +11,18 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 METHODS = ("mutual_info", "f_classif", "chi2", "l1", "gbdt")
 
 
+def subsample_rows(y: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
+    """Sorted row indices: all rows if `max_rows` is None or not exceeded, else every positive
+    plus randomly chosen negatives up to `max_rows` rows in all."""
+    y = np.asarray(y)
+    if max_rows is None or len(y) <= max_rows:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y != 1)
+    take = rng.choice(neg, size=max(0, min(len(neg), max_rows - len(pos))), replace=False)
+    return np.sort(np.concatenate([pos, take]))
+
+
 class CorrelationPruner(SelectorMixin, BaseEstimator):
     """Drop the later of every pair of columns whose |Pearson r| on the training rows exceeds
     `threshold` (columns are visited in order; constant columns are dropped too)."""
@@ -63,12 +75,7 @@ class KBestSelector(SelectorMixin, BaseEstimator):
         return self
 
     def _subsample(self, X, y):  # noqa: N803
-        if self.max_rows is None or len(y) <= self.max_rows:
-            return X, y
-        rng = np.random.default_rng(self.seed)
-        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y != 1)
-        take = rng.choice(neg, size=max(0, self.max_rows - len(pos)), replace=False)
-        idx = np.sort(np.concatenate([pos, take]))
+        idx = subsample_rows(y, self.max_rows, self.seed)
         return X[idx], y[idx]
 
     def _score(self, X, y):  # noqa: N803
