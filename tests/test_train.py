@@ -77,3 +77,18 @@ def test_lite0_uses_its_own_input_scaling():
     t = create_transforms(8, False, backbone_spec("efficientnet-lite0").mean, backbone_spec("efficientnet-lite0").std)
     out = t(image=np.full((8, 8, 3), 255, np.uint8))["image"]
     assert torch.allclose(out, torch.ones_like(out))  # (255 - 127.5) / 127.5
+
+
+@pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnet-lite0"])
+def test_efficientnet_running_stats_follow_training_quickly(name):
+    """With TensorFlow's BatchNorm momentum (0.01) an EfficientNet evaluated after a short run
+    predicts one value for every image; the factory sets PyTorch's 0.1."""
+    torch.manual_seed(0)
+    model = create_backbone(name).train()
+    with torch.no_grad():
+        for _ in range(40):  # low-variance inputs: true BN variances far below their initial 1
+            model(0.05 * torch.randn(8, 3, 32, 32))
+    model.eval()
+    with torch.no_grad():
+        out = model(0.05 * torch.randn(6, 3, 32, 32)).squeeze(1)
+    assert out.std() > 1e-3 * out.abs().mean()

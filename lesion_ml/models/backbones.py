@@ -110,4 +110,11 @@ def create_backbone(name: str, pretrained: str = "false", num_classes: int = 1) 
             log.warning("no ImageNet weights for %s at %s; training from random initialisation", name, path)
     head: nn.Linear = getattr(model, spec.head)
     setattr(model, spec.head, nn.Linear(head.in_features, num_classes))
+    for module in model.modules():
+        # The EfficientNet ports keep TensorFlow's BatchNorm momentum (0.01): the running
+        # statistics then still carry ~8% of their initial values after 250 steps, and when the
+        # true variances are far below 1 an evaluated network gives one output for every image.
+        # PyTorch's 0.1 tracks them within a few dozen steps.
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.1
     return model
