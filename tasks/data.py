@@ -1,7 +1,6 @@
 """Tasks of the ingest, split and prepare stages."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +84,3 @@ def count_metadata_columns(lesions: Path) -> int:
     (55 for ISIC 2024: its isic_id became image_id)."""
     cols = pd.read_parquet(lesions).columns
     return int(len([c for c in cols if c != "source"]))
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
