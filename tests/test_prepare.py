@@ -150,3 +150,14 @@ def test_subsample_keeps_every_positive_and_caps_rows():
     idx = subsample_rows(y, 200, seed=3)
     assert len(idx) == 200 and (y[idx] == 1).sum() == 30 and np.all(np.diff(idx) > 0)
     assert len(subsample_rows(y, None, 0)) == 1030 and len(subsample_rows(y, 5000, 0)) == 1030
+
+
+def test_label_derived_columns_of_other_sources_never_reach_features():
+    from conftest import shared_dataset
+
+    root = shared_dataset("ham10000-400")
+    table = ingest(DataConfig(source="folder", path=str(root))).table
+    assert {"target_excl_akiec", "dx_code", "diagnosis", "dx_type"} <= set(table.columns)
+    features = clean_metadata(table, ALL)
+    assert not {"target_excl_akiec", "dx_code", "diagnosis", "dx_type", "target"} & set(features.columns)
+    assert {"age_approx", "sex", "anatom_site_general"} <= set(features.columns)

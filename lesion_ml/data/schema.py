@@ -71,6 +71,16 @@ LEAK_COLUMNS: frozenset[str] = frozenset({
     "diagnosis", "diagnosis_confirm_type", "dx", "dx_type", "benign_malignant",
 })
 
+#: Name prefixes that mark a column as label-derived in any source (HAM10000's dx, dx_type; a
+#: second label such as target_excl_akiec; benign_malignant; diagnosis_confirm_type; iddx_*).
+LEAK_PREFIXES: tuple[str, ...] = ("target", "label", "iddx", "mel_", "diagnos", "dx", "benign_malignant")
+
+
+def is_leak_column(name: str) -> bool:
+    """True for columns that must never reach a model (exact names and LEAK_PREFIXES)."""
+    return name in LEAK_COLUMNS or name.lower().startswith(LEAK_PREFIXES)
+
+
 #: Identifiers and free text: not features by default.
 ID_COLUMNS: frozenset[str] = frozenset({
     "image_id", "isic_id", "patient_id", "attribution", "copyright_license", "image_type",

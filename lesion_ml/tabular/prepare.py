@@ -18,7 +18,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from lesion_ml.config import PrepareConfig
-from lesion_ml.data.schema import ID_COLUMNS, LEAK_COLUMNS
+from lesion_ml.data.schema import ID_COLUMNS, is_leak_column
 from lesion_ml.data.sources import DataError
 from lesion_ml.tabular.features import engineer
 from lesion_ml.tabular.select import CorrelationPruner, KBestSelector, subsample_rows
@@ -54,7 +54,7 @@ def clean_metadata(table: pd.DataFrame, families: tuple[str, ...] = ()) -> pd.Da
         DataError: a numeric column holds text, or a category spelling is unknown (the message
             names the column, the row, the value and the allowed set).
     """
-    keep = [c for c in table.columns if c not in LEAK_COLUMNS and c not in ID_COLUMNS]
+    keep = [c for c in table.columns if not is_leak_column(c) and c not in ID_COLUMNS]
     df = table[keep].copy()
     for col in list(df.columns):
         if col in VOCABULARIES or col in FREE_CATEGORIES:
