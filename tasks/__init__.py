@@ -7,5 +7,7 @@ for _key, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "NO_ALBUMENTATIONS_UPDATE": "1",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "lesion_ml",
+    # lesion_ml also logs outside flow runs (tests, the CLI): no warning for those records
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }.items():
     os.environ.setdefault(_key, _value)
