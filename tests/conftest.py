@@ -6,7 +6,8 @@ import tempfile
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lesion-ml-prefect-")
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                     "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}.items():
+                     "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+                     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}.items():
     os.environ[_key] = _value
 
 from pathlib import Path  # noqa: E402
