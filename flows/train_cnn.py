@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from prefect import flow
 
 from lesion_ml.config import ConfigError, load_params, to_plain
@@ -23,8 +24,6 @@ def train_cnn_flow(name: str, params: str = str(paths.PARAMS)) -> Path:
     if p.train_cnn.threads:
         torch.set_num_threads(p.train_cnn.threads)
     out = paths.CNN_DIR / name
-    import yaml
-
     write_text(yaml.safe_dump(to_plain(cfg), sort_keys=True), out / "config.yaml")
     preds = [train_cnn_fold(paths.IMAGES, paths.FOLDS, cfg, p.train_cnn.device, p.train_cnn.num_workers, k, out)
              for k in range(p.split.n_folds)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -40,10 +41,24 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
 
 
 def write_json(obj: Any, target: Path | str) -> Path:
-    """Write `obj` as indented, key-sorted JSON, atomically."""
+    """Write `obj` as indented, key-sorted JSON, atomically; NaN and infinities become null
+    (they are not JSON, and a metric undefined for a one-class fold is NaN)."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(text + "\n")
     return Path(target)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_text(text: str, target: Path | str) -> Path:
