@@ -93,6 +93,12 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.nd
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def _seed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation seed, derived from the loader's generator."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**31)
+
+
 @dataclass
 class FoldResult:
     model: nn.Module
@@ -111,8 +117,7 @@ def train_fold(store: ImageStore, train_ids: Sequence[str], train_y: np.ndarray,
     spec = backbone_spec(cfg.backbone)
     train_ds = LesionImages(store, train_ids, train_y, create_transforms(cfg.image_size, True, spec.mean, spec.std))
     valid_ds = LesionImages(store, valid_ids, None, create_transforms(cfg.image_size, False, spec.mean, spec.std))
-    loader_kw = {"num_workers": num_workers, "pin_memory": device.type == "cuda",
-                 "persistent_workers": num_workers > 0}
+    loader_kw = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "worker_init_fn": _seed_worker}
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
                           generator=gen, **loader_kw)
     valid_dl = DataLoader(valid_ds, batch_size=cfg.batch_size * 2, shuffle=False, **loader_kw)
@@ -128,6 +133,10 @@ def train_fold(store: ImageStore, train_ids: Sequence[str], train_y: np.ndarray,
                                                     pct_start=min(0.3, 1 / max(cfg.epochs, 1)))
     history = []
     for epoch in range(cfg.epochs):
+        # Augmentation and shuffling are seeded per epoch: a run is reproducible, and any epoch
+        # can be replayed without replaying the ones before it.
+        gen.manual_seed(seed * 1000 + epoch)
+        train_ds.transform.set_random_seed(seed * 1000 + epoch)
         start = time.perf_counter()
         loss = train_one_epoch(model, train_dl, optimizer, scheduler, loss_fn, device)
         if not math.isfinite(loss):

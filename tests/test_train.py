@@ -92,3 +92,14 @@ def test_efficientnet_running_stats_follow_training_quickly(name):
     with torch.no_grad():
         out = model(0.05 * torch.randn(6, 3, 32, 32)).squeeze(1)
     assert out.std() > 1e-3 * out.abs().mean()
+
+
+@pytest.mark.slow
+def test_training_is_reproducible_for_a_seed(tiny_demo):
+    ing = ingest(DataConfig(source="synthetic"), tiny_demo)
+    ids, y = ing.table["image_id"].tolist(), ing.table["target"].to_numpy()
+    cfg = CnnModelConfig(image_size=32, epochs=2, batch_size=8)
+    runs = [train_fold(ing.store, ids[:30], y[:30], ids[30:], cfg, torch.device("cpu"), seed=3) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].valid_pred, runs[1].valid_pred)
+    other = train_fold(ing.store, ids[:30], y[:30], ids[30:], cfg, torch.device("cpu"), seed=4)
+    assert not np.array_equal(runs[0].valid_pred, other.valid_pred)
