@@ -25,7 +25,9 @@ def train_cnn_flow(name: str, params: str = str(paths.PARAMS)) -> Path:
         torch.set_num_threads(p.train_cnn.threads)
     out = paths.CNN_DIR / name
     write_text(yaml.safe_dump(to_plain(cfg), sort_keys=True), out / "config.yaml")
-    preds = [train_cnn_fold(paths.IMAGES, paths.FOLDS, cfg, p.train_cnn.device, p.train_cnn.num_workers, k, out)
+    preds = [train_cnn_fold(paths.IMAGES, paths.FOLDS, cfg, p.train_cnn.device, p.train_cnn.num_workers, k, out,
+                            name=name, features_dir=paths.FEATURES, minority=paths.MINORITY,
+                            checkpoints=paths.CHECKPOINTS / name, plots=paths.TRAIN_PLOTS / name)
              for k in range(p.split.n_folds)]
     return combine_oof(preds, out / "oof.parquet")
 

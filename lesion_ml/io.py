@@ -74,6 +74,13 @@ def write_parquet(df: pd.DataFrame, target: Path | str) -> Path:
     return Path(target)
 
 
+def write_csv(df: pd.DataFrame, target: Path | str) -> Path:
+    """Write a DataFrame to CSV atomically (index dropped)."""
+    with atomic_path(target) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(target)
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return value.item()

@@ -1,58 +1,71 @@
-"""Image-model training: dataset, transforms, one epoch, prediction and a whole fold.
+"""Image-model training: dataset, one epoch, prediction and a whole resumable fold.
 
-Samples are dicts ``{"image": Tensor[3, H, W], "label": float}``. Randomness comes from the
-`seed` arguments only.
+Samples are dicts ``{"image": Tensor[3, H, W], "label": float[, "meta": Tensor[n_meta]]}``.
+Randomness comes only from the `seed` arguments, and each epoch reseeds everything it draws
+from (sampler, loader, augmentation, dropout) from (seed, epoch): a run is reproducible, and
+a run resumed from the checkpoint written after epoch e continues exactly as if never stopped.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import albumentations as A
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
+from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
+from lesion_ml.augment import create_transforms
+from lesion_ml.balance import EpochSampler, make_loss
 from lesion_ml.config import CnnModelConfig
-from lesion_ml.data.images import ImageStore
-from lesion_ml.models.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_spec, create_backbone
+from lesion_ml.evaluate.metrics import partial_auc
+from lesion_ml.io import atomic_path
+from lesion_ml.models.backbones import backbone_spec
+from lesion_ml.models.net import LesionNet
 
 log = logging.getLogger(__name__)
 
-
-def create_transforms(image_size: int, train: bool, mean: Sequence[float] = IMAGENET_MEAN,
-                      std: Sequence[float] = IMAGENET_STD) -> A.Compose:
-    """Resize to a square `image_size`; flips and 90-degree turns when `train`; then scale with the
-    backbone's `mean`/`std` (ImageNet statistics, or 0.5/0.5 for EfficientNet-Lite0)."""
-    steps: list = [A.Resize(image_size, image_size, interpolation=1)]
-    if train:
-        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
-    steps += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
-    return A.Compose(steps)
+__all__ = ["FoldData", "FoldResult", "LesionImages", "create_transforms", "predict", "select_device",
+           "train_fold", "train_one_epoch"]
 
 
 class LesionImages(Dataset):
-    """Images streamed from an ImageStore, with labels (NaN when unknown)."""
+    """Images streamed from an ImageStore (decoded in the loader's workers), with labels (NaN
+    when unknown) and optional metadata rows.
 
-    def __init__(self, store: ImageStore, image_ids: Sequence[str], labels: Sequence[float] | None,
-                 transform: A.Compose):
+    `min_side` lets the store decode large JPEGs at a reduced scale (see `decode_image`).
+    """
+
+    def __init__(self, store, image_ids: Sequence[str], labels: Sequence[float] | None, transform: A.Compose,
+                 meta: np.ndarray | None = None, min_side: int | None = None):
         self.store = store
         self.image_ids = list(image_ids)
         self.labels = np.full(len(self.image_ids), np.nan, np.float32) if labels is None \
             else np.asarray(labels, np.float32)
+        self.meta = None if meta is None else np.asarray(meta, np.float32)
         self.transform = transform
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def __getitem__(self, i: int) -> dict:
-        image = self.transform(image=self.store.get(self.image_ids[i]))["image"]
-        return {"image": image, "label": torch.tensor(self.labels[i])}
+        image = self.transform(image=self.store.get(self.image_ids[i], self.min_side))["image"]
+        sample = {"image": image, "label": torch.tensor(self.labels[i])}
+        if self.meta is not None:
+            sample["meta"] = torch.from_numpy(self.meta[i])
+        return sample
 
 
 def select_device(name: str) -> torch.device:
@@ -62,34 +75,48 @@ def select_device(name: str) -> torch.device:
     return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler, loss_fn: nn.Module, device: torch.device) -> float:
-    """One pass over `loader`; returns the mean training loss."""
-    model.train()
-    total, count = torch.zeros((), device=device), 0  # summed on the device: no sync per step
-    for batch in loader:
-        x = batch["image"].to(device, non_blocking=True)
+def _forward(model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+    x = batch["image"].to(device, non_blocking=True)
+    if device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    meta = batch.get("meta")
+    meta = None if meta is None else meta.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(x, meta) if isinstance(model, LesionNet) else model(x)
+    return out.squeeze(1).float()
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
+                    loss_fn: nn.Module, device: torch.device, on_step: Callable[[int], None] | None = None,
+                    desc: str = "train") -> dict:
+    """One pass over `loader`. Returns the mean loss, the images seen and their positive share.
+
+    `on_step(step)` is called after every optimizer step (progress hooks, fault-injection tests).
+    """
+    total = torch.zeros((), device=device)  # summed on the device: no sync per step
+    positives = torch.zeros((), device=device)
+    count = 0
+    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=None, mininterval=10)):
         y = batch["label"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = loss_fn(model(x).squeeze(1).float(), y)
+        loss = loss_fn(_forward(model, batch, device), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         total += loss.detach() * len(y)
+        positives += y.sum()
         count += len(y)
-    return float(total) / max(count, 1)
+        if on_step is not None:
+            on_step(step)
+    return {"train_loss": float(total) / max(count, 1), "images": count,
+            "pos_fraction": round(float(positives) / max(count, 1), 4)}
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
     """Malignancy probabilities for every sample of `loader`, in order."""
     model.eval()
-    out = []
-    for batch in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(batch["image"].to(device, non_blocking=True)).squeeze(1).float()
-        out.append(torch.sigmoid(logits).cpu().numpy())
+    out = [torch.sigmoid(_forward(model, batch, device)).cpu().numpy() for batch in loader]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -100,48 +127,233 @@ def _seed_worker(worker_id: int) -> None:
 
 
 @dataclass
+class FoldData:
+    """The rows of one fold. `train_groups` (patients) are needed for early stopping's
+    holdout; `*_meta` for fusion; `extra_*` are minority-set copies (positives) with the id
+    of the image each was made from, dropped when that image is held out."""
+
+    train_ids: list[str]
+    train_y: np.ndarray
+    valid_ids: list[str]
+    valid_y: np.ndarray | None = None
+    train_groups: np.ndarray | None = None
+    train_meta: np.ndarray | None = None
+    valid_meta: np.ndarray | None = None
+    extra_ids: list[str] = field(default_factory=list)
+    extra_sources: list[str] = field(default_factory=list)
+    extra_meta: np.ndarray | None = None
+
+
+@dataclass
 class FoldResult:
     model: nn.Module
     valid_pred: np.ndarray
     history: list[dict]
+    best_epoch: int
+    resumed_from: int = 0  # epochs taken from a checkpoint (0: trained from the start)
 
 
-def train_fold(store: ImageStore, train_ids: Sequence[str], train_y: np.ndarray, valid_ids: Sequence[str],
-               cfg: CnnModelConfig, device: torch.device, num_workers: int = 0, seed: int = 0) -> FoldResult:
-    """Train one model on the training ids and predict the validation ids.
+@lru_cache(maxsize=1)
+def _source_hash() -> str:
+    """A hash of the lesion_ml sources: a checkpoint is resumed only by the code that wrote it."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
-    Class imbalance is handled with BCE's `pos_weight` = negatives / positives.
+
+def _run_key(data: FoldData, cfg: CnnModelConfig, seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(f"{seed}|{_source_hash()}".encode())
+    for ids in (data.train_ids, data.valid_ids, data.extra_ids):
+        h.update("\n".join(ids).encode() + b"\x00")
+    for arr in (data.train_y, data.train_groups, data.train_meta, data.valid_meta):
+        if arr is not None:
+            h.update(np.ascontiguousarray(np.asarray(arr).astype(str if arr.dtype == object else arr.dtype)).tobytes())
+    return h.hexdigest()
+
+
+def _holdout_split(data: FoldData, cfg: CnnModelConfig, seed: int) -> np.ndarray:
+    """Boolean mask of training rows held out for early stopping (whole patients, stratified)."""
+    if cfg.early_stopping.metric == "none":
+        return np.zeros(len(data.train_ids), bool)
+    groups = data.train_groups if data.train_groups is not None else np.arange(len(data.train_ids))
+    n_splits = max(2, round(1 / cfg.early_stopping.holdout))
+    if len(np.unique(groups)) < n_splits or int(np.sum(data.train_y)) < 1:
+        raise ValueError(f"early stopping needs {n_splits} training patients and a malignant one for its "
+                         f"holdout; set early_stopping.metric: none for this data")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(splitter.split(np.zeros(len(groups)), data.train_y, groups))
+    mask = np.zeros(len(groups), bool)
+    mask[held] = True
+    return mask
+
+
+def _score(y: np.ndarray, p: np.ndarray, metric: str) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return float(partial_auc(y, p) if metric == "pauc" else roc_auc_score(y, p))
+
+
+def _schedule(cfg: CnnModelConfig, optimizer: torch.optim.Optimizer, steps: int):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                               total_steps=steps, pct_start=min(0.3, 1 / max(cfg.epochs, 1)))
+
+
+def _save(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device, num_workers: int = 0,
+               seed: int = 0, checkpoint: Path | None = None, on_step: Callable[[int, int], None] | None = None,
+               label: str = "") -> FoldResult:
+    """Train one model on a fold's training rows and predict its validation rows.
+
+    Args:
+        store: the image store (`get(id, min_side)`), also serving minority-set copies.
+        data: the fold's rows (see FoldData).
+        cfg: the model's params.
+        device: from `select_device`.
+        num_workers: DataLoader worker processes (0: decode in this process).
+        seed: all randomness derives from it.
+        checkpoint: file rewritten atomically after every epoch. When it exists and was written
+            for the same data, params, seed and lesion_ml code, training resumes after its
+            last epoch; a finished run is not trained again.
+        on_step: called as on_step(epoch, step) after each optimizer step (tests).
+        label: prefix for the progress bar and log lines (e.g. "resnet18 fold 2").
     """
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    key = _run_key(data, cfg, seed)
     spec = backbone_spec(cfg.backbone)
-    train_ds = LesionImages(store, train_ids, train_y, create_transforms(cfg.image_size, True, spec.mean, spec.std))
-    valid_ds = LesionImages(store, valid_ids, None, create_transforms(cfg.image_size, False, spec.mean, spec.std))
-    loader_kw = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "worker_init_fn": _seed_worker}
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
-                          generator=gen, **loader_kw)
-    valid_dl = DataLoader(valid_ds, batch_size=cfg.batch_size * 2, shuffle=False, **loader_kw)
-    model = create_backbone(cfg.backbone, cfg.pretrained).to(device)
+    held = _holdout_split(data, cfg, seed)
+    keep_extra = np.isin(data.extra_sources, np.asarray(data.train_ids)[held], invert=True) \
+        if data.extra_ids else np.zeros(0, bool)
+    fusion = cfg.fusion.enabled
+    if fusion and (data.train_meta is None or data.valid_meta is None):
+        raise ValueError("fusion.enabled needs metadata features for the training and validation rows")
+
+    def meta_rows(meta: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+        return meta[mask] if fusion and meta is not None else None
+
+    fit_ids = [i for i, h in zip(data.train_ids, held) if not h] + [i for i, k in zip(data.extra_ids, keep_extra) if k]
+    fit_y = np.concatenate([data.train_y[~held], np.ones(int(keep_extra.sum()), np.float32)]).astype(np.float32)
+    fit_meta = None
+    if fusion:
+        parts = [data.train_meta[~held]]
+        if data.extra_ids:
+            parts.append(data.extra_meta[keep_extra])
+        fit_meta = np.concatenate(parts).astype(np.float32)
+
+    train_tf = create_transforms(cfg.image_size, True, spec.mean, spec.std, cfg.augment, cfg.resize)
+    eval_tf = create_transforms(cfg.image_size, False, spec.mean, spec.std, resize=cfg.resize)
+    train_ds = LesionImages(store, fit_ids, fit_y, train_tf, fit_meta, cfg.image_size)
+    sampler = EpochSampler(fit_y, cfg.balance.sampler, cfg.balance.neg_per_pos, seed)
+    gen = torch.Generator()
+    loader_kw = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "worker_init_fn": _seed_worker,
+                 "persistent_workers": False}
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, generator=gen,
+                          drop_last=len(sampler) > cfg.batch_size, **loader_kw)
+
+    def eval_loader(ids: list[str], meta: np.ndarray | None) -> DataLoader:
+        ds = LesionImages(store, ids, None, eval_tf, meta, cfg.image_size)
+        return DataLoader(ds, batch_size=cfg.batch_size * 2, shuffle=False, **loader_kw)
+
+    valid_dl = eval_loader(data.valid_ids, data.valid_meta if fusion else None)
+    hold_ids = [i for i, h in zip(data.train_ids, held) if h]
+    hold_dl = eval_loader(hold_ids, meta_rows(data.train_meta, held)) if hold_ids else None
+
+    torch.manual_seed(seed)
+    n_meta = data.train_meta.shape[1] if fusion else 0
+    model = LesionNet(cfg.backbone, cfg.pretrained, n_meta, cfg.fusion.hidden, cfg.fusion.dropout)
+    if fusion:
+        model.set_meta_scaling(torch.from_numpy(np.nanmean(fit_meta, 0)), torch.from_numpy(np.nanstd(fit_meta, 0)))
+    model = model.to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-    n_pos = float(np.sum(train_y))
-    pos_weight = torch.tensor([(len(train_y) - n_pos) / max(n_pos, 1.0)], device=device)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, cfg.epochs * len(train_dl))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps,
-                                                    pct_start=min(0.3, 1 / max(cfg.epochs, 1)))
-    history = []
-    for epoch in range(cfg.epochs):
-        # Augmentation and shuffling are seeded per epoch: a run is reproducible, and any epoch
-        # can be replayed without replaying the ones before it.
+    optimizer = torch.optim.AdamW([{"params": model.backbone_parameters(), "lr": cfg.lr * cfg.backbone_lr_mult},
+                                   {"params": model.head_parameters(), "lr": cfg.lr}], weight_decay=cfg.weight_decay)
+    scheduler = _schedule(cfg, optimizer, max(1, cfg.epochs * len(train_dl)))
+    loss_fn = make_loss(cfg.balance, fit_y, device)
+
+    history: list[dict] = []
+    best = {"score": -math.inf, "epoch": 0, "state": None}
+    start_epoch, done, resumed = 0, False, 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state.get("key") != key:
+            log.info("%s: checkpoint %s is for other data, params or code; training from the start", label, checkpoint)
+        else:
+            model.load_state_dict(state["model"])
+            history, done = state["history"], state["done"]
+            best = {"score": state["best_score"], "epoch": state["best_epoch"], "state": state.get("best_model")}
+            start_epoch = resumed = len(history)
+            if not done:
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+            log.info("%s: resuming after epoch %d from %s%s", label, start_epoch, checkpoint,
+                     " (finished)" if done else "")
+
+    metric = cfg.early_stopping.metric
+    for epoch in range(start_epoch, cfg.epochs if not done else start_epoch):
+        # Everything random in an epoch is seeded from (seed, epoch): replayable after a resume.
+        sampler.set_epoch(epoch)
         gen.manual_seed(seed * 1000 + epoch)
-        train_ds.transform.set_random_seed(seed * 1000 + epoch)
+        torch.manual_seed(seed * 1000 + epoch)
+        train_tf.set_random_seed(seed * 1000 + epoch)
+        frozen = epoch < cfg.warmup_epochs
+        model.train()
+        model.freeze_backbone(frozen)
         start = time.perf_counter()
-        loss = train_one_epoch(model, train_dl, optimizer, scheduler, loss_fn, device)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} in epoch {epoch + 1}; lower "
+        step_hook = (lambda step, e=epoch: on_step(e, step)) if on_step else None
+        row = {"epoch": epoch + 1, "lr": round(optimizer.param_groups[-1]["lr"], 8), "frozen_backbone": frozen}
+        row.update(train_one_epoch(model, train_dl, optimizer, scheduler, loss_fn, device, step_hook,
+                                   desc=f"{label} epoch {epoch + 1}/{cfg.epochs}".strip()))
+        model.freeze_backbone(False)
+        if not math.isfinite(row["train_loss"]):
+            raise FloatingPointError(f"training loss became {row['train_loss']} in epoch {epoch + 1}; lower "
                                      "params.yaml train_cnn.models.<name>.lr")
-        history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": round(time.perf_counter() - start, 3)})
-        log.info("epoch %d/%d train loss %.4f", epoch + 1, cfg.epochs, loss)
-    return FoldResult(model, predict(model, valid_dl, device), history)
+        if hold_dl is not None:
+            p = predict(model, hold_dl, device)
+            y = data.train_y[held]
+            row["holdout_auc"], row["holdout_pauc"] = _score(y, p, "auc"), _score(y, p, "pauc")
+        if cfg.monitor_valid and data.valid_y is not None:
+            p = predict(model, valid_dl, device)
+            row["valid_auc"], row["valid_pauc"] = _score(data.valid_y, p, "auc"), _score(data.valid_y, p, "pauc")
+        row["seconds"] = round(time.perf_counter() - start, 3)
+        history.append(row)
+        stop = False
+        if metric != "none":
+            score = row[f"holdout_{metric}"]
+            if math.isfinite(score) and score > best["score"]:
+                best = {"score": score, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+            stop = epoch + 1 - best["epoch"] >= cfg.early_stopping.patience
+        log.info("%s epoch %d/%d: %s", label, epoch + 1, cfg.epochs,
+                 ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                           if k != "epoch"))
+        done = stop or epoch + 1 == cfg.epochs
+        if checkpoint is not None:
+            if done:  # a finished run keeps only what predicting needs
+                final = best["state"] if best["state"] is not None else model.state_dict()
+                _save(checkpoint, {"key": key, "done": True, "history": history, "model": final,
+                                   "best_score": best["score"], "best_epoch": best["epoch"]})
+            else:
+                _save(checkpoint, {"key": key, "done": False, "history": history, "model": model.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "best_score": best["score"], "best_epoch": best["epoch"],
+                                   **({"best_model": best["state"]} if best["state"] is not None else {})})
+        if stop:
+            log.info("%s: early stop after epoch %d; best holdout %s %.4f at epoch %d", label, epoch + 1,
+                     metric, best["score"], best["epoch"])
+            break
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    best_epoch = best["epoch"] if metric != "none" and best["epoch"] else len(history)
+    return FoldResult(model, predict(model, valid_dl, device), history, best_epoch, resumed)

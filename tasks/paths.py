@@ -14,6 +14,10 @@ MODELS = Path("models")
 GBDT_DIR = MODELS / "gbdt"
 CNN_DIR = MODELS / "cnn"
 REPORTS = Path("reports")
+MINORITY = Path("data/processed/minority")  # augmented copies of the malignant images
+TRAIN_PLOTS = REPORTS / "train_cnn"  # per-epoch metrics, one folder per image model (DVC plots)
+STATE = Path(".lesion")  # outside every DVC out (DVC deletes outs before a stage runs); git-ignored
+CHECKPOINTS = STATE / "checkpoints"
 
 
 def features_path(fold: int) -> Path:

@@ -10,11 +10,12 @@ import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
-from lesion_ml.config import CnnModelConfig, TrainGbdtConfig
-from lesion_ml.data.images import ImageStore
-from lesion_ml.io import atomic_path, write_json, write_parquet, write_text
+from lesion_ml.balance import write_minority_set
+from lesion_ml.config import CnnModelConfig, MinoritySetConfig, TrainGbdtConfig
+from lesion_ml.data.images import ImageStore, MultiStore
+from lesion_ml.io import atomic_path, write_csv, write_json, write_parquet, write_text
 from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
-from lesion_ml.train import select_device, train_fold
+from lesion_ml.train import FoldData, select_device, train_fold
 
 
 def _fold_rows(folds: Path, fold: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -35,20 +36,67 @@ def train_gbdt_fold(features: Path, folds: Path, cfg: TrainGbdtConfig, fold: int
     return write_parquet(pred, out / f"pred_fold{fold}.parquet")
 
 
+def _fold_data(images_store: ImageStore, f: pd.DataFrame, train: np.ndarray, cfg: CnnModelConfig,
+               features: Path | None, minority: Path | None) -> FoldData:
+    """The fold's rows, plus its selected metadata features (fusion) and minority-set copies."""
+    data = FoldData(train_ids=f["image_id"][train].tolist(), train_y=f["target"].to_numpy()[train].astype(np.float32),
+                    valid_ids=f["image_id"][~train].tolist(), valid_y=f["target"].to_numpy()[~train],
+                    train_groups=f["patient_id"].astype(str).to_numpy()[train])
+    meta = None
+    if cfg.fusion.enabled:
+        meta = pd.read_parquet(features).set_index("image_id").reindex(f["image_id"])
+        if meta.isna().all(axis=1).any():
+            missing = meta.index[meta.isna().all(axis=1)][:5].tolist()
+            raise ValueError(f"{features}: no metadata features for images {missing}; rerun the prepare stage")
+        meta = meta.to_numpy(np.float32)
+        data.train_meta, data.valid_meta = meta[train], meta[~train]
+    if cfg.balance.minority_set:
+        index = pd.read_parquet(minority / "index.parquet")
+        if index.empty:
+            raise ValueError(f"balance.minority_set is on but {minority} holds no copies; set "
+                             "params.yaml train_cnn.minority_set.copies above 0")
+        index = index[index["source_id"].isin(set(data.train_ids))]
+        data.extra_ids, data.extra_sources = index["copy_id"].tolist(), index["source_id"].tolist()
+        if meta is not None:
+            row_of = pd.Series(np.arange(len(f)), index=f["image_id"])
+            data.extra_meta = meta[row_of.loc[index["source_id"]].to_numpy()]
+    return data
+
+
 @task(cache_policy=NONE)
-def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, num_workers: int,
-                   fold: int, out: Path) -> Path:
-    """Train one backbone on one fold; write the checkpoint, history and validation predictions."""
+def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, num_workers: int, fold: int,
+                   out: Path, name: str = "", features_dir: Path | None = None, minority: Path | None = None,
+                   checkpoints: Path | None = None, plots: Path | None = None) -> Path:
+    """Train one backbone on one fold; write the weights, history and validation predictions.
+
+    Training resumes from `checkpoints`/fold<k>.pt when a run was killed (see train_fold).
+    """
     store = ImageStore.from_manifest(json.loads(images.read_text()))
+    if cfg.balance.minority_set:
+        store = MultiStore([store, ImageStore(hdf5=minority / "images.hdf5")])
     f, train = _fold_rows(folds, fold)
-    result = train_fold(store, f["image_id"][train].tolist(), f["target"].to_numpy()[train],
-                        f["image_id"][~train].tolist(), cfg, select_device(device), num_workers,
-                        seed=cfg.seed + fold)
+    features = features_dir / f"fold{fold}.parquet" if features_dir is not None else None
+    data = _fold_data(store, f, train, cfg, features, minority)
+    result = train_fold(store, data, cfg, select_device(device), num_workers, seed=cfg.seed + fold,
+                        checkpoint=checkpoints / f"fold{fold}.pt" if checkpoints else None,
+                        label=f"{name} fold {fold}".strip())
     with atomic_path(out / f"fold{fold}.pt") as tmp:
         torch.save(result.model.state_dict(), tmp)
-    write_json(result.history, out / f"history_fold{fold}.json")
+    write_json({"best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
+                "epochs": result.history}, out / f"history_fold{fold}.json")
+    if plots is not None:
+        write_csv(pd.DataFrame(result.history), plots / f"fold{fold}.csv")
     pred = f.loc[~train, ["image_id", "fold", "target"]].assign(pred=result.valid_pred)
     return write_parquet(pred, out / f"pred_fold{fold}.parquet")
+
+
+@task(cache_policy=NONE)
+def build_minority_set(images: Path, lesions: Path, cfg: MinoritySetConfig, out: Path) -> int:
+    """Write cfg.copies augmented copies of every malignant image (an empty set when 0)."""
+    store = ImageStore.from_manifest(json.loads(images.read_text()))
+    table = pd.read_parquet(lesions, columns=["image_id", "target"])
+    positives = table.loc[table["target"] == 1, "image_id"].tolist() if cfg.copies else []
+    return len(write_minority_set(store, positives, cfg, out))
 
 
 @task(cache_policy=NONE)

@@ -7,7 +7,7 @@ import torch
 from lesion_ml.config import CnnModelConfig, DataConfig
 from lesion_ml.data.sources import ingest
 from lesion_ml.models.backbones import BACKBONES, PretrainedWeightsMissing, create_backbone
-from lesion_ml.train import LesionImages, create_transforms, train_fold
+from lesion_ml.train import FoldData, LesionImages, create_transforms, train_fold
 
 
 def test_unknown_backbone_suggests_close_names():
@@ -36,11 +36,11 @@ def test_train_fold_changes_weights_and_predicts_every_validation_image(tiny_dem
     cfg = CnnModelConfig(image_size=32, epochs=1, batch_size=8)
     torch.manual_seed(cfg.seed)
     before = create_backbone(cfg.backbone).state_dict()["conv1.weight"].clone()
-    result = train_fold(ing.store, ids[:30], y[:30], ids[30:], cfg, torch.device("cpu"), seed=cfg.seed)
+    result = train_fold(ing.store, FoldData(ids[:30], y[:30], ids[30:]), cfg, torch.device("cpu"), seed=cfg.seed)
     assert result.valid_pred.shape == (len(ids) - 30,)
     assert np.isfinite(result.valid_pred).all() and ((0 <= result.valid_pred) & (result.valid_pred <= 1)).all()
     assert np.isfinite(result.history[0]["train_loss"])
-    assert not torch.equal(before, result.model.state_dict()["conv1.weight"])
+    assert not torch.equal(before, result.model.state_dict()["backbone.conv1.weight"])
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -99,7 +99,8 @@ def test_training_is_reproducible_for_a_seed(tiny_demo):
     ing = ingest(DataConfig(source="synthetic"), tiny_demo)
     ids, y = ing.table["image_id"].tolist(), ing.table["target"].to_numpy()
     cfg = CnnModelConfig(image_size=32, epochs=2, batch_size=8)
-    runs = [train_fold(ing.store, ids[:30], y[:30], ids[30:], cfg, torch.device("cpu"), seed=3) for _ in range(2)]
+    data = FoldData(ids[:30], y[:30], ids[30:])
+    runs = [train_fold(ing.store, data, cfg, torch.device("cpu"), seed=3) for _ in range(2)]
     np.testing.assert_array_equal(runs[0].valid_pred, runs[1].valid_pred)
-    other = train_fold(ing.store, ids[:30], y[:30], ids[30:], cfg, torch.device("cpu"), seed=4)
+    other = train_fold(ing.store, data, cfg, torch.device("cpu"), seed=4)
     assert not np.array_equal(runs[0].valid_pred, other.valid_pred)

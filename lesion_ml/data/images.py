@@ -6,6 +6,7 @@ each get their own), and only the requested image's bytes are read.
 """
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import cv2
 import h5py
 import numpy as np
+import PIL.Image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -23,16 +25,38 @@ class BadImageError(ValueError):
     """An image is missing, unreadable or corrupt; the message names the image and its file."""
 
 
-def decode_image(data: bytes, where: str) -> np.ndarray:
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _reduction(data: bytes, min_side: int) -> int:
+    """The largest JPEG decode scale 1/r (r in 1, 2, 4, 8) that keeps the short side >= `min_side`.
+
+    Reads only the JPEG header (through Pillow); other formats decode at full size.
+    """
+    if data[:3] != b"\xff\xd8\xff":
+        return 1
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as im:
+            short = min(im.size)
+    except (OSError, PIL.Image.DecompressionBombError):
+        return 1  # the decoder below reports the problem
+    return next((r for r in (8, 4, 2) if short // r >= min_side), 1)
+
+
+def decode_image(data: bytes, where: str, min_side: int | None = None) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array of shape (H, W, 3).
 
-    Grayscale becomes 3 channels, alpha is dropped, 16-bit is scaled to 8-bit.
+    Grayscale becomes 3 channels, alpha is dropped, 16-bit is scaled to 8-bit. With `min_side`,
+    a large JPEG is decoded at 1/2, 1/4 or 1/8 scale (in the DCT, so memory and time shrink
+    with it) as long as its short side stays at least `min_side` pixels: a 6000 x 4000
+    original for a 128 px model decodes to 750 x 500.
 
     Raises:
         BadImageError: the bytes are not a decodable image (`where` names the source).
     """
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    flag = _REDUCED.get(_reduction(data, min_side), cv2.IMREAD_COLOR) if min_side else cv2.IMREAD_COLOR
+    img = cv2.imdecode(buf, flag) if buf.size else None
     if img is None or img.size == 0:
         raise BadImageError(f"{where}: cannot decode image ({len(data)} bytes); expected JPEG or PNG "
                             "(params.yaml data.on_bad_image: skip drops such images)")
@@ -119,9 +143,9 @@ class ImageStore:
         raise BadImageError(f"image {image_id!r} is not in the image store "
                             f"(hdf5={self.hdf5}, folder={self.root})")
 
-    def get(self, image_id: str) -> np.ndarray:
-        """The image as an RGB uint8 array of shape (H, W, 3)."""
-        return decode_image(self.read_bytes(image_id), self.where(image_id))
+    def get(self, image_id: str, min_side: int | None = None) -> np.ndarray:
+        """The image as an RGB uint8 array of shape (H, W, 3); see `decode_image` for `min_side`."""
+        return decode_image(self.read_bytes(image_id), self.where(image_id), min_side)
 
     def iter_bytes(self, image_ids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         for image_id in image_ids:
@@ -154,6 +178,28 @@ class ImageStore:
 
         return cls(hdf5=path(manifest.get("hdf5")), root=path(manifest.get("root")),
                    files=dict(manifest.get("files") or {}))
+
+
+@dataclass
+class MultiStore:
+    """Several stores behind one `get`: the first that holds an id serves it (e.g. the data
+    set's images, then the minority set's augmented copies)."""
+
+    stores: list[ImageStore]
+
+    def _owner(self, image_id: str) -> ImageStore:
+        for store in self.stores:
+            h5 = store._handle()
+            if (h5 is not None and image_id in h5) or image_id in store.files:
+                return store
+        raise BadImageError(f"image {image_id!r} is in none of the image stores "
+                            f"({[str(s.hdf5 or s.root) for s in self.stores]})")
+
+    def read_bytes(self, image_id: str) -> bytes:
+        return self._owner(image_id).read_bytes(image_id)
+
+    def get(self, image_id: str, min_side: int | None = None) -> np.ndarray:
+        return self._owner(image_id).get(image_id, min_side)
 
 
 def _dataset_bytes(value: Any) -> bytes:

@@ -1,0 +1,71 @@
+"""The image model and the image + metadata fusion model, one class.
+
+`LesionNet(backbone)` is a registry backbone whose classifier is replaced by a one-logit head.
+With `n_meta > 0` it is the fusion network of the SIIM-ISIC 2020 winners: the backbone's pooled
+features are concatenated with an MLP embedding of the metadata features, and one linear
+layer maps both to the malignancy logit. The metadata standardisation (fitted on the training
+rows) lives in buffers, so a saved state dict carries everything needed to predict.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lesion_ml.models.backbones import backbone_spec, create_backbone
+
+
+class LesionNet(nn.Module):
+    """Args:
+        backbone: a registry name (lesion_ml.models.backbones.BACKBONES).
+        pretrained: "true" | "auto" | "false" (never downloads).
+        n_meta: number of metadata features; 0 builds the image-only model.
+        hidden: width of the metadata MLP.
+        dropout: dropout before the final layer (fusion) and inside the MLP.
+    """
+
+    def __init__(self, backbone: str, pretrained: str = "false", n_meta: int = 0, hidden: int = 64,
+                 dropout: float = 0.2):
+        super().__init__()
+        spec = backbone_spec(backbone)
+        net = create_backbone(backbone, pretrained)
+        n_features = getattr(net, spec.head).in_features
+        setattr(net, spec.head, nn.Identity())
+        self.backbone = net
+        self.n_meta = n_meta
+        if n_meta:
+            self.register_buffer("meta_mean", torch.zeros(n_meta))
+            self.register_buffer("meta_std", torch.ones(n_meta))
+            self.meta = nn.Sequential(nn.Linear(n_meta, hidden), nn.BatchNorm1d(hidden), nn.SiLU(), nn.Dropout(dropout),
+                                      nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.SiLU())
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_features + hidden, 1))
+        else:
+            self.head = nn.Linear(n_features, 1)
+
+    def set_meta_scaling(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise metadata with these training-row statistics (std 0 becomes 1)."""
+        self.meta_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.meta_std.copy_(torch.where(torch.as_tensor(std) > 0, torch.as_tensor(std, dtype=torch.float32), 1.0))
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.backbone(image)
+        if self.n_meta:
+            if meta is None:
+                raise ValueError(f"this fusion model needs {self.n_meta} metadata features per image")
+            m = torch.nan_to_num((meta.float() - self.meta_mean) / self.meta_std).clamp(-8, 8)
+            features = torch.cat([features.float(), self.meta(m).float()], dim=1)
+        return self.head(features)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """Stop (or restart) training the backbone; a frozen backbone also keeps its BatchNorm
+        statistics (call after `train()`)."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            self.backbone.eval()
