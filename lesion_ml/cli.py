@@ -40,6 +40,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_train(args: argparse.Namespace) -> int:
+    import json
+
+    from lesion_ml.bench import bench_train, format_train_table
+    from lesion_ml.io import write_json
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = bench_train(args.backbone, args.size, args.batch_size, args.steps, args.rounds, args.device,
+                         args.workers, Path(args.data) if args.data else None)
+    print(format_train_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    else:
+        print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesion", description="lesion-ml: skin-lesion malignancy detection")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="params.yaml whose prepare/train_gbdt/split sections are used (defaults if absent)")
     tab.add_argument("--json", help="also write the figures to this JSON file")
     tab.set_defaults(func=_bench)
+    from lesion_ml.models.backbones import BACKBONES
+
+    tr = bench_sub.add_parser("train", help="image-model train-step rate: bare vs through our loader, plus inference")
+    tr.add_argument("--backbone", default="resnet18", choices=BACKBONES)
+    tr.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--steps", type=int, default=8, help="timed steps per measurement (default 8)")
+    tr.add_argument("--rounds", type=int, default=3, help="alternating bare/end-to-end rounds; medians reported")
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
+    tr.add_argument("--json", help="also write the figures to this JSON file")
+    tr.set_defaults(func=_bench_train)
     return parser
 
 

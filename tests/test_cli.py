@@ -15,3 +15,16 @@ def test_synth_writes_a_demo_set(tmp_path, capsys):
 def test_synth_reports_bad_values_without_a_traceback(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--malignant-fraction", "1.5"]) == 2
     assert "malignant_fraction" in capsys.readouterr().err
+
+
+def test_bench_train_prints_both_rates_and_their_ratio(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "train", "--size", "32", "--batch-size", "4", "--steps", "2", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    ips = r["images_per_s"]
+    assert all(ips[k] > 0 for k in ("bare", "end_to_end", "input_only", "inference"))
+    assert r["ratio_end_to_end_vs_bare"] == round(ips["end_to_end"] / ips["bare"], 3)
+    assert "ratio end-to-end / bare" in capsys.readouterr().out

@@ -104,3 +104,129 @@ def test_training_is_reproducible_for_a_seed(tiny_demo):
     np.testing.assert_array_equal(runs[0].valid_pred, runs[1].valid_pred)
     other = train_fold(ing.store, data, cfg, torch.device("cpu"), seed=4)
     assert not np.array_equal(runs[0].valid_pred, other.valid_pred)
+
+
+def _tiny(tiny_demo):
+    ing = ingest(DataConfig(source="synthetic"), tiny_demo)
+    t = ing.table
+    return ing.store, t["image_id"].tolist(), t["target"].to_numpy().astype(np.float32), t["patient_id"].to_numpy()
+
+
+def test_fusion_net_uses_the_metadata_and_standardises_it():
+    from lesion_ml.models.net import LesionNet
+
+    torch.manual_seed(0)
+    net = LesionNet("resnet18", n_meta=3).eval()
+    net.set_meta_scaling(torch.tensor([10.0, 0.0, 0.0]), torch.tensor([2.0, 0.0, 1.0]))
+    x = torch.randn(2, 3, 32, 32)
+    a = net(x, torch.tensor([[10.0, 1.0, 0.0], [10.0, 1.0, 0.0]]))
+    b = net(x, torch.tensor([[14.0, 1.0, 3.0], [10.0, 1.0, 0.0]]))
+    assert a.shape == (2, 1) and not torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(net.meta_std, torch.tensor([2.0, 1.0, 1.0]))  # std 0 -> 1
+    with pytest.raises(ValueError, match="needs 3 metadata features"):
+        net(x)
+    assert "meta_mean" in net.state_dict()
+
+
+def test_frozen_backbone_trains_the_head_only_and_keeps_batchnorm_statistics():
+    from lesion_ml.models.net import LesionNet
+
+    torch.manual_seed(0)
+    net = LesionNet("resnet18", n_meta=2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW([{"params": net.backbone_parameters()}, {"params": net.head_parameters()}], lr=0.01)
+    net.train()
+    net.freeze_backbone(True)
+    loss = net(torch.randn(4, 3, 32, 32), torch.randn(4, 2)).sum()
+    loss.backward()
+    opt.step()
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(before["head.1.weight"], after["head.1.weight"])
+    assert not torch.equal(before["meta.0.weight"], after["meta.0.weight"])
+
+
+@pytest.mark.slow
+def test_downsampling_run_logs_the_ratio_it_trained_on_and_early_stops_on_a_patient_holdout(tiny_demo):
+    store, ids, y, groups = _tiny(tiny_demo)
+    cfg = CnnModelConfig(image_size=32, epochs=3, batch_size=4, balance={"sampler": "downsample", "neg_per_pos": 1},
+                         early_stopping={"metric": "auc", "patience": 1, "holdout": 0.25}, monitor_valid=True)
+    data = FoldData(ids[:36], y[:36], ids[36:], valid_y=y[36:], train_groups=groups[:36])
+    result = train_fold(store, data, cfg, torch.device("cpu"), seed=0)
+    from lesion_ml.train import _holdout_split
+
+    held = _holdout_split(data, cfg, 0)
+    assert held.any() and not set(groups[:36][held]) & set(groups[:36][~held])  # whole patients
+    n_pos = int(y[:36][~held].sum())
+    for row in result.history:
+        assert row["images"] == 2 * n_pos - (2 * n_pos) % 4  # all positives + as many negatives, full batches
+        assert 0.3 < row["pos_fraction"] < 0.7
+        assert {"holdout_auc", "holdout_pauc", "valid_auc", "valid_pauc"} <= set(row)
+    assert 1 <= result.best_epoch <= len(result.history)
+    best = max(result.history, key=lambda r: r["holdout_auc"])
+    assert result.best_epoch == best["epoch"]
+
+
+def test_fusion_without_metadata_is_a_clear_error(tiny_demo):
+    store, ids, y, _ = _tiny(tiny_demo)
+    with pytest.raises(ValueError, match="fusion.enabled needs metadata"):
+        train_fold(store, FoldData(ids[:30], y[:30], ids[30:]), CnnModelConfig(fusion={"enabled": True}),
+                   torch.device("cpu"))
+
+
+KILLED_RUN = r"""
+import os, signal, sys
+import numpy as np, torch
+sys.path.insert(0, {tests!r})
+from test_train import _resume_setup
+store, data, cfg = _resume_setup({demo!r})
+from lesion_ml.train import train_fold
+
+def kill(epoch, step):
+    if epoch == 1 and step == 2:
+        open({marker!r}, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+torch.set_num_threads(1)
+train_fold(store, data, cfg, torch.device("cpu"), seed=5, checkpoint=__import__("pathlib").Path({ckpt!r}), on_step=kill)
+"""
+
+
+def _resume_setup(demo):
+    from pathlib import Path
+
+    store, ids, y, groups = _tiny(Path(demo))
+    meta = np.stack([y + np.linspace(0, 1, len(y)), np.cos(np.arange(len(y)))], 1).astype(np.float32)
+    cfg = CnnModelConfig(image_size=32, epochs=3, batch_size=6, warmup_epochs=1, backbone_lr_mult=0.5,
+                         fusion={"enabled": True}, balance={"sampler": "downsample", "neg_per_pos": 2, "loss": "focal"},
+                         augment={"hair": 0.5}, early_stopping={"metric": "auc", "patience": 3, "holdout": 0.25})
+    data = FoldData(ids[:36], y[:36], ids[36:], valid_y=y[36:], train_groups=groups[:36], train_meta=meta[:36],
+                    valid_meta=meta[36:])
+    return store, data, cfg
+
+
+@pytest.mark.slow
+def test_run_killed_in_epoch_2_resumes_from_its_checkpoint_to_the_same_weights(tiny_demo, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store, data, cfg = _resume_setup(tiny_demo)
+    ckpt, marker = tmp_path / "fold0.pt", tmp_path / "killed"
+    code = KILLED_RUN.format(tests=str(Path(__file__).parent), demo=str(tiny_demo), marker=str(marker),
+                             ckpt=str(ckpt))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL, in epoch 2
+    assert marker.exists()
+    state = torch.load(ckpt, weights_only=True)
+    assert len(state["history"]) == 1 and not state["done"]  # epoch 1's checkpoint survived the kill
+    assert not list(tmp_path.glob("*.tmp*"))
+
+    torch.set_num_threads(1)
+    resumed = train_fold(store, data, cfg, torch.device("cpu"), seed=5, checkpoint=ckpt)
+    straight = train_fold(store, data, cfg, torch.device("cpu"), seed=5)
+    assert resumed.resumed_from == 1 and straight.resumed_from == 0
+    a, b = resumed.model.state_dict(), straight.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(resumed.valid_pred, straight.valid_pred)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]

@@ -21,8 +21,12 @@ TINY_PARAMS = {
     "split": {"n_folds": 2, "seed": 0},
     "prepare": {"select": {"k": 8}},
     "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1},
-    "train_cnn": {"threads": 1, "models": {"tiny": {"backbone": "resnet18", "image_size": 32, "epochs": 1,
-                                                   "batch_size": 8}}},
+    "train_cnn": {"threads": 1, "minority_set": {"copies": 1, "max_side": 48},
+                  "models": {"tiny": {"backbone": "resnet18", "image_size": 32, "epochs": 1, "batch_size": 8,
+                                      "balance": {"minority_set": True}},
+                             "tiny_fusion": {"backbone": "resnet18", "image_size": 32, "epochs": 2, "batch_size": 8,
+                                             "fusion": {"enabled": True}, "monitor_valid": True,
+                                             "balance": {"sampler": "downsample", "neg_per_pos": 2}}}},
 }
 
 
@@ -54,6 +58,7 @@ def workdir(tmp_path, monkeypatch):
 def test_stage_flows_in_process(workdir, prefect_harness):
     from flows.evaluate import evaluate_flow
     from flows.ingest import ingest_flow
+    from flows.minority_set import minority_set_flow
     from flows.prepare import prepare_flow
     from flows.split import split_flow
     from flows.train_cnn import train_cnn_flow
@@ -67,9 +72,15 @@ def test_stage_flows_in_process(workdir, prefect_harness):
     selection = prepare_flow()
     assert selection["n_selected"] == 8 and set(selection["per_fold"]) == {"0", "1"}
     train_gbdt_flow()
+    n_pos = int(folds["target"].sum())
+    assert minority_set_flow() == n_pos
     train_cnn_flow("tiny")
+    train_cnn_flow("tiny_fusion")
+    history = pd.read_csv("reports/train_cnn/tiny_fusion/fold1.csv")
+    assert list(history["epoch"]) == [1, 2] and {"valid_auc", "pos_fraction", "train_loss"} <= set(history)
+    assert sorted(p.name for p in (workdir / ".lesion/checkpoints/tiny").iterdir()) == ["fold0.pt", "fold1.pt"]
     result = evaluate_flow()
-    assert set(result) == {"gbdt", "cnn_tiny"}
+    assert set(result) == {"gbdt", "cnn_tiny", "cnn_tiny_fusion"}
     oof = pd.read_parquet("models/gbdt/oof.parquet")
     assert sorted(oof["image_id"]) == sorted(folds["image_id"])  # every row predicted once, out of fold
 
@@ -84,7 +95,7 @@ def test_dvc_repro_end_to_end_then_noop(workdir):
     run = _dvc("repro", cwd=workdir)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     metrics = json.loads((workdir / "reports/metrics.json").read_text())["models"]
-    assert set(metrics) == {"gbdt", "cnn_tiny"}
+    assert set(metrics) == {"gbdt", "cnn_tiny", "cnn_tiny_fusion"}
     for m in metrics.values():
         assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["pauc_80"] <= 0.2
         assert sum(map(sum, m["confusion_matrix"])) == m["n"]

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lesion_ml.augment import HairArtefacts, create_copy_transform, create_transforms
+from lesion_ml.config import AugmentConfig
+from lesion_ml.data.images import decode_image
+
+EVERYTHING = AugmentConfig(flip=1, rotate90=1, affine=1, brightness_contrast=1, hue_saturation=1, blur_noise=1,
+                           dropout=1, hair=1)
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    img = np.random.default_rng(seed).integers(90, 200, size=(h, w, 3), dtype=np.uint8)
+    cv2.circle(img, (w // 2, h // 2), min(h, w) // 4, (80, 40, 30), -1)
+    return img
+
+
+@pytest.mark.parametrize("policy", ["squash", "pad", "crop"])
+@pytest.mark.parametrize("shape", [(55, 55), (41, 70), (3000, 2000)])
+@pytest.mark.parametrize("train", [True, False])
+def test_every_pipeline_keeps_dtype_and_gives_the_model_size(policy, shape, train):
+    t = create_transforms(64, train, augment=EVERYTHING, resize=policy)
+    out = t(image=_image(*shape))["image"]
+    assert out.shape == (3, 64, 64) and out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_augmentation_really_changes_the_image_and_replays_for_a_seed():
+    img = _image(60, 60)
+    t = create_transforms(48, True, augment=EVERYTHING)
+    plain = create_transforms(48, False)(image=img)["image"]
+    t.set_random_seed(5)
+    a = t(image=img)["image"]
+    t.set_random_seed(5)
+    b = t(image=img)["image"]
+    t.set_random_seed(6)
+    c = t(image=img)["image"]
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
+
+
+def test_eval_pipeline_is_deterministic_and_unaugmented():
+    img = _image(60, 60)
+    t = create_transforms(60, False, mean=(0, 0, 0), std=(1, 1, 1))
+    out = t(image=img)["image"]
+    assert torch.allclose(out, torch.from_numpy(img).permute(2, 0, 1).float() / 255)
+
+
+def test_pad_policy_keeps_the_aspect_and_pads_with_black():
+    img = np.full((30, 60, 3), 200, np.uint8)
+    out = create_transforms(64, False, mean=(0, 0, 0), std=(1, 1, 1), resize="pad")(image=img)["image"]
+    assert out[:, 0, :].max() == 0 and out[:, 32, :].min() > 0.7  # top rows padding, middle rows image
+
+
+def test_hair_artefacts_draw_dark_strokes():
+    t = HairArtefacts(p=1.0)
+    t.set_random_seed(1)
+    img = np.full((96, 96, 3), 220, np.uint8)
+    out = t(image=img)["image"]
+    changed = (out != img).any(axis=2)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert 0.002 < changed.mean() < 0.5 and out[changed].mean() < 150
+
+
+def test_copy_transform_shrinks_large_images_only():
+    big = create_copy_transform(AugmentConfig(flip=0, rotate90=0, affine=0, brightness_contrast=0, hue_saturation=0,
+                                              blur_noise=0, dropout=0), max_side=100)
+    assert big(image=_image(400, 300))["image"].shape == (100, 75, 3)
+    assert big(image=_image(50, 40))["image"].shape == (50, 40, 3)
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale_keeping_the_requested_side():
+    ok, buf = cv2.imencode(".jpg", _image(3000, 4000))
+    full = decode_image(buf.tobytes(), "x.jpg")
+    small = decode_image(buf.tobytes(), "x.jpg", min_side=128)
+    assert full.shape == (3000, 4000, 3)
+    assert small.shape == (375, 500, 3) and min(small.shape[:2]) >= 128
+    assert decode_image(buf.tobytes(), "x.jpg", min_side=1000).shape == (1500, 2000, 3)
+    ok, png = cv2.imencode(".png", _image(300, 400))
+    assert decode_image(png.tobytes(), "x.png", min_side=16).shape == (300, 400, 3)  # PNG: full size
