@@ -112,7 +112,7 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
     from lesion_ml.data.synthetic import generate_synthetic
     from lesion_ml.models.backbones import backbone_spec
     from lesion_ml.models.net import LesionNet
-    from lesion_ml.train import LesionImages, predict, select_device, train_one_epoch
+    from lesion_ml.train import LesionImages, predict, select_device, to_device, train_one_epoch
 
     dev = select_device(device)
     n_images = batch_size * steps
@@ -138,9 +138,7 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
         bare = [{"image": torch.randn(batch_size, 3, size, size, generator=gen),
                  "label": (torch.rand(batch_size, generator=gen) < 0.5).float()} for _ in range(steps)]
         torch.manual_seed(seed)
-        model = LesionNet(backbone, "false").to(dev)
-        if dev.type == "cpu":
-            model = model.to(memory_format=torch.channels_last)
+        model = to_device(LesionNet(backbone, "false"), dev)
         cfg = CnnModelConfig(backbone=backbone)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)

@@ -37,7 +37,7 @@ from lesion_ml.models.net import LesionNet
 log = logging.getLogger(__name__)
 
 __all__ = ["FoldData", "FoldResult", "LesionImages", "create_transforms", "predict", "select_device",
-           "train_fold", "train_one_epoch"]
+           "to_device", "train_fold", "train_one_epoch"]
 
 
 class LesionImages(Dataset):
@@ -75,10 +75,14 @@ def select_device(name: str) -> torch.device:
     return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move a model to `device` in channels-last layout (NHWC), which oneDNN on CPU and the tensor
+    cores under bf16 autocast on CUDA both run faster than NCHW; `_forward` feeds it NHWC."""
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
 def _forward(model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-    x = batch["image"].to(device, non_blocking=True)
-    if device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     meta = batch.get("meta")
     meta = None if meta is None else meta.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -275,9 +279,7 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
     model = LesionNet(cfg.backbone, cfg.pretrained, n_meta, cfg.fusion.hidden, cfg.fusion.dropout)
     if fusion:
         model.set_meta_scaling(torch.from_numpy(np.nanmean(fit_meta, 0)), torch.from_numpy(np.nanstd(fit_meta, 0)))
-    model = model.to(device)
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+    model = to_device(model, device)
     optimizer = torch.optim.AdamW([{"params": model.backbone_parameters(), "lr": cfg.lr * cfg.backbone_lr_mult},
                                    {"params": model.head_parameters(), "lr": cfg.lr}], weight_decay=cfg.weight_decay)
     scheduler = _schedule(cfg, optimizer, max(1, cfg.epochs * len(train_dl)))

@@ -27,7 +27,7 @@ from lesion_ml.config import CnnModelConfig, DataConfig, SplitConfig, SyntheticC
 from lesion_ml.data.sources import ingest  # noqa: E402
 from lesion_ml.data.synthetic import generate_synthetic  # noqa: E402
 from lesion_ml.split import assign_folds  # noqa: E402
-from lesion_ml.train import select_device, train_fold  # noqa: E402
+from lesion_ml.train import FoldData, select_device, to_device, train_fold  # noqa: E402
 
 LESIONS_PER_PATIENT = (4, 14)
 
@@ -62,11 +62,11 @@ def generate_parallel(out: Path, n_images: int, workers: int) -> None:
 def bare_step_rate(backbone: str, size: int, batch: int, device: torch.device, steps: int = 30) -> float:
     """Images/s of forward + backward + AdamW step on random tensors already on the device
     (no data loading): the ceiling the loader should approach."""
-    from lesion_ml.models.backbones import create_backbone
+    from lesion_ml.models.net import LesionNet
 
-    model = create_backbone(backbone).to(device).train()
+    model = to_device(LesionNet(backbone), device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, size, size, device=device)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,), device=device).float()
     for i in range(steps + 5):
         if i == 5:  # warm-up done (cudnn autotuning, allocator)
@@ -113,8 +113,9 @@ def main() -> int:
             torch.backends.cudnn.benchmark = True
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        result = train_fold(ing.store, folds["image_id"][train].tolist(), folds["target"].to_numpy()[train],
-                            folds["image_id"][~train].tolist(), cfg, device, num_workers=args.workers, seed=0)
+        data = FoldData(folds["image_id"][train].tolist(), folds["target"].to_numpy()[train].astype(np.float32),
+                        folds["image_id"][~train].tolist())
+        result = train_fold(ing.store, data, cfg, device, num_workers=args.workers, seed=0)
         if cuda:
             torch.cuda.synchronize()
         total_s = time.perf_counter() - t0

@@ -11,3 +11,8 @@ for _key, _value in {
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }.items():
     os.environ.setdefault(_key, _value)
+
+import logging  # noqa: E402
+
+# Prefect attaches its handlers to the extra loggers but leaves their level at the root's WARNING.
+logging.getLogger("lesion_ml").setLevel(logging.INFO)

@@ -230,3 +230,53 @@ def test_run_killed_in_epoch_2_resumes_from_its_checkpoint_to_the_same_weights(t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     np.testing.assert_array_equal(resumed.valid_pred, straight.valid_pred)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+
+
+def test_fold_uses_only_copies_of_its_own_training_positives_and_their_metadata(tmp_path):
+    import pandas as pd
+
+    from lesion_ml.data.images import ImageStore
+    from tasks.train import _fold_data
+
+    f = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "patient_id": ["p", "p", "q", "r"],
+                      "target": [1, 0, 1, 0], "fold": [0, 0, 1, 1]})
+    (tmp_path / "minority").mkdir()
+    pd.DataFrame({"copy_id": ["a__aug0", "a__aug1", "c__aug0"], "source_id": ["a", "a", "c"]}).to_parquet(
+        tmp_path / "minority" / "index.parquet")
+    pd.DataFrame({"image_id": ["d", "c", "b", "a"], "x1": [4.0, 3.0, 2.0, 1.0]}).to_parquet(tmp_path / "f.parquet")
+    cfg = CnnModelConfig(fusion={"enabled": True}, balance={"minority_set": True})
+    train = (f["fold"] != 1).to_numpy()
+    data = _fold_data(ImageStore(), f, train, cfg, tmp_path / "f.parquet", tmp_path / "minority")
+    assert data.train_ids == ["a", "b"] and data.valid_ids == ["c", "d"]
+    assert data.extra_ids == ["a__aug0", "a__aug1"] and data.extra_sources == ["a", "a"]  # not c: validation
+    assert data.extra_meta.ravel().tolist() == [1.0, 1.0]
+    assert data.train_meta.ravel().tolist() == [1.0, 2.0] and data.valid_meta.ravel().tolist() == [3.0, 4.0]
+
+
+@pytest.mark.slow
+def test_copies_of_held_out_positives_never_reach_training(tiny_demo, monkeypatch):
+    import lesion_ml.train as tr
+
+    store, ids, y, groups = _tiny(tiny_demo)
+    pos = [i for i, v in zip(ids[:36], y[:36]) if v == 1]
+    data = FoldData(ids[:36], y[:36], ids[36:], train_groups=groups[:36], extra_ids=[p + "__aug0" for p in pos],
+                    extra_sources=pos)
+    cfg = CnnModelConfig(image_size=16, epochs=1, batch_size=64, early_stopping={"metric": "auc", "holdout": 0.25})
+    held = tr._holdout_split(data, cfg, 0)
+    seen = {}
+    real_init = tr.LesionImages.__init__
+
+    def spy(self, store, image_ids, labels, *a, **k):
+        real_init(self, store, image_ids, labels, *a, **k)
+        if labels is not None:
+            seen["ids"] = list(image_ids)
+
+    monkeypatch.setattr(tr.LesionImages, "__init__", spy)
+    monkeypatch.setattr(tr, "train_one_epoch", lambda *a, **k: {"train_loss": 0.0, "images": 0, "pos_fraction": 0})
+    held_pos = {i for i, h, v in zip(ids[:36], held, y[:36]) if h and v == 1}
+    assert held_pos
+    tr.train_fold(store, data, cfg, torch.device("cpu"))  # training stubbed: no copy is ever read
+    fit = set(seen["ids"])
+    assert not fit & {i for i, h in zip(ids[:36], held) if h}
+    assert not fit & {p + "__aug0" for p in held_pos}
+    assert {p + "__aug0" for p in pos} - {p + "__aug0" for p in held_pos} <= fit
