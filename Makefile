@@ -28,7 +28,7 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	@test -d .git || (git init -q && echo "initialised a git repository (DVC needs one)")
 	$(BIN)/dvc repro
-	@echo "metrics: reports/metrics.json"; $(BIN)/dvc metrics show
+	@echo "out-of-fold metrics (reports/metrics.json; all figures: dvc metrics show):"; $(BIN)/lesion metrics
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

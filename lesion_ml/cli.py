@@ -61,6 +61,25 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    import json
+
+    path = Path(args.path)
+    try:
+        models = json.loads(path.read_text())["models"]
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file; run `make run` (dvc repro) first") from None
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a metrics file of the evaluate stage ({err})") from None
+    print(f"{'model':<28}{'ROC-AUC':>9}{'pAUC80':>9}{'PR-AUC':>9}{'recall':>9}{'spec.':>9}   per-fold ROC-AUC")
+    for name, m in sorted(models.items(), key=lambda kv: -(kv[1]["roc_auc"] or 0)):
+        folds = " ".join(f"{v:.3f}" if v is not None else "n/a" for v in m["fold_roc_auc"].values())
+        cells = "".join(f"{m[k]:>9.4f}" if m[k] is not None else f"{'n/a':>9}"
+                        for k in ("roc_auc", "pauc_80", "pr_auc", "recall", "specificity"))
+        print(f"{name:<28}{cells}   {folds}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesion", description="lesion-ml: skin-lesion malignancy detection")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="params.yaml whose prepare/train_gbdt/split sections are used (defaults if absent)")
     tab.add_argument("--json", help="also write the figures to this JSON file")
     tab.set_defaults(func=_bench)
+    met = sub.add_parser("metrics", help="a compact table of reports/metrics.json (out-of-fold, every model)")
+    met.add_argument("path", nargs="?", default="reports/metrics.json")
+    met.set_defaults(func=_metrics)
     from lesion_ml.models.backbones import BACKBONES
 
     tr = bench_sub.add_parser("train", help="image-model train-step rate: bare vs through our loader, plus inference")

@@ -28,3 +28,17 @@ def test_bench_train_prints_both_rates_and_their_ratio(tmp_path, capsys):
     assert all(ips[k] > 0 for k in ("bare", "end_to_end", "input_only", "inference"))
     assert r["ratio_end_to_end_vs_bare"] == round(ips["end_to_end"] / ips["bare"], 3)
     assert "ratio end-to-end / bare" in capsys.readouterr().out
+
+
+def test_metrics_prints_one_row_per_model_best_first(tmp_path, capsys):
+    import json
+
+    m = {"roc_auc": 0.8, "pauc_80": 0.05, "pr_auc": 0.4, "recall": 0.7, "specificity": 0.9,
+         "fold_roc_auc": {"0": 0.75, "1": None}}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"models": {"a": m, "b": {**m, "roc_auc": 0.9}}}))
+    assert main(["metrics", str(path)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].startswith("b ") and rows[2].startswith("a ") and "0.750 n/a" in rows[2]
+    assert main(["metrics", str(tmp_path / "none.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
