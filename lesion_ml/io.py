@@ -5,9 +5,11 @@ An interrupted run therefore never leaves a half-written artefact that a later s
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class DiskFullError(OSError):
+    """The disk filled up while an output was written; the previous version of it is intact."""
 
 
 @contextlib.contextmanager
@@ -35,6 +40,13 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_path, target)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(target.parent).free
+        raise DiskFullError(errno.ENOSPC, f"no space left on the device while writing {target} "
+                            f"({free / 2**20:.1f} MiB free in {target.parent}); nothing was written: free "
+                            "some space and rerun") from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -10,9 +10,10 @@ from prefect.cache_policies import NONE
 from lesion_ml.config import EvaluateConfig
 from lesion_ml.evaluate.metrics import classification_metrics
 from lesion_ml.io import write_json
+from tasks.retry import IO_RETRIES
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, **IO_RETRIES)
 def evaluate_models(oof_files: dict[str, Path], cfg: EvaluateConfig, out: Path) -> dict:
     """The same metrics, on the same out-of-fold rows, for every model; plus per-fold ROC-AUC."""
     results = {}

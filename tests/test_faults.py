@@ -1,0 +1,168 @@
+"""Fault injection: SIGKILL in the middle of a stage, a full disk, transient I/O errors.
+
+A killed stage must never leave a half-written output under its final name, and rerunning it
+must give byte-identical outputs to an uninterrupted run. (Training's kill-in-epoch-2 resume
+test lives in test_train.py.)
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, TINY
+
+# Runs the ingest, split and prepare stages' task bodies (no Prefect server) in `workdir`;
+# with KILL_AT=n the process SIGKILLs itself at the n-th atomic rename, i.e. after that
+# output's temporary file is complete but before it replaces the target.
+DRIVER = r"""
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+os.chdir({workdir!r})
+kill_at = int(os.environ.get("KILL_AT", "0"))
+if kill_at:
+    real_replace, calls = os.replace, [0]
+    def replace(src, dst):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+    os.replace = replace
+from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig, SelectConfig, SyntheticConfig
+from tasks import paths
+from tasks.data import (clean_features, count_metadata_columns, generate_demo, ingest_source, make_folds,
+                        prepare_fold, write_selection)
+data = DataConfig(source="synthetic", synthetic=SyntheticConfig(**{tiny!r}))
+generate_demo.fn(data.synthetic, paths.DEMO_DIR)
+ingest_source.fn(data, paths.DEMO_DIR, paths.LESIONS, paths.IMAGES, paths.REPORTS / "ingest.json")
+make_folds.fn(paths.LESIONS, SplitConfig(n_folds=3, seed=0), paths.FOLDS)
+prep = PrepareConfig(select=SelectConfig(k=6))
+clean = paths.FEATURES / "clean.parquet"
+n = clean_features.fn(paths.LESIONS, prep, clean)
+per_fold = [prepare_fold.fn(clean, paths.FOLDS, prep, k, paths.features_path(k)) for k in range(3)]
+write_selection.fn(per_fold, count_metadata_columns(paths.LESIONS), n, paths.REPORTS / "selection.json")
+"""
+
+OUTPUTS = ["data/interim/demo/train-image.hdf5", "data/interim/demo/train-metadata.csv",
+           "data/interim/lesions.parquet", "data/interim/images.json", "reports/ingest.json",
+           "data/processed/folds.parquet", "data/processed/features/clean.parquet",
+           *[f"data/processed/features/fold{k}.parquet" for k in range(3)], "reports/selection.json"]
+
+
+def _run(workdir: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
+    code = DRIVER.format(repo=str(REPO), workdir=str(workdir), tiny=TINY.model_dump(mode="json"))
+    env = dict(os.environ, KILL_AT=str(kill_at))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+
+
+def _digests(workdir: Path) -> dict[str, str | None]:
+    return {rel: hashlib.sha256((workdir / rel).read_bytes()).hexdigest() if (workdir / rel).exists() else None
+            for rel in OUTPUTS}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("faults")
+    run = _run(workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    digests = _digests(workdir)
+    assert None not in digests.values()
+    return workdir, digests
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at, stage", [(2, "ingest"), (4, "ingest"), (6, "split"), (8, "prepare"),
+                                            (10, "prepare")])
+def test_sigkill_mid_stage_leaves_no_partial_output_and_a_rerun_is_identical(clean_run, kill_at, stage):
+    workdir, expected = clean_run
+    for rel in OUTPUTS:  # start from nothing, as DVC does
+        (workdir / rel).unlink(missing_ok=True)
+    killed = _run(workdir, kill_at)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    after_kill = _digests(workdir)
+    # every output under its final name is complete (identical to the clean run's) or absent
+    assert all(d is None or d == expected[rel] for rel, d in after_kill.items()), after_kill
+    assert sum(d is not None for d in after_kill.values()) < len(OUTPUTS)
+    rerun = _run(workdir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _digests(workdir) == expected
+
+
+def test_full_disk_is_a_clear_error_and_the_previous_output_survives(tmp_path, monkeypatch):
+    from lesion_ml.io import DiskFullError, write_parquet
+
+    target = tmp_path / "out.parquet"
+    write_parquet(pd.DataFrame({"a": [1, 2]}), target)
+    before = target.read_bytes()
+
+    def full(self, path, **kw):
+        Path(path).write_bytes(b"PAR1 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
+    with pytest.raises(DiskFullError, match=r"no space left on the device while writing .*out.parquet "
+                                            r"\(.* MiB free in .*\); nothing was written"):
+        write_parquet(pd.DataFrame({"a": [3]}), target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]  # no temporary file left
+
+
+def test_only_transient_io_errors_are_retried():
+    from lesion_ml.data.sources import DataError
+    from tasks.retry import is_transient
+
+    assert is_transient(OSError(errno.EIO, "Input/output error"))
+    assert is_transient(OSError(errno.ESTALE, "Stale file handle"))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "No such file"))
+    assert not is_transient(PermissionError(errno.EACCES, "Permission denied"))
+    assert not is_transient(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_transient(DataError("bad row"))
+
+
+@pytest.mark.flow
+def test_prefect_retries_a_task_after_a_transient_oserror(prefect_harness, tmp_path, monkeypatch):
+    from prefect import flow
+
+    import tasks.data as td
+    from lesion_ml.config import SplitConfig
+    from lesion_ml.data.sources import DataError
+
+    table = pd.DataFrame({"image_id": [f"i{k}" for k in range(12)], "patient_id": [f"p{k // 2}" for k in range(12)],
+                          "target": [k % 2 for k in range(12)]})
+    table.to_parquet(tmp_path / "lesions.parquet")
+    calls = []
+    real = td.assign_folds
+
+    def flaky(t, cfg):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error reading the network share")
+        return real(t, cfg)
+
+    monkeypatch.setattr(td, "assign_folds", flaky)
+    monkeypatch.setattr(td.make_folds, "retry_delay_seconds", [0, 0])
+
+    @flow
+    def split_once():
+        return td.make_folds(tmp_path / "lesions.parquet", SplitConfig(n_folds=3), tmp_path / "folds.parquet")
+
+    split_once()
+    assert len(calls) == 2 and pd.read_parquet(tmp_path / "folds.parquet")["fold"].nunique() == 3
+
+    calls.clear()
+
+    def bad(t, cfg):
+        calls.append(1)
+        raise DataError("2 patients cannot fill 3 patient-grouped folds")
+
+    monkeypatch.setattr(td, "assign_folds", bad)
+    with pytest.raises(DataError, match="cannot fill"):
+        split_once()
+    assert len(calls) == 1  # bad data is not retried
