@@ -107,7 +107,8 @@ def test_text_in_numeric_column_is_named(demo_table):
     bad = demo_table.copy()
     bad["tbp_lv_areaMM2"] = bad["tbp_lv_areaMM2"].astype(object)
     bad.loc[3, "tbp_lv_areaMM2"] = "12,5"
-    with pytest.raises(DataError, match=r"column 'tbp_lv_areaMM2', row 3: value '12,5' is not a number"):
+    with pytest.raises(DataError, match=r"column 'tbp_lv_areaMM2', row 3 \(image_id '[^']+'\): value '12,5' "
+                                        "is not a number"):
         clean_metadata(bad)
 
 
@@ -115,7 +116,7 @@ def test_unknown_category_spelling_lists_the_allowed_set(demo_table):
     bad = demo_table.copy()
     bad["sex"] = bad["sex"].astype(object)
     bad.loc[2, "sex"] = "femme"
-    with pytest.raises(DataError, match=r"column 'sex', row 2: unknown category 'femme'; allowed \(any case\): "
+    with pytest.raises(DataError, match=r"column 'sex', row 2 \(image_id '[^']+'\): unknown category 'femme'; allowed \(any case\): "
                                         r"\['female', 'male'\]"):
         clean_metadata(bad)
 

@@ -50,14 +50,32 @@ def read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: metadata CSV not found (params.yaml data.path / data.metadata_csv)")
     try:
-        return pd.read_csv(path, low_memory=False, **kwargs)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); "
-                        "save the CSV as UTF-8") from None
+        df = pd.read_csv(path, low_memory=False, **kwargs)
+    except UnicodeDecodeError:
+        raise DataError(_not_utf8(path)) from None
     except pd.errors.ParserError as err:
         raise DataError(f"{path}: malformed CSV: {err}") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; expected a header row and one row per image") from None
+    if df.shape[1] == 1:
+        header = str(df.columns[0])
+        for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+            if sep in header:
+                raise DataError(f"{path}: the header {header[:60]!r} looks separated by {name}; lesion-ml reads "
+                                "comma-separated CSV: save it with commas")
+    return df
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8 (pandas reports offsets within its read buffer, not the file)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"{path}: not UTF-8 text; save the CSV as UTF-8"
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return (f"{path}: not UTF-8 text: line {line}, byte {err.start} is 0x{data[err.start]:02x} ({err.reason}); "
+                "save the CSV as UTF-8 (it looks like Latin-1/Windows-1252 if the byte is a letter)")
 
 
 def read_isic2024(root: Path, metadata_csv: str = "train-metadata.csv", source: str = "isic2024",
@@ -77,7 +95,11 @@ def read_isic2024(root: Path, metadata_csv: str = "train-metadata.csv", source: 
                         "(params.yaml data.path, data.image_dir)")
     store = ImageStore(hdf5=h5 if h5.is_file() else None, root=folder if files else None, files=files)
     table = _canonical(meta.rename(columns={"isic_id": "image_id"}), source, csv)
-    return Ingested(table, store, {"metadata_csv": str(csv)})
+    unexpected = [c for c in meta.columns if c not in ISIC2024_COLUMNS]
+    if unexpected:
+        log.warning("%s: %d column(s) outside the ISIC 2024 schema, kept as metadata candidates: %s", csv,
+                    len(unexpected), unexpected[:10])
+    return Ingested(table, store, {"metadata_csv": str(csv), "unexpected_columns": unexpected})
 
 
 def detect_format(columns: pd.Index) -> str:

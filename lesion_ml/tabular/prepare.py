@@ -56,9 +56,14 @@ def clean_metadata(table: pd.DataFrame, families: tuple[str, ...] = ()) -> pd.Da
     """
     keep = [c for c in table.columns if not is_leak_column(c) and c not in ID_COLUMNS]
     df = table[keep].copy()
+    ids = table["image_id"].to_numpy() if "image_id" in table else None
+
+    def row(i: int) -> str:  # the image id says which CSV row, whatever rows ingest skipped
+        return f"row {i} (image_id {ids[i]!r})" if ids is not None else f"row {i}"
+
     for col in list(df.columns):
         if col in VOCABULARIES or col in FREE_CATEGORIES:
-            df[col] = _normalise_category(df[col], col)
+            df[col] = _normalise_category(df[col], col, row)
         elif pd.api.types.is_bool_dtype(df[col]):
             df[col] = df[col].astype(float)
         elif not pd.api.types.is_numeric_dtype(df[col]):
@@ -68,7 +73,7 @@ def clean_metadata(table: pd.DataFrame, families: tuple[str, ...] = ()) -> pd.Da
                 df = df.drop(columns=col)  # free text (a description, a file name): not a feature
             elif text.any():
                 i = int(np.flatnonzero(text.to_numpy())[0])
-                raise DataError(f"column {col!r}, row {i}: value {df[col].iloc[i]!r} is not a number; "
+                raise DataError(f"column {col!r}, {row(i)}: value {df[col].iloc[i]!r} is not a number; "
                                 f"{int(text.sum())} such values (fix the CSV or drop the column)")
             else:
                 df[col] = coerced.astype(float)
@@ -77,7 +82,7 @@ def clean_metadata(table: pd.DataFrame, families: tuple[str, ...] = ()) -> pd.Da
     return engineer(df, families, table["patient_id"] if "patient_id" in table else None)
 
 
-def _normalise_category(values: pd.Series, col: str) -> pd.Series:
+def _normalise_category(values: pd.Series, col: str, row=lambda i: f"row {i}") -> pd.Series:
     text = values.astype("string").str.strip().str.lower()
     text = text.mask(text.isin(MISSING_TOKENS))
     vocab = VOCABULARIES.get(col)
@@ -86,7 +91,7 @@ def _normalise_category(values: pd.Series, col: str) -> pd.Series:
         if unknown.any():
             i = int(np.flatnonzero(unknown.to_numpy())[0])
             allowed = sorted(set(vocab.values()))
-            raise DataError(f"column {col!r}, row {i}: unknown category {values.iloc[i]!r}; allowed "
+            raise DataError(f"column {col!r}, {row(i)}: unknown category {values.iloc[i]!r}; allowed "
                             f"(any case): {allowed}, synonyms {sorted(set(vocab) - set(allowed))}, "
                             f"or empty/unknown for missing ({int(unknown.sum())} such values)")
         text = text.map(vocab.get, na_action="ignore")
