@@ -14,7 +14,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := lesion_ml
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast install clean-venv
+.PHONY: run test test-fast bench install clean-venv
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not flow"
+
+bench: $(STAMP)
+	$(BIN)/lesion bench all --json reports/bench.json
 
 clean-venv:
 	rm -rf $(VENV)

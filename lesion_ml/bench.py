@@ -87,7 +87,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 32, steps: int = 8, rounds: int = 3,
-                device: str = "auto", num_workers: int = 0, data_dir: Path | None = None, seed: int = 0) -> dict[str, Any]:
+                device: str = "auto", num_workers: int = 0, data_dir: Path | None = None,
+                seed: int = 0) -> dict[str, Any]:
     """Image-model throughput, bare and end to end, measured side by side in one process.
 
     Each round times `steps` training steps twice with the same step code (`train_one_epoch`):
@@ -119,8 +120,8 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
     with tempfile.TemporaryDirectory(prefix="lesion-bench-") as tmp:
         if data_dir is None:
             data_dir = Path(tmp)
-            generate_synthetic(data_dir, SyntheticConfig(n_patients=max(8, n_images // 8 + 4), lesions_per_patient=(8, 10),
-                                                         seed=seed))
+            n_patients = max(8, n_images // 8 + 4)
+            generate_synthetic(data_dir, SyntheticConfig(n_patients=n_patients, lesions_per_patient=(8, 10), seed=seed))
         ing = ingest(DataConfig(source="isic2024", path=str(data_dir)), data_dir)
         ids = ing.table["image_id"].tolist()
         if len(ids) < n_images:
@@ -183,4 +184,103 @@ def format_train_table(r: dict[str, Any]) -> str:
     ])
 
 
-__all__ = ["bench_tabular", "bench_train", "format_table", "format_train_table", "peak_rss_mib"]
+def bench_images(size: int = 128, n_images: int = 400, seed: int = 0) -> dict[str, Any]:
+    """Image input rates on generated demo tiles (JPEG in HDF5): reading the bytes, decoding them,
+    and decoding plus the resize and training augmentation that a training sample gets."""
+    import tempfile
+
+    from lesion_ml.augment import create_transforms
+    from lesion_ml.config import DataConfig, SyntheticConfig
+    from lesion_ml.data.images import decode_image
+    from lesion_ml.data.sources import ingest
+    from lesion_ml.data.synthetic import generate_synthetic
+
+    with tempfile.TemporaryDirectory(prefix="lesion-bench-") as tmp:
+        generate_synthetic(Path(tmp), SyntheticConfig(n_patients=max(8, n_images // 9 + 2), lesions_per_patient=(8, 10),
+                                                      seed=seed))
+        ing = ingest(DataConfig(source="synthetic"), Path(tmp))
+        ids = ing.table["image_id"].tolist()[:n_images]
+        transform = create_transforms(size, True)
+        transform.set_random_seed(seed)
+        rates = {}
+        start = time.perf_counter()
+        blobs = [ing.store.read_bytes(i) for i in ids]
+        rates["hdf5_read"] = len(ids) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        images = [decode_image(b, "bench") for b in blobs]
+        rates["decode"] = len(ids) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in ids:
+            transform(image=ing.store.get(i, size))
+        rates["read_decode_augment"] = len(ids) / (time.perf_counter() - start)
+        ing.store.close()
+    side = float(np.median([max(im.shape[:2]) for im in images]))
+    return {"images": len(ids), "median_side_px": side, "size": size,
+            "images_per_s": {k: round(v, 1) for k, v in rates.items()},
+            "augment_vs_decode": round(rates["read_decode_augment"] / rates["decode"], 3)}
+
+
+def _noop_dvc_repro(repo: Path) -> dict[str, Any]:
+    """Time `dvc repro` in `repo` when its pipeline is up to date (else say why not)."""
+    import shutil
+    import subprocess
+    import sys
+
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    if not (repo / "dvc.lock").is_file():
+        return {"seconds": None, "note": f"no dvc.lock in {repo}: run `make run` first"}
+    status = subprocess.run([dvc, "status", "--quiet"], cwd=repo, capture_output=True, text=True)
+    if status.returncode != 0:
+        return {"seconds": None, "note": "the pipeline has changes to reproduce; run `make run` first"}
+    start = time.perf_counter()
+    run = subprocess.run([dvc, "repro"], cwd=repo, capture_output=True, text=True)
+    seconds = round(time.perf_counter() - start, 2)
+    ok = run.returncode == 0 and "up to date" in run.stdout
+    return {"seconds": seconds if ok else None, "note": "nothing reran" if ok else run.stdout[-300:]}
+
+
+BENCH_BACKBONES = ("resnet18", "resnet50", "efficientnet-b0", "efficientnet-lite0")
+
+
+def bench_all(backbones: tuple[str, ...] = BENCH_BACKBONES, size: int = 128, tabular_rows: int = 401_059,
+              repo: Path = Path("."), steps: int = 6, rounds: int = 3, batch_size: int = 16) -> dict[str, Any]:
+    """Every benchmark once, in one process, for one table (see `format_all_table`)."""
+    start = time.perf_counter()
+    out: dict[str, Any] = {"tabular": bench_tabular(n_rows=tabular_rows)}
+    out["image_input"] = bench_images(size)
+    out["train"] = {b: bench_train(b, size, batch_size, steps, rounds) for b in backbones}
+    out["dvc_repro_noop"] = _noop_dvc_repro(repo)
+    out["cached_pipeline_rerun"] = {"seconds": None, "note": "not measured: there is no cached Prefect "
+                                    "pipeline flow yet (a no-op `dvc repro` is the cached rerun today)"}
+    out["total_s"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def format_all_table(r: dict[str, Any]) -> str:
+    """One plain-text table of `bench_all`'s result."""
+    t, img = r["tabular"], r["image_input"]
+    rows = [("tabular: prepare + select", f"{t['prepare_select_s']:.1f} s", f"{t['rows']:,} rows, "
+             f"{t['n_features_in']} -> {t['n_selected']} features"),
+            ("tabular: 5-fold LightGBM", f"{t['seconds']['gbdt_folds']:.1f} s", f"OOF ROC-AUC {t['roc_auc']:.3f}"),
+            ("tabular: peak RSS", f"{t['peak_rss_mib'] / 1024:.2f} GiB", "whole process so far"),
+            ("images: HDF5 read", f"{img['images_per_s']['hdf5_read']:.0f} /s", f"{img['images']} demo tiles, "
+             f"median {img['median_side_px']:.0f} px"),
+            ("images: JPEG decode", f"{img['images_per_s']['decode']:.0f} /s", "raw decode"),
+            ("images: read+decode+augment", f"{img['images_per_s']['read_decode_augment']:.0f} /s",
+             f"to {img['size']} px; {img['augment_vs_decode']:.2f} x raw decode")]
+    for name, b in r["train"].items():
+        ips = b["images_per_s"]
+        rows.append((f"train {name}", f"{b['ratio_end_to_end_vs_bare']:.3f}",
+                     f"end-to-end / bare: {ips['end_to_end']:.1f} / {ips['bare']:.1f} images/s at {b['size']} px"))
+        rows.append((f"inference {name}", f"{ips['inference']:.0f} /s", b["device"]))
+    for key, label in (("dvc_repro_noop", "no-op dvc repro"), ("cached_pipeline_rerun", "cached pipeline rerun")):
+        v = r[key]
+        rows.append((label, f"{v['seconds']:.2f} s" if v["seconds"] is not None else "n/a", v["note"]))
+    width = max(len(n) for n, _, _ in rows)
+    lines = [f"lesion bench all ({r['total_s']:.0f} s)"]
+    lines += [f"  {n:<{width}}  {v:>10}  {note}" for n, v, note in rows]
+    return "\n".join(lines)
+
+
+__all__ = ["bench_all", "bench_images", "bench_tabular", "bench_train", "format_all_table", "format_table", "format_train_table",
+           "peak_rss_mib"]

@@ -61,6 +61,18 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_all(args: argparse.Namespace) -> int:
+    from lesion_ml.bench import bench_all, format_all_table
+    from lesion_ml.io import write_json
+
+    result = bench_all(tuple(args.backbones), args.size, args.rows, Path(args.repo))
+    print(format_all_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _metrics(args: argparse.Namespace) -> int:
     import json
 
@@ -117,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
     tr.add_argument("--json", help="also write the figures to this JSON file")
     tr.set_defaults(func=_bench_train)
+    from lesion_ml.bench import BENCH_BACKBONES
+
+    al = bench_sub.add_parser("all", help="every benchmark, one table (tabular, image input, train steps, dvc)")
+    al.add_argument("--backbones", nargs="+", default=list(BENCH_BACKBONES), choices=BACKBONES)
+    al.add_argument("--size", type=int, default=128)
+    al.add_argument("--rows", type=int, default=401_059, help="rows of the tabular benchmark")
+    al.add_argument("--repo", default=".", help="repository whose no-op `dvc repro` is timed")
+    al.add_argument("--json", help="also write the figures to this JSON file")
+    al.set_defaults(func=_bench_all)
     return parser
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from lesion_ml.cli import main
 
@@ -42,3 +43,19 @@ def test_metrics_prints_one_row_per_model_best_first(tmp_path, capsys):
     assert rows[1].startswith("b ") and rows[2].startswith("a ") and "0.750 n/a" in rows[2]
     assert main(["metrics", str(tmp_path / "none.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_all_prints_one_table_with_every_part(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "all", "--backbones", "resnet18", "--size", "32", "--rows", "3000", "--repo",
+                 str(tmp_path), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r) >= {"tabular", "image_input", "train", "dvc_repro_noop", "cached_pipeline_rerun"}
+    assert r["tabular"]["rows"] == 3000 and r["train"]["resnet18"]["images_per_s"]["bare"] > 0
+    assert r["image_input"]["images_per_s"]["decode"] > 0
+    assert r["dvc_repro_noop"]["seconds"] is None and "no dvc.lock" in r["dvc_repro_noop"]["note"]
+    table = capsys.readouterr().out
+    assert "train resnet18" in table and "no-op dvc repro" in table and "n/a" in table

@@ -116,8 +116,8 @@ def test_unknown_category_spelling_lists_the_allowed_set(demo_table):
     bad = demo_table.copy()
     bad["sex"] = bad["sex"].astype(object)
     bad.loc[2, "sex"] = "femme"
-    with pytest.raises(DataError, match=r"column 'sex', row 2 \(image_id '[^']+'\): unknown category 'femme'; allowed \(any case\): "
-                                        r"\['female', 'male'\]"):
+    with pytest.raises(DataError, match=r"column 'sex', row 2 \(image_id '[^']+'\): unknown category 'femme'; "
+                                        r"allowed \(any case\): \['female', 'male'\]"):
         clean_metadata(bad)
 
 

@@ -99,6 +99,13 @@ def test_dvc_repro_end_to_end_then_noop(workdir):
     for m in metrics.values():
         assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["pauc_80"] <= 0.2
         assert sum(map(sum, m["confusion_matrix"])) == m["n"]
+    # reports and plots carry counts and metrics, never a patient identifier
+    patients = set(pd.read_parquet(workdir / "data/processed/folds.parquet")["patient_id"].astype(str))
+    for path in (workdir / "reports").rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            leaked = [p for p in patients if p in text]
+            assert not leaked, f"{path} names patients {leaked[:3]}"
     start = time.perf_counter()
     again = _dvc("repro", cwd=workdir)
     assert again.returncode == 0 and "Data and pipelines are up to date" in again.stdout, again.stdout
