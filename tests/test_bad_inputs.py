@@ -293,10 +293,12 @@ def test_27_ten_thousand_pixel_jpeg_decodes_in_bounded_memory(tmp_path):
     assert h_full == 10_000 and mib_full > 250  # what a full decode would have cost
 
 
-def test_28_image_path_escaping_the_data_folder(tmp_path):
+@pytest.mark.parametrize("escape", ["../../etc/passwd", "/etc/passwd", "link/passwd"])
+def test_28_image_path_escaping_the_data_folder(tmp_path, escape):
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "labels.csv").write_text("image_file,target\n../../etc/passwd,0\nx.png,1\n")
-    with pytest.raises(DataError, match=r"row 2: image_file '../../etc/passwd' points outside the data folder"):
+    (tmp_path / "d" / "link").symlink_to("/etc")  # a symlink inside the folder that leads out of it
+    (tmp_path / "d" / "labels.csv").write_text(f"image_file,target\n{escape},0\nx.png,1\n")
+    with pytest.raises(DataError, match=rf"row 2: image_file '{escape}' points outside the data folder"):
         ingest(DataConfig(source="folder", path=str(tmp_path / "d")))
 
 
