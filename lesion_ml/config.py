@@ -213,7 +213,20 @@ class TrainCnnConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    threshold: float = Field(0.5, gt=0, lt=1)
+    """How models are compared (see lesion_ml/evaluate)."""
+
+    threshold_method: Literal["sensitivity", "youden", "fixed"] = Field(
+        "sensitivity", description="sensitivity: highest threshold reaching target_sensitivity on the OOF scores; "
+        "youden: max sensitivity + specificity - 1; fixed: `threshold`")
+    target_sensitivity: float = Field(0.95, gt=0, le=1)
+    threshold: float = Field(0.5, gt=0, lt=1, description="the threshold when threshold_method is fixed")
+    bootstrap: int = Field(1000, ge=0, description="patient-level bootstrap resamples for the 95% intervals")
+    calibration_bins: int = Field(10, ge=2)
+    ensembles: bool = Field(True, description="add mean and rank-average ensembles of all models")
+    stack: bool = Field(True, description="add a LightGBM over the metadata features + image OOF scores")
+    calibrate: Literal["none", "isotonic", "platt"] = Field("none", description="cross-fitted calibration of "
+                                                            "every model's scores before the metrics")
+    seed: int = 0
 
 
 class Params(_Section):
