@@ -21,6 +21,7 @@ TINY_PARAMS = {
     "split": {"n_folds": 2, "seed": 0},
     "prepare": {"select": {"k": 8}},
     "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1},
+    "evaluate": {"bootstrap": 50},
     "train_cnn": {"threads": 1, "minority_set": {"copies": 1, "max_side": 48},
                   "models": {"tiny": {"backbone": "resnet18", "image_size": 32, "epochs": 1, "batch_size": 8,
                                       "balance": {"minority_set": True}},
@@ -28,6 +29,9 @@ TINY_PARAMS = {
                                              "fusion": {"enabled": True}, "monitor_valid": True,
                                              "balance": {"sampler": "downsample", "neg_per_pos": 2}}}},
 }
+
+
+MODELS = {"gbdt", "cnn_tiny", "cnn_tiny_fusion", "ensemble_mean", "ensemble_rank", "stack_gbdt_images"}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -80,7 +84,9 @@ def test_stage_flows_in_process(workdir, prefect_harness):
     assert list(history["epoch"]) == [1, 2] and {"valid_auc", "pos_fraction", "train_loss"} <= set(history)
     assert sorted(p.name for p in (workdir / ".lesion/checkpoints/tiny").iterdir()) == ["fold0.pt", "fold1.pt"]
     result = evaluate_flow()
-    assert set(result) == {"gbdt", "cnn_tiny", "cnn_tiny_fusion"}
+    assert set(result) == MODELS
+    html = (workdir / "reports/report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "stack_gbdt_images" in html
     oof = pd.read_parquet("models/gbdt/oof.parquet")
     assert sorted(oof["image_id"]) == sorted(folds["image_id"])  # every row predicted once, out of fold
 
@@ -95,10 +101,11 @@ def test_dvc_repro_end_to_end_then_noop(workdir):
     run = _dvc("repro", cwd=workdir)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     metrics = json.loads((workdir / "reports/metrics.json").read_text())["models"]
-    assert set(metrics) == {"gbdt", "cnn_tiny", "cnn_tiny_fusion"}
+    assert set(metrics) == MODELS
     for m in metrics.values():
         assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["pauc_80"] <= 0.2
         assert sum(map(sum, m["confusion_matrix"])) == m["n"]
+        assert m["recall"] >= 0.95 and set(m["ci95"]) >= {"roc_auc", "sensitivity"}  # threshold for 95% sensitivity
     # reports and plots carry counts and metrics, never a patient identifier
     patients = set(pd.read_parquet(workdir / "data/processed/folds.parquet")["patient_id"].astype(str))
     for path in (workdir / "reports").rglob("*"):
