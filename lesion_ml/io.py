@@ -86,6 +86,24 @@ def write_parquet(df: pd.DataFrame, target: Path | str) -> Path:
     return Path(target)
 
 
+def save_torch(obj: Any, target: Path | str) -> Path:
+    """torch.save, atomically. The bytes are built in memory and written by Python, so a full disk
+    is an OSError (DiskFullError) rather than torch's "PytorchStreamWriter failed"."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(buf.getbuffer())
+    return Path(target)
+
+
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE,
+                              errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
 def write_csv(df: pd.DataFrame, target: Path | str) -> Path:
     """Write a DataFrame to CSV atomically (index dropped)."""
     with atomic_path(target) as tmp:

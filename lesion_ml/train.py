@@ -30,7 +30,7 @@ from lesion_ml.augment import create_transforms
 from lesion_ml.balance import EpochSampler, make_loss
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.evaluate.metrics import partial_auc
-from lesion_ml.io import atomic_path
+from lesion_ml.io import save_torch
 from lesion_ml.models.backbones import backbone_spec
 from lesion_ml.models.net import LesionNet
 
@@ -168,10 +168,26 @@ def _source_hash() -> str:
     return h.hexdigest()
 
 
-def _run_key(data: FoldData, cfg: CnnModelConfig, seed: int) -> str:
+def _store_fingerprint(store) -> str:
+    """What identifies the images a store serves without reading them all: each HDF5 file's path,
+    size and modification time, and the folder mapping (a regenerated or edited file changes it)."""
+    parts = []
+    for s in getattr(store, "stores", [store]):
+        for path in (getattr(s, "hdf5", None),):
+            if path is not None and Path(path).exists():
+                st = Path(path).stat()
+                parts.append(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}")
+        files = getattr(s, "files", {}) or {}
+        parts.append(f"{getattr(s, 'root', None)}|" + hashlib.sha256(
+            json.dumps(sorted(files.items())).encode()).hexdigest())
+    return "\n".join(parts)
+
+
+def _run_key(data: FoldData, cfg: CnnModelConfig, seed: int, store=None, num_workers: int = 0,
+             device: str = "cpu") -> str:
     h = hashlib.sha256()
     h.update(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
-    h.update(f"{seed}|{_source_hash()}".encode())
+    h.update(f"{seed}|{_source_hash()}|{num_workers}|{device}|{_store_fingerprint(store)}".encode())
     for ids in (data.train_ids, data.valid_ids, data.extra_ids):
         h.update("\n".join(ids).encode() + b"\x00")
     for arr in (data.train_y, data.train_groups, data.train_meta, data.valid_meta):
@@ -190,10 +206,15 @@ def _holdout_split(data: FoldData, cfg: CnnModelConfig, seed: int) -> np.ndarray
         raise ValueError(f"early stopping needs {n_splits} training patients and a malignant one for its "
                          f"holdout; set early_stopping.metric: none for this data")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(splitter.split(np.zeros(len(groups)), data.train_y, groups))
-    mask = np.zeros(len(groups), bool)
-    mask[held] = True
-    return mask
+    y = np.asarray(data.train_y)
+    for _, held in splitter.split(np.zeros(len(groups)), y, groups):
+        mask = np.zeros(len(groups), bool)
+        mask[held] = True
+        if 0 < y[mask].sum() < mask.sum() and 0 < y[~mask].sum() < (~mask).sum():
+            return mask  # both classes held out and both left to train on
+    raise ValueError(f"no patient-grouped holdout of {cfg.early_stopping.holdout:.0%} has both classes on both "
+                     f"sides ({int(y.sum())} malignant training rows); raise early_stopping.holdout or set "
+                     "early_stopping.metric: none")
 
 
 def _score(y: np.ndarray, p: np.ndarray, metric: str) -> float:
@@ -213,8 +234,7 @@ def _schedule(cfg: CnnModelConfig, optimizer: torch.optim.Optimizer, steps: int)
 
 def _save(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)
 
 
 def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device, num_workers: int = 0,
@@ -235,7 +255,7 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
         on_step: called as on_step(epoch, step) after each optimizer step (tests).
         label: prefix for the progress bar and log lines (e.g. "resnet18 fold 2").
     """
-    key = _run_key(data, cfg, seed)
+    key = _run_key(data, cfg, seed, store, num_workers, device.type)
     spec = backbone_spec(cfg.backbone)
     held = _holdout_split(data, cfg, seed)
     keep_extra = np.isin(data.extra_sources, np.asarray(data.train_ids)[held], invert=True) \

@@ -7,11 +7,9 @@ pass by waiting; they fail at once with their message.
 """
 from __future__ import annotations
 
-import errno
 from typing import Any
 
-TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE,
-                              errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+from lesion_ml.io import TRANSIENT_ERRNOS
 
 
 def is_transient(exc: BaseException | None) -> bool:

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
 from lesion_ml.balance import write_minority_set
 from lesion_ml.config import CnnModelConfig, MinoritySetConfig, TrainGbdtConfig
 from lesion_ml.data.images import ImageStore, MultiStore
-from lesion_ml.io import atomic_path, write_csv, write_json, write_parquet, write_text
+from lesion_ml.io import save_torch, write_csv, write_json, write_parquet, write_text
 from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
 from lesion_ml.train import FoldData, select_device, train_fold
 from tasks.retry import IO_RETRIES
@@ -37,7 +36,7 @@ def train_gbdt_fold(features: Path, folds: Path, cfg: TrainGbdtConfig, fold: int
     return write_parquet(pred, out / f"pred_fold{fold}.parquet")
 
 
-def _fold_data(images_store: ImageStore, f: pd.DataFrame, train: np.ndarray, cfg: CnnModelConfig,
+def _fold_data(f: pd.DataFrame, train: np.ndarray, cfg: CnnModelConfig,
                features: Path | None, minority: Path | None) -> FoldData:
     """The fold's rows, plus its selected metadata features (fusion) and minority-set copies."""
     data = FoldData(train_ids=f["image_id"][train].tolist(), train_y=f["target"].to_numpy()[train].astype(np.float32),
@@ -77,12 +76,15 @@ def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, 
         store = MultiStore([store, ImageStore(hdf5=minority / "images.hdf5")])
     f, train = _fold_rows(folds, fold)
     features = features_dir / f"fold{fold}.parquet" if features_dir is not None else None
-    data = _fold_data(store, f, train, cfg, features, minority)
-    result = train_fold(store, data, cfg, select_device(device), num_workers, seed=cfg.seed + fold,
-                        checkpoint=checkpoints / f"fold{fold}.pt" if checkpoints else None,
-                        label=f"{name} fold {fold}".strip())
-    with atomic_path(out / f"fold{fold}.pt") as tmp:
-        torch.save(result.model.state_dict(), tmp)
+    data = _fold_data(f, train, cfg, features, minority)
+    try:
+        result = train_fold(store, data, cfg, select_device(device), num_workers, seed=cfg.seed + fold,
+                            checkpoint=checkpoints / f"fold{fold}.pt" if checkpoints else None,
+                            label=f"{name} fold {fold}".strip())
+    finally:
+        for s in getattr(store, "stores", [store]):
+            s.close()
+    save_torch(result.model.state_dict(), out / f"fold{fold}.pt")
     write_json({"best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
                 "epochs": result.history}, out / f"history_fold{fold}.json")
     if plots is not None:

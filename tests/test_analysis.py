@@ -97,13 +97,20 @@ def test_mean_and_rank_ensembles():
     np.testing.assert_allclose(rank_ensemble(s), [1 / 3, 2 / 3, 1.0])
 
 
+def test_small_groups_are_pooled_into_other():
+    y, p, _ = _data(200)
+    table = pd.DataFrame({"target": y, "sex": ["male"] * 180 + ["a"] * 6 + ["b"] * 6 + ["c"] * 8})
+    rows = {r["group"]: r["n"] for r in subgroup_table(table, p, 0.5) if r["attribute"] == "sex"}
+    assert rows == {"male": 180, "other": 20}
+
+
 def test_subgroups_pool_small_groups_and_report_per_group_sensitivity():
     y, p, _ = _data(200)
     table = pd.DataFrame({"target": y, "sex": ["male"] * 100 + ["female"] * 95 + ["other-rare"] * 5,
                           "age_approx": np.r_[np.full(150, 55.0), np.full(50, 25.0)]})
     rows = subgroup_table(table, p, 0.5)
     sex = {r["group"]: r for r in rows if r["attribute"] == "sex"}
-    assert set(sex) == {"male", "female", "other"} and sex["other"]["n"] == 5
+    assert set(sex) == {"male", "female"}  # the 5-row group, pooled, is still under 10 rows: left out
     male = y[:100] == 1
     assert sex["male"]["sensitivity"] == round(float((p[:100][male] >= 0.5).mean()), 4)
     ages = {r["group"]: r["n"] for r in rows if r["attribute"] == "age_band"}

@@ -357,7 +357,7 @@ def test_36_minority_set_requested_but_empty(tmp_path):
     f = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p", "q"], "target": [1, 0], "fold": [0, 1]})
     with pytest.raises(ValueError, match=r"balance.minority_set is on but .*minority holds no copies; set "
                                          "params.yaml train_cnn.minority_set.copies above 0"):
-        _fold_data(ImageStore(), f, np.array([True, False]), CnnModelConfig(balance={"minority_set": True}),
+        _fold_data(f, np.array([True, False]), CnnModelConfig(balance={"minority_set": True}),
                    None, tmp_path / "minority")
 
 

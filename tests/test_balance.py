@@ -74,6 +74,7 @@ def test_minority_set_is_reproducible_in_any_order(tiny_demo, tmp_path):
     cfg = MinoritySetConfig(copies=3, max_side=40, seed=3)
     a = write_minority_set(ing.store, pos, cfg, tmp_path / "a")
     b = write_minority_set(ing.store, pos[::-1], cfg, tmp_path / "b")
+    assert sorted(b["copy_id"]) == sorted(a["copy_id"])
     assert len(a) == 12 and set(a["source_id"]) == set(pos)
     sa, sb = ImageStore(hdf5=tmp_path / "a" / "images.hdf5"), ImageStore(hdf5=tmp_path / "b" / "images.hdf5")
     for cid in a["copy_id"]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +165,42 @@ def test_prefect_retries_a_task_after_a_transient_oserror(prefect_harness, tmp_p
     with pytest.raises(DataError, match="cannot fill"):
         split_once()
     assert len(calls) == 1  # bad data is not retried
+
+
+def test_torch_checkpoints_on_a_full_disk_are_a_clear_error_too(tmp_path, monkeypatch):
+    import torch
+
+    from lesion_ml.io import DiskFullError, save_torch
+
+    save_torch({"w": torch.ones(2)}, tmp_path / "fold0.pt")
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(DiskFullError, match=r"no space left on the device while writing .*fold0.pt"):
+        save_torch({"w": torch.zeros(2)}, tmp_path / "fold0.pt")
+    monkeypatch.undo()
+    assert torch.equal(torch.load(tmp_path / "fold0.pt", weights_only=True)["w"], torch.ones(2))
+
+
+def test_a_transient_read_error_is_not_mistaken_for_a_bad_image(tmp_path, monkeypatch):
+    from lesion_ml.data.images import BadImageError, ImageStore
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    store = ImageStore(root=tmp_path, files={"a": "a.png"})
+
+    def flaky(self):
+        raise OSError(errno.ESTALE, "Stale file handle")
+
+    monkeypatch.setattr(Path, "read_bytes", flaky)
+    with pytest.raises(OSError, match="Stale file handle") as err:
+        store.read_bytes("a")
+    assert not isinstance(err.value, BadImageError)
+
+    def gone(self):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", gone)
+    with pytest.raises(BadImageError, match="a.png: cannot read image 'a': Permission denied"):
+        store.read_bytes("a")

@@ -235,7 +235,6 @@ def test_run_killed_in_epoch_2_resumes_from_its_checkpoint_to_the_same_weights(t
 def test_fold_uses_only_copies_of_its_own_training_positives_and_their_metadata(tmp_path):
     import pandas as pd
 
-    from lesion_ml.data.images import ImageStore
     from tasks.train import _fold_data
 
     f = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "patient_id": ["p", "p", "q", "r"],
@@ -246,7 +245,7 @@ def test_fold_uses_only_copies_of_its_own_training_positives_and_their_metadata(
     pd.DataFrame({"image_id": ["d", "c", "b", "a"], "x1": [4.0, 3.0, 2.0, 1.0]}).to_parquet(tmp_path / "f.parquet")
     cfg = CnnModelConfig(fusion={"enabled": True}, balance={"minority_set": True})
     train = (f["fold"] != 1).to_numpy()
-    data = _fold_data(ImageStore(), f, train, cfg, tmp_path / "f.parquet", tmp_path / "minority")
+    data = _fold_data(f, train, cfg, tmp_path / "f.parquet", tmp_path / "minority")
     assert data.train_ids == ["a", "b"] and data.valid_ids == ["c", "d"]
     assert data.extra_ids == ["a__aug0", "a__aug1"] and data.extra_sources == ["a", "a"]  # not c: validation
     assert data.extra_meta.ravel().tolist() == [1.0, 1.0]
@@ -280,3 +279,35 @@ def test_copies_of_held_out_positives_never_reach_training(tiny_demo, monkeypatc
     assert not fit & {i for i, h in zip(ids[:36], held) if h}
     assert not fit & {p + "__aug0" for p in held_pos}
     assert {p + "__aug0" for p in pos} - {p + "__aug0" for p in held_pos} <= fit
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_not_reused_once_the_images_change(tiny_demo, tmp_path):
+    import os
+    import shutil
+
+    demo = tmp_path / "demo"
+    shutil.copytree(tiny_demo, demo)
+    store, ids, y, _ = _tiny(demo)
+    cfg = CnnModelConfig(image_size=16, epochs=1, batch_size=16)
+    data, ckpt = FoldData(ids[:30], y[:30], ids[30:]), tmp_path / "fold0.pt"
+    train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt)
+    assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt).resumed_from == 1  # finished: reused
+    st = (demo / "train-image.hdf5").stat()
+    os.utime(demo / "train-image.hdf5", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the image file changed
+    assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt).resumed_from == 0
+    assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt, num_workers=1).resumed_from == 0
+
+
+def test_early_stopping_holdout_has_both_classes_on_both_sides_or_says_why():
+    from lesion_ml.train import _holdout_split
+
+    y = np.r_[np.ones(6), np.zeros(54)].astype(np.float32)
+    groups = np.array([f"P{i // 2}" for i in range(60)])  # 3 positive patients among 30
+    cfg = CnnModelConfig(early_stopping={"metric": "auc", "holdout": 0.1})
+    for seed in range(5):
+        held = _holdout_split(FoldData([str(i) for i in range(60)], y, [], train_groups=groups), cfg, seed)
+        assert 0 < y[held].sum() < y.sum() and (y[held] == 0).any()
+    lone = np.r_[np.ones(2), np.zeros(58)].astype(np.float32)  # one positive patient: impossible
+    with pytest.raises(ValueError, match="no patient-grouped holdout of 10% has both classes on both sides"):
+        _holdout_split(FoldData([str(i) for i in range(60)], lone, [], train_groups=groups), cfg, 0)

@@ -18,6 +18,8 @@ import h5py
 import numpy as np
 import PIL.Image
 
+from lesion_ml.io import TRANSIENT_ERRNOS
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
@@ -139,6 +141,8 @@ class ImageStore:
             try:
                 return path.read_bytes()
             except OSError as err:
+                if err.errno in TRANSIENT_ERRNOS:
+                    raise  # a flaky share: the task is retried (tasks/retry.py)
                 raise BadImageError(f"{path}: cannot read image {image_id!r}: {err.strerror}") from None
         raise BadImageError(f"image {image_id!r} is not in the image store "
                             f"(hdf5={self.hdf5}, folder={self.root})")

@@ -71,7 +71,7 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, method: str = "sensitivity", 
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
     if y.min() == y.max():
         raise ValueError("choosing a threshold needs both classes in the out-of-fold rows")
-    fpr, tpr, thr = roc_curve(y, p)
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
     thr = np.minimum(thr, 1.0)  # sklearn puts +inf first
     if method == "youden":
         return float(thr[int(np.argmax(tpr - fpr))])
@@ -88,7 +88,8 @@ AGE_LABELS = ["<30", "30-49", "50-69", "70+"]
 def subgroup_table(table: pd.DataFrame, p: np.ndarray, threshold: float, min_rows: int = 10) -> list[dict]:
     """Per subgroup of sex, age band, anatomic site and source (those columns the data has):
     rows, malignant, ROC-AUC (when both classes), sensitivity and specificity at `threshold`.
-    Groups with fewer than `min_rows` rows are pooled as "other" so no tiny cell is reported."""
+    Groups with fewer than `min_rows` rows are pooled as "other"; a pool still that small is left
+    out, so no tiny cell is reported."""
     df = table.assign(_p=np.asarray(p, dtype=float))
     if "age_approx" in df:
         age = pd.to_numeric(df["age_approx"], errors="coerce")
@@ -101,6 +102,8 @@ def subgroup_table(table: pd.DataFrame, p: np.ndarray, threshold: float, min_row
         counts = values.value_counts()
         values = values.where(values.map(counts) >= min_rows, "other")
         for value, g in df.groupby(values, sort=True):
+            if len(g) < min_rows:  # even pooled, too small to show
+                continue
             y, s = g["target"].to_numpy().astype(int), g["_p"].to_numpy()
             both = 0 < y.sum() < len(y)
             out.append({"attribute": col, "group": str(value), "n": int(len(g)), "n_malignant": int(y.sum()),
