@@ -16,7 +16,7 @@ def evaluate_flow(params: str = str(paths.PARAMS)) -> dict:
     oof.update({f"cnn_{name}": paths.CNN_DIR / name / "oof.parquet" for name in p.train_cnn.models})
     return evaluate_models(oof, p.evaluate, paths.LESIONS, paths.FEATURES, p.train_gbdt, paths.GBDT_DIR,
                            paths.REPORTS / "metrics.json", paths.REPORTS / "evaluation.json",
-                           paths.REPORTS / "report.html")
+                           paths.REPORTS / "report.html", paths.OOF_SCORES, paths.CURVES)
 
 
 if __name__ == "__main__":

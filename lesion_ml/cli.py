@@ -92,6 +92,55 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from lesion_ml.bundle import FinalModel
+    from lesion_ml.io import write_csv
+    from lesion_ml.predict import predict_cases, prepare_inputs
+    from lesion_ml.train import select_device
+
+    device = select_device(args.device)
+    model = FinalModel.load(args.model, device)
+    inputs = prepare_inputs(model, args.images, Path(args.metadata) if args.metadata else None)
+    out = predict_cases(model, inputs, device, args.batch_size, args.tta, args.workers, args.skip_bad)
+    write_csv(out, args.out)
+    ok = out["status"] == "ok"
+    used = "; ".join(f"{name}: {len(g)} images, threshold {g['threshold'].iloc[0]:.4g}"
+                     for name, g in out.groupby("model", sort=False))
+    print(f"wrote {args.out}: {len(out)} images, {int((out['decision'][ok] == 1).sum())} flagged malignant ({used})"
+          + (f", {int((~ok).sum())} unreadable" if (~ok).any() else ""))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lesion_ml.bundle import FinalModel
+    from lesion_ml.explain import explain_images, explain_metadata
+    from lesion_ml.io import write_csv
+    from lesion_ml.predict import prepare_inputs, score_images
+
+    model = FinalModel.load(args.model, "cpu")
+    inputs = prepare_inputs(model, args.images, Path(args.metadata) if args.metadata else None)
+    ids = inputs.image_ids[: args.limit] if args.limit else inputs.image_ids
+    out = Path(args.out)
+    cams = explain_images(model, inputs.store, ids, inputs.features, out)
+    if not cams.empty:
+        write_csv(cams, out / "gradcam.csv")
+    feats = inputs.features
+    if feats is not None:
+        feats = feats.loc[[i for i in ids if i in feats.index]]
+        if model.stack and not feats.empty:  # the stack's inputs include the image models' scores
+            meta = feats.to_numpy(np.float32)
+            scores = {f"score_{c}": score_images(model, c, inputs.store, list(feats.index),
+                                                 meta if model.cnns[c].n_meta else None, "cpu")[0]
+                      for c in model.manifest["components"]}
+            feats = feats.assign(**scores)
+    table = explain_metadata(model, feats, out) if feats is not None else None
+    print(f"wrote {len(cams)} Grad-CAM overlays to {out}"
+          + (f"; metadata contributions for {table['image_id'].nunique()} images" if table is not None else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesion", description="lesion-ml: skin-lesion malignancy detection")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +187,27 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--repo", default=".", help="repository whose no-op `dvc repro` is timed")
     al.add_argument("--json", help="also write the figures to this JSON file")
     al.set_defaults(func=_bench_all)
+    pr = sub.add_parser("predict", help="score new images with an exported model (models/final)")
+    pr.add_argument("--model", default="models/final", help="the model folder (default models/final)")
+    pr.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                    help="one HDF5 file (keys = image ids), one folder (searched recursively) or image files")
+    pr.add_argument("--metadata", help="CSV with one row per image (isic_id or image_id column); needed by "
+                                       "metadata models unless the model has an image-only fallback")
+    pr.add_argument("--out", default="predictions.csv", help="output CSV (default predictions.csv)")
+    pr.add_argument("--tta", action="store_true", help="average the 8 flips/quarter turns of each image")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--skip-bad", action="store_true",
+                    help="report unreadable images in the output (status column) instead of stopping")
+    pr.set_defaults(func=_predict)
+    ex = sub.add_parser("explain", help="Grad-CAM heat maps and metadata feature contributions")
+    ex.add_argument("--model", default="models/final")
+    ex.add_argument("--images", nargs="+", required=True, metavar="PATH")
+    ex.add_argument("--metadata", help="CSV with one row per image (as for predict)")
+    ex.add_argument("--out", required=True, help="output folder (PNG overlays, CSV tables)")
+    ex.add_argument("--limit", type=int, default=0, help="explain only the first N images (0: all)")
+    ex.set_defaults(func=_explain)
     return parser
 
 

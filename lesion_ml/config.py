@@ -226,7 +226,18 @@ class EvaluateConfig(_Section):
     stack: bool = Field(True, description="add a LightGBM over the metadata features + image OOF scores")
     calibrate: Literal["none", "isotonic", "platt"] = Field("none", description="cross-fitted calibration of "
                                                             "every model's scores before the metrics")
+    select_metric: Literal["roc_auc", "pauc_80", "pr_auc"] = Field(
+        "pauc_80", description="the metric that names reports/metrics.json's best_model (ISIC 2024 ranks by pauc_80)")
     seed: int = 0
+
+
+class FinalConfig(_Section):
+    """The model exported to models/final (stage `final`): retrained on every labelled row."""
+
+    model: str = Field("best", description="best (evaluate's best_model) or a model name of reports/metrics.json")
+    fallback: str | None = Field(None, description="an image-only model of train_cnn.models also exported, used "
+                                 "by `lesion predict` for images without metadata; null: metadata is required")
+    seed_offset: int = Field(1000, ge=0, description="the final CNNs train with seed + this (the folds used seed + k)")
 
 
 class Params(_Section):
@@ -236,6 +247,7 @@ class Params(_Section):
     train_gbdt: TrainGbdtConfig = TrainGbdtConfig()
     train_cnn: TrainCnnConfig = TrainCnnConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    final: FinalConfig = FinalConfig()
 
 
 def _format_errors(err: ValidationError, where: str) -> str:

@@ -53,7 +53,7 @@ class LesionImages(Dataset):
         self.image_ids = list(image_ids)
         self.labels = np.full(len(self.image_ids), np.nan, np.float32) if labels is None \
             else np.asarray(labels, np.float32)
-        self.meta = None if meta is None else np.asarray(meta, np.float32)
+        self.meta = None if meta is None else np.array(meta, np.float32)  # a copy: writable, own memory
         self.transform = transform
         self.min_side = min_side
 

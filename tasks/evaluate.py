@@ -15,7 +15,7 @@ from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose
 from lesion_ml.evaluate.ensemble import cross_fit_calibration, mean_ensemble, rank_ensemble, stack_oof
 from lesion_ml.evaluate.metrics import classification_metrics
 from lesion_ml.evaluate.report import build_report
-from lesion_ml.io import write_json, write_text
+from lesion_ml.io import write_csv, write_json, write_parquet, write_text
 from tasks.retry import IO_RETRIES
 
 log = logging.getLogger("lesion_ml.evaluate")
@@ -44,12 +44,14 @@ def _threshold(y: np.ndarray, p: np.ndarray, cfg: EvaluateConfig) -> float:
 @task(cache_policy=NONE, **IO_RETRIES)
 def evaluate_models(oof_files: dict[str, Path], cfg: EvaluateConfig, lesions: Path, features_dir: Path,
                     gbdt_cfg: TrainGbdtConfig, gbdt_dir: Path, out_metrics: Path, out_detail: Path,
-                    out_html: Path) -> dict:
+                    out_html: Path, out_scores: Path | None = None, out_curves: Path | None = None) -> dict:
     """Every model, plus ensembles and a stack, scored the same way on the same out-of-fold rows.
 
     Writes `out_metrics` (DVC metrics: point metrics at each model's threshold, 95% intervals,
-    calibration error, per-fold ROC-AUC), `out_detail` (reliability tables and subgroups) and
-    the self-contained `out_html` report. Returns ROC-AUC / pAUC per model.
+    calibration error, per-fold ROC-AUC), `out_detail` (reliability tables and subgroups), the
+    self-contained `out_html` report, `out_scores` (every model's OOF scores as evaluated, and
+    before calibration as `<name>__raw`: the final stage fits its calibrator on them) and
+    `out_curves`/{roc,pr}/<model>.csv (DVC plots). Returns ROC-AUC / pAUC per model.
     """
     oof = _load_oof(oof_files)
     y, fold = oof["target"].to_numpy().astype(int), oof["fold"].to_numpy()
@@ -65,6 +67,7 @@ def evaluate_models(oof_files: dict[str, Path], cfg: EvaluateConfig, lesions: Pa
             return f.loc[oof["image_id"]]
 
         scores["stack_gbdt_images"] = stack_oof(features_of, scores[cnn], fold, y, gbdt_cfg)
+    raw = scores.add_suffix("__raw")
     if cfg.calibrate != "none":
         for c in scores.columns:
             if c != "ensemble_rank":
@@ -88,8 +91,12 @@ def evaluate_models(oof_files: dict[str, Path], cfg: EvaluateConfig, lesions: Pa
         detail[name] = {"reliability": cal["reliability"], "subgroups": subgroup_table(table, p, thr)}
         log.info("%s: ROC-AUC %.4f, pAUC %.4f, threshold %.4g", name, m["roc_auc"], m["pauc_80"], thr)
 
-    best = max(models, key=lambda n: models[n]["roc_auc"])
-    write_json({"best_model": best, "models": models}, out_metrics)
+    best = max(models, key=lambda n: models[n][cfg.select_metric])
+    write_json({"best_model": best, "select_metric": cfg.select_metric, "models": models}, out_metrics)
+    if out_scores is not None:
+        write_parquet(pd.concat([oof[["image_id", "fold", "target"]], scores, raw], axis=1), out_scores)
+    if out_curves is not None:
+        _write_curves(y, scores, out_curves)
     write_json(detail, out_detail)
     importance: dict[str, float] = {}
     files = sorted(gbdt_dir.glob("importance_fold*.json"))
@@ -107,6 +114,18 @@ def evaluate_models(oof_files: dict[str, Path], cfg: EvaluateConfig, lesions: Pa
                             {n: d["subgroups"] for n, d in detail.items()}, importance, meta), out_html)
     _publish(models, best, out_html)
     return {name: {"roc_auc": m["roc_auc"], "pauc_80": m["pauc_80"]} for name, m in models.items()}
+
+
+def _write_curves(y: np.ndarray, scores: pd.DataFrame, out: Path) -> None:
+    """ROC and precision-recall points of every model, one CSV each (DVC plots)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    for name in scores.columns:
+        fpr, tpr, _ = roc_curve(y, scores[name])
+        write_csv(pd.DataFrame({"fpr": fpr.round(5), "tpr": tpr.round(5)}), out / "roc" / f"{name}.csv")
+        precision, recall, _ = precision_recall_curve(y, scores[name])
+        write_csv(pd.DataFrame({"recall": recall.round(5), "precision": precision.round(5)}),
+                  out / "pr" / f"{name}.csv")
 
 
 def _publish(models: dict, best: str, report: Path) -> None:

@@ -18,6 +18,9 @@ MINORITY = Path("data/processed/minority")  # augmented copies of the malignant 
 TRAIN_PLOTS = REPORTS / "train_cnn"  # per-epoch metrics, one folder per image model (DVC plots)
 STATE = Path(".lesion")  # outside every DVC out (DVC deletes outs before a stage runs); git-ignored
 CHECKPOINTS = STATE / "checkpoints"
+OOF_SCORES = MODELS / "oof_scores.parquet"  # every evaluated model's out-of-fold scores
+CURVES = REPORTS / "curves"  # ROC and PR points per model (DVC plots)
+FINAL = MODELS / "final"  # the exported model bundle (`lesion predict --model models/final`)
 
 
 def features_path(fold: int) -> Path:

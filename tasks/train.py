@@ -37,14 +37,15 @@ def train_gbdt_fold(features: Path, folds: Path, cfg: TrainGbdtConfig, fold: int
 
 
 def _fold_data(f: pd.DataFrame, train: np.ndarray, cfg: CnnModelConfig,
-               features: Path | None, minority: Path | None) -> FoldData:
+               features: Path | pd.DataFrame | None, minority: Path | None) -> FoldData:
     """The fold's rows, plus its selected metadata features (fusion) and minority-set copies."""
     data = FoldData(train_ids=f["image_id"][train].tolist(), train_y=f["target"].to_numpy()[train].astype(np.float32),
                     valid_ids=f["image_id"][~train].tolist(), valid_y=f["target"].to_numpy()[~train],
                     train_groups=f["patient_id"].astype(str).to_numpy()[train])
     meta = None
     if cfg.fusion.enabled:
-        meta = pd.read_parquet(features).set_index("image_id").reindex(f["image_id"])
+        table = features if isinstance(features, pd.DataFrame) else pd.read_parquet(features)
+        meta = table.set_index("image_id").reindex(f["image_id"])
         if meta.isna().all(axis=1).any():
             missing = meta.index[meta.isna().all(axis=1)][:5].tolist()
             raise ValueError(f"{features}: no metadata features for images {missing}; rerun the prepare stage")

@@ -10,9 +10,10 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, shared_dataset
 
 pytestmark = pytest.mark.flow
 
@@ -22,6 +23,7 @@ TINY_PARAMS = {
     "prepare": {"select": {"k": 8}},
     "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1},
     "evaluate": {"bootstrap": 50},
+    "final": {"model": "stack_gbdt_images", "fallback": "tiny"},
     "train_cnn": {"threads": 1, "minority_set": {"copies": 1, "max_side": 48},
                   "models": {"tiny": {"backbone": "resnet18", "image_size": 32, "epochs": 1, "batch_size": 8,
                                       "balance": {"minority_set": True}},
@@ -41,26 +43,39 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A copy of the repository's tracked files with tiny params, as its own git repo."""
+def _copy_repo(dest, params: dict) -> None:
+    """The repository's tracked files (tests aside) with `params`, as a git repo in `dest`."""
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
         if rel.startswith("tests/") or not (REPO / rel).exists():
             continue
-        dest = tmp_path / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dest)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+
+
+def _tiny_params() -> dict:
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     params["train_cnn"]["models"] = TINY_PARAMS["train_cnn"]["models"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    return params
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A copy of the repository's tracked files with tiny params, as its own git repo."""
+    _copy_repo(tmp_path, _tiny_params())
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def test_stage_flows_in_process(workdir, prefect_harness):
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, prefect_harness):
+    """Every stage flow run in process on the tiny demo (one shared Prefect server); yields the
+    folder and what each flow returned."""
     from flows.evaluate import evaluate_flow
+    from flows.final import final_flow
     from flows.ingest import ingest_flow
     from flows.minority_set import minority_set_flow
     from flows.prepare import prepare_flow
@@ -68,27 +83,182 @@ def test_stage_flows_in_process(workdir, prefect_harness):
     from flows.train_cnn import train_cnn_flow
     from flows.train_gbdt import train_gbdt_flow
 
-    summary = ingest_flow()
-    assert summary["n_images"] == len(pd.read_parquet("data/interim/lesions.parquet"))
-    split_flow()
-    folds = pd.read_parquet("data/processed/folds.parquet")
+    root = tmp_path_factory.mktemp("pipeline")
+    _copy_repo(root, _tiny_params())
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        out = {"ingest": ingest_flow(), "split": split_flow(), "prepare": prepare_flow(),
+               "train_gbdt": train_gbdt_flow(), "minority_set": minority_set_flow(),
+               "tiny": train_cnn_flow("tiny"), "tiny_fusion": train_cnn_flow("tiny_fusion"),
+               "evaluate": evaluate_flow(), "final": final_flow()}
+    finally:
+        os.chdir(here)
+    yield root, out
+
+
+def test_stage_flows_in_process(pipeline):
+    workdir, out = pipeline
+    assert out["ingest"]["n_images"] == len(pd.read_parquet(workdir / "data/interim/lesions.parquet"))
+    folds = pd.read_parquet(workdir / "data/processed/folds.parquet")
     assert folds.groupby("patient_id")["fold"].nunique().max() == 1
-    selection = prepare_flow()
+    selection = out["prepare"]
     assert selection["n_selected"] == 8 and set(selection["per_fold"]) == {"0", "1"}
-    train_gbdt_flow()
     n_pos = int(folds["target"].sum())
-    assert minority_set_flow() == n_pos
-    train_cnn_flow("tiny")
-    train_cnn_flow("tiny_fusion")
-    history = pd.read_csv("reports/train_cnn/tiny_fusion/fold1.csv")
+    assert out["minority_set"] == n_pos
+    history = pd.read_csv(workdir / "reports/train_cnn/tiny_fusion/fold1.csv")
     assert list(history["epoch"]) == [1, 2] and {"valid_auc", "pos_fraction", "train_loss"} <= set(history)
     assert sorted(p.name for p in (workdir / ".lesion/checkpoints/tiny").iterdir()) == ["fold0.pt", "fold1.pt"]
-    result = evaluate_flow()
-    assert set(result) == MODELS
+    assert set(out["evaluate"]) == MODELS
     html = (workdir / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "stack_gbdt_images" in html
-    oof = pd.read_parquet("models/gbdt/oof.parquet")
+    oof = pd.read_parquet(workdir / "models/gbdt/oof.parquet")
     assert sorted(oof["image_id"]) == sorted(folds["image_id"])  # every row predicted once, out of fold
+    for kind, cols in (("roc", ["fpr", "tpr"]), ("pr", ["recall", "precision"])):
+        curve = pd.read_csv(workdir / f"reports/curves/{kind}/stack_gbdt_images.csv")
+        assert list(curve.columns) == cols and curve[cols[0]].between(0, 1).all() and len(curve) >= 3
+    scores = pd.read_parquet(workdir / "models/oof_scores.parquet")
+    assert {"stack_gbdt_images", "stack_gbdt_images__raw", "cnn_tiny__raw"} <= set(scores.columns)
+
+
+def test_final_bundle_is_the_chosen_model_with_its_oof_threshold(pipeline):
+    workdir, out = pipeline
+    bundle = workdir / "models/final"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    metrics = json.loads((workdir / "reports/metrics.json").read_text())["models"]
+    assert out["final"]["model"] == manifest["model"] == "stack_gbdt_images"
+    assert manifest["combine"] == "stack" and manifest["components"] == ["cnn_tiny", "cnn_tiny_fusion"]
+    assert manifest["threshold"] == metrics["stack_gbdt_images"]["threshold"]
+    assert manifest["fallback"]["threshold"] == metrics["cnn_tiny"]["threshold"]
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(
+        ["MODEL_CARD.md", "manifest.json", "preprocess.json", "cnn_tiny.pt", "cnn_tiny_fusion.pt"]
+        + [f"stack_seed{s}.txt" for s in (42, 43, 44)])
+    card = (bundle / "MODEL_CARD.md").read_text()
+    ci = metrics["stack_gbdt_images"]["ci95"]["roc_auc"]
+    assert f"{ci[0]:.3f} to {ci[1]:.3f}" in card and "GENERATED DEMO DATA" in card and "## Subgroups" in card
+    for f in bundle.glob("*.pt"):  # plain tensors: loadable without unpickling arbitrary objects
+        state = torch.load(f, weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+    preprocess = json.loads((bundle / "preprocess.json").read_text())
+    assert len(preprocess["features"]) == 8
+
+
+def _predict(*argv: str) -> int:
+    from lesion_ml.cli import main
+
+    return main(["predict", *argv])
+
+
+def test_predict_isic2024_sample_with_its_metadata(pipeline, tmp_path):
+    sample = shared_dataset("isic2024-sample")
+    bundle = pipeline[0] / "models/final"
+    out = tmp_path / "pred.csv"
+    assert _predict("--model", str(bundle), "--images", str(sample / "images"), "--metadata",
+                    str(sample / "sample_metadata.csv"), "--out", str(out)) == 0
+    pred = pd.read_csv(out)
+    truth = pd.read_csv(sample / "sample_metadata.csv", usecols=["isic_id"])
+    assert sorted(pred["image_id"]) == sorted(truth["isic_id"])  # one row per image
+    assert (pred["model"] == "stack_gbdt_images").all() and (pred["status"] == "ok").all()
+    assert pred["probability"].between(0, 1).all() and pred["probability"].nunique() > 1
+    assert ((pred["probability"] >= pred["threshold"]) == (pred["decision"] == 1)).all()
+
+
+def test_predict_metadata_model_without_metadata_uses_the_image_only_fallback(pipeline, tmp_path):
+    ham = shared_dataset("ham10000-400")
+    out = tmp_path / "pred.csv"
+    assert _predict("--model", str(pipeline[0] / "models/final"), "--images", str(ham / "images"), "--tta",
+                    "--batch-size", "100", "--out", str(out)) == 0
+    pred = pd.read_csv(out)
+    assert len(pred) == 400 and pred["image_id"].is_unique
+    assert (pred["model"] == "cnn_tiny (image-only fallback)").all()
+    manifest = json.loads((pipeline[0] / "models/final/manifest.json").read_text())
+    assert (pred["threshold"] == manifest["fallback"]["threshold"]).all()
+
+
+def test_predict_png_grayscale_and_large_images(pipeline, tmp_path):
+    import cv2
+
+    from lesion_ml.data.images import ImageStore
+
+    store = ImageStore(hdf5=pipeline[0] / "data/interim/demo/train-image.hdf5")
+    ids = sorted(store.ids())[:3]
+    rgb = [store.get(i) for i in ids]
+    files = [tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.jpg"]
+    cv2.imwrite(str(files[0]), rgb[0][:, :, ::-1])
+    cv2.imwrite(str(files[1]), cv2.cvtColor(rgb[1], cv2.COLOR_RGB2GRAY))  # one channel
+    cv2.imwrite(str(files[2]), cv2.resize(rgb[2], (3000, 2250))[:, :, ::-1])
+    assert cv2.imread(str(files[1]), cv2.IMREAD_UNCHANGED).ndim == 2
+    out = tmp_path / "pred.csv"
+    assert _predict("--model", str(pipeline[0] / "models/final"), "--images", *map(str, files),
+                    "--out", str(out)) == 0
+    pred = pd.read_csv(out)
+    assert list(pred["image_id"]) == ["a", "b", "c"] and pred["probability"].between(0, 1).all()
+    # the image-only model gives the PNG the score of the stored original (lossless copy)
+    from lesion_ml.bundle import FinalModel
+    from lesion_ml.predict import prepare_inputs, score_images
+
+    model = FinalModel.load(pipeline[0] / "models/final")
+    direct, _ = score_images(model, "cnn_tiny", store, ids[:1], None, torch.device("cpu"))
+    inputs = prepare_inputs(model, [files[0]], None)
+    via_png, _ = score_images(model, "cnn_tiny", inputs.store, inputs.image_ids, None, torch.device("cpu"))
+    assert abs(float(direct[0]) - float(via_png[0])) < 1e-5
+
+
+def test_predict_unreadable_image_is_an_error_or_a_reported_row(pipeline, tmp_path, capsys):
+    good, bad = tmp_path / "good.png", tmp_path / "broken.jpg"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(good), np.full((60, 60, 3), 120, np.uint8))
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "pred.csv"
+    model = str(pipeline[0] / "models/final")
+    assert _predict("--model", model, "--images", str(good), str(bad), "--out", str(out)) == 2
+    assert "broken.jpg" in capsys.readouterr().err and not out.exists()
+    assert _predict("--model", model, "--images", str(good), str(bad), "--skip-bad", "--out", str(out)) == 0
+    pred = pd.read_csv(out).set_index("image_id")
+    assert pred.loc["good", "status"] == "ok" and pred.loc["broken", "status"].startswith("unreadable")
+    assert pd.isna(pred.loc["broken", "probability"])
+
+
+def test_predict_without_metadata_or_fallback_is_refused(pipeline, tmp_path, capsys):
+    bundle = tmp_path / "final"
+    shutil.copytree(pipeline[0] / "models/final", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["fallback"] = None
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    images = pipeline[0] / "data/interim/demo/train-image.hdf5"
+    assert _predict("--model", str(bundle), "--images", str(images), "--out", str(tmp_path / "p.csv")) == 2
+    assert "needs metadata: pass --metadata" in capsys.readouterr().err
+    meta = pd.read_csv(pipeline[0] / "data/interim/demo/train-metadata.csv")
+    meta.drop(columns=["tbp_lv_areaMM2", "clin_size_long_diam_mm"]).to_csv(tmp_path / "m.csv", index=False)
+    needed = {f["column"] for f in json.loads((bundle / "preprocess.json").read_text())["features"]}
+    if needed & {"tbp_lv_areaMM2", "clin_size_long_diam_mm"}:
+        assert _predict("--model", str(bundle), "--images", str(images), "--metadata", str(tmp_path / "m.csv"),
+                        "--out", str(tmp_path / "p.csv")) == 2
+        assert "lacks" in capsys.readouterr().err
+
+
+def test_explain_writes_gradcam_overlays_and_metadata_contributions(pipeline, tmp_path):
+    from lesion_ml.cli import main
+
+    root = pipeline[0]
+    out = tmp_path / "explain"
+    assert main(["explain", "--model", str(root / "models/final"), "--images",
+                 str(root / "data/interim/demo/train-image.hdf5"), "--metadata",
+                 str(root / "data/interim/demo/train-metadata.csv"), "--limit", "3", "--out", str(out)]) == 0
+    cams = pd.read_csv(out / "gradcam.csv")
+    assert len(cams) == 6 and set(cams["component"]) == {"cnn_tiny", "cnn_tiny_fusion"}  # 3 images x 2 models
+    import cv2
+
+    for name in cams["heatmap"]:
+        png = cv2.imread(str(out / name))
+        assert png is not None and png.shape[2] == 3 and png.std() > 0
+    contrib = pd.read_csv(out / "metadata_contributions.csv")
+    assert contrib["image_id"].nunique() == 3 and (contrib["rank"] <= 5).all()
+    stack_columns = json.loads((root / "models/final/manifest.json").read_text())["stack"]["columns"]
+    assert set(contrib["feature"]) <= set(stack_columns)
+    assert (out / "feature_importance.png").stat().st_size > 1000
 
 
 def _dvc(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -108,7 +278,9 @@ def test_dvc_repro_end_to_end_then_noop(workdir):
         assert m["recall"] >= 0.95 and set(m["ci95"]) >= {"roc_auc", "sensitivity"}  # threshold for 95% sensitivity
     # reports and plots carry counts and metrics, never a patient identifier
     patients = set(pd.read_parquet(workdir / "data/processed/folds.parquet")["patient_id"].astype(str))
-    for path in (workdir / "reports").rglob("*"):
+    assert json.loads((workdir / "models/final/manifest.json").read_text())["model"] == "stack_gbdt_images"
+    for path in [*(workdir / "reports").rglob("*"), *(workdir / "models/final").glob("*.json"),
+                 workdir / "models/final/MODEL_CARD.md"]:
         if path.is_file():
             text = path.read_text()
             leaked = [p for p in patients if p in text]

@@ -1,0 +1,217 @@
+"""The exported model: a folder that `lesion predict` and `lesion explain` load without unpickling.
+
+Layout of a bundle folder (written by `write_bundle`, read by `FinalModel.load`):
+
+    manifest.json        what the model is: components, how their scores combine, calibration,
+                         threshold, metrics with intervals, what it needs as input
+    preprocess.json      the metadata preprocessor (lesion_ml.tabular.export), when metadata is used
+    gbdt_seed<s>.txt     LightGBM text models (the metadata model), one per seed
+    stack_seed<s>.txt    LightGBM text models of the stack (metadata + image scores)
+    cnn_<name>.pt        image-model weights: a plain state dict, read with weights_only=True
+    MODEL_CARD.md        data, metrics with intervals, subgroups, intended use, limitations
+
+Nothing in it is a pickle: JSON, LightGBM's own text format and torch state dicts of tensors.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lesion_ml.config import CnnModelConfig
+from lesion_ml.data.sources import DataError
+from lesion_ml.io import _finite
+from lesion_ml.models.net import LesionNet
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lesion-ml-model/1"
+COMBINERS = ("single", "mean", "rank", "stack")
+
+
+def components_of(name: str, base: list[str]) -> tuple[str, list[str]]:
+    """How the evaluated model `name` is built from the base models `base` ("gbdt", "cnn_<x>"):
+    (combiner, the base models it needs)."""
+    if name in base:
+        return "single", [name]
+    if name == "ensemble_mean":
+        return "mean", list(base)
+    if name == "ensemble_rank":
+        return "rank", list(base)
+    if name == "stack_gbdt_images":
+        return "stack", [b for b in base if b.startswith("cnn_")]
+    raise ValueError(f"unknown model {name!r}; allowed: {base + ['ensemble_mean', 'ensemble_rank', 'stack_gbdt_images']} "
+                     "(params.yaml final.model)")
+
+
+def rank_reference(scores: np.ndarray, points: int = 2001) -> list[float]:
+    """Quantiles of a model's out-of-fold scores: a new score's percentile among them is
+    `np.interp(s, ref, linspace(0, 1, len(ref)))` (what the rank ensemble averages)."""
+    return [float(v) for v in np.quantile(np.asarray(scores, float), np.linspace(0, 1, points))]
+
+
+def fit_calibrator(method: str, y: np.ndarray, p: np.ndarray) -> dict[str, Any] | None:
+    """A calibration map fitted on out-of-fold scores, as JSON: isotonic (its step function) or
+    Platt (logistic on the logit); None for "none"."""
+    if method == "none":
+        return None
+    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p, y)
+        return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
+    if method == "platt":
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=1e6).fit(np.log(p / (1 - p)).reshape(-1, 1), y)
+        return {"method": "platt", "coef": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0])}
+    raise ValueError(f"unknown calibration {method!r}; allowed: none, isotonic, platt")
+
+
+def apply_calibrator(cal: dict[str, Any] | None, p: np.ndarray) -> np.ndarray:
+    """The calibrated probabilities (identical to the fitted scikit-learn objects' output)."""
+    p = np.asarray(p, float)
+    if cal is None:
+        return p
+    if cal["method"] == "isotonic":
+        return np.interp(np.clip(p, 1e-6, 1 - 1e-6), cal["x"], cal["y"])
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    z = cal["coef"] * np.log(q / (1 - q)) + cal["intercept"]
+    return 1 / (1 + np.exp(-z))
+
+
+@dataclass
+class CnnComponent:
+    name: str
+    config: CnnModelConfig
+    n_meta: int
+    net: LesionNet
+
+
+@dataclass
+class FinalModel:
+    """A loaded bundle. `score_*` methods give component scores; `combine` turns them into the
+    model's probability; `decide` applies the saved threshold."""
+
+    path: Path
+    manifest: dict[str, Any]
+    preprocess: dict[str, Any] | None = None
+    gbdt: list[Any] = field(default_factory=list)
+    stack: list[Any] = field(default_factory=list)
+    cnns: dict[str, CnnComponent] = field(default_factory=dict)
+
+    @property
+    def needs_metadata(self) -> bool:
+        return bool(self.manifest["needs_metadata"])
+
+    @property
+    def fallback(self) -> dict[str, Any] | None:
+        return self.manifest.get("fallback")
+
+    @classmethod
+    def load(cls, path: Path | str, device: torch.device | str = "cpu") -> FinalModel:
+        """Read a bundle folder. Raises DataError (naming the file) when it is not one."""
+        import lightgbm as lgb
+
+        path = Path(path)
+        man_file = path / "manifest.json"
+        if not man_file.is_file():
+            raise DataError(f"{path}: not a lesion-ml model folder (no manifest.json); run `make run` (dvc repro) "
+                            "to export models/final, or pass --model")
+        try:
+            manifest = json.loads(man_file.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{man_file}: not valid JSON ({err})") from None
+        if manifest.get("format") != FORMAT:
+            raise DataError(f"{man_file}: format {manifest.get('format')!r}, expected {FORMAT!r}; re-export the "
+                            "model with this version of lesion-ml")
+        model = cls(path, manifest)
+        if manifest.get("preprocess"):
+            model.preprocess = json.loads((path / manifest["preprocess"]).read_text())
+
+        def booster(file: str):
+            text = (path / file).read_text()
+            return lgb.Booster(model_str=text)
+
+        model.gbdt = [booster(f) for f in manifest.get("gbdt", {}).get("files", [])]
+        model.stack = [booster(f) for f in manifest.get("stack", {}).get("files", [])]
+        for name, spec in manifest.get("cnn", {}).items():
+            cfg = CnnModelConfig.model_validate(spec["config"])
+            net = LesionNet(cfg.backbone, "false", spec["n_meta"], cfg.fusion.hidden, cfg.fusion.dropout)
+            weights = path / spec["weights"]
+            try:
+                state = torch.load(weights, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - a corrupt or non-tensor file: say which
+                raise DataError(f"{weights}: cannot load the weights safely (weights_only): {err}") from None
+            net.load_state_dict(state)
+            model.cnns[name] = CnnComponent(name, cfg, spec["n_meta"], net.to(device).eval())
+        return model
+
+    # -- scores of the parts --------------------------------------------------------------
+    def score_gbdt(self, features: pd.DataFrame) -> np.ndarray:
+        cols = self.manifest["gbdt"]["columns"]
+        return np.mean([b.predict(features[cols].to_numpy(np.float64)) for b in self.gbdt], axis=0)
+
+    def score_stack(self, features: pd.DataFrame, image_scores: dict[str, np.ndarray]) -> np.ndarray:
+        X = features.copy()  # noqa: N806
+        for name, s in image_scores.items():
+            X[f"score_{name}"] = s
+        cols = self.manifest["stack"]["columns"]
+        return np.mean([b.predict(X[cols].to_numpy(np.float64)) for b in self.stack], axis=0)
+
+    def combine(self, parts: dict[str, np.ndarray], features: pd.DataFrame | None = None) -> np.ndarray:
+        """The model's probability from its components' scores (before calibration)."""
+        kind = self.manifest["combine"]
+        names = self.manifest["components"]
+        if kind == "single":
+            return parts[names[0]]
+        if kind == "mean":
+            return np.mean([parts[n] for n in names], axis=0)
+        if kind == "rank":
+            ref = self.manifest["rank_reference"]
+            return np.mean([np.interp(parts[n], ref[n], np.linspace(0, 1, len(ref[n]))) for n in names], axis=0)
+        return self.score_stack(features, {n: parts[n] for n in names})
+
+    def finish(self, score: np.ndarray, fallback: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated probability, decision 0/1) with the saved calibration and threshold."""
+        spec = self.fallback if fallback else self.manifest
+        p = apply_calibrator(spec.get("calibration"), score)
+        return p, (p >= spec["threshold"]).astype(int)
+
+
+def write_bundle(out: Path, manifest: dict[str, Any], files: dict[str, bytes | str], card: str) -> Path:
+    """Write a bundle folder atomically: into a sibling temporary folder, then renamed over `out`.
+
+    An interrupted export leaves the previous bundle (or nothing), never a partial one.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data.encode() if isinstance(data, str) else data)
+        (tmp / "MODEL_CARD.md").write_text(card)
+        text = json.dumps(_finite({"format": FORMAT, **manifest}), indent=1, allow_nan=False)
+        (tmp / "manifest.json").write_text(text + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,165 @@
+"""Explanations of an exported model's predictions.
+
+- Image models: Grad-CAM (Selvaraju et al. 2017) on the backbone's last convolution: the
+  gradient of the malignancy logit, averaged per channel, weights that layer's activations; the
+  positive part, upsampled, is overlaid on the image as a heat map (PNG per image and model).
+- Metadata models (GBDT, stack): LightGBM's per-row feature contributions (TreeSHAP,
+  `pred_contrib=True`) in log-odds, and the global gain importances.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lesion_ml.augment import create_transforms
+from lesion_ml.bundle import FinalModel
+from lesion_ml.data.images import ImageStore
+from lesion_ml.io import atomic_path, write_csv
+from lesion_ml.models.backbones import backbone_spec
+
+log = logging.getLogger(__name__)
+
+
+def pooling_layer(net: nn.Module) -> nn.Module:
+    """The backbone's global average pooling: its input is the last feature map (after the final
+    block and activation), the layer Grad-CAM explains."""
+    pools = [m for m in net.backbone.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    if not pools:
+        raise ValueError("this backbone has no global average pooling layer for Grad-CAM")
+    return pools[-1]
+
+
+def grad_cam(net: nn.Module, image: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[np.ndarray, float, bool]:
+    """Grad-CAM map in [0, 1] at the input's resolution, the malignancy probability and whether
+    any region pushed the logit up, for one preprocessed image tensor of shape (3, H, W).
+
+    When no region has positive evidence (every weighted sum is negative, so Grad-CAM's ReLU
+    leaves nothing), the map shows where the evidence is least negative (min-max scaled) and
+    the flag is False. The map has the backbone's last feature-map resolution (input / 32),
+    upsampled."""
+    layer = pooling_layer(net)
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(_module, inputs):
+        inputs[0].retain_grad()
+        store["act"] = inputs[0]
+
+    handle = layer.register_forward_pre_hook(keep)
+    try:
+        net.eval()
+        with torch.enable_grad():
+            x = image.unsqueeze(0).float()
+            logit = net(x, None if meta is None else meta.unsqueeze(0).float()).squeeze()
+            net.zero_grad(set_to_none=True)
+            logit.backward()
+        act, grad = store["act"].detach()[0], store["act"].grad.detach()[0]
+    finally:
+        handle.remove()
+    weights = grad.mean(dim=(1, 2))
+    raw = (weights[:, None, None] * act).sum(0).numpy().astype(np.float32)
+    positive = bool(raw.max() > 0)
+    cam = np.maximum(raw, 0) if positive else raw - raw.min()
+    cam = cv2.resize(cam, (image.shape[2], image.shape[1]), interpolation=cv2.INTER_LINEAR)
+    cam = cam / cam.max() if cam.max() > 0 else cam
+    return cam.astype(np.float32), float(torch.sigmoid(logit.detach())), positive
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45, max_side: int = 512) -> np.ndarray:
+    """The heat map (jet colour map) blended over the image, as RGB uint8, at most `max_side` a side."""
+    h, w = rgb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1:
+        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    heat = cv2.resize(cam, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.uint8(255 * np.clip(heat, 0, 1)), cv2.COLORMAP_JET)[:, :, ::-1]
+    return np.uint8(np.clip((1 - alpha) * rgb + alpha * colour, 0, 255))
+
+
+def _write_png(rgb: np.ndarray, path: Path) -> None:
+    ok, data = cv2.imencode(".png", rgb[:, :, ::-1])
+    if not ok:
+        raise OSError(f"cannot encode {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
+
+
+def explain_images(model: FinalModel, store: ImageStore, ids: list[str], features: pd.DataFrame | None,
+                   out: Path) -> pd.DataFrame:
+    """Grad-CAM overlays `out/<image_id>_<component>.png` for every image model of the bundle
+    (fusion models keep the image's metadata fixed). Returns one row per image and model."""
+    rows = []
+
+    def has_meta(image_id: str) -> bool:
+        return features is not None and image_id in features.index
+
+    jobs = [(c, [i for i in ids if not model.cnns[c].n_meta or has_meta(i)])
+            for c in model.manifest["components"] if c in model.cnns]
+    lacking = [i for i in ids if not has_meta(i)]
+    if model.fallback and model.needs_metadata and lacking:
+        jobs.append((model.fallback["component"], lacking))  # what predict scores these images with
+    for comp, comp_ids in jobs:
+        c = model.cnns[comp]
+        spec = backbone_spec(c.config.backbone)
+        tf = create_transforms(c.config.image_size, False, spec.mean, spec.std, resize=c.config.resize)
+        net = c.net.cpu().float()
+        for image_id in comp_ids:
+            meta = torch.tensor(features.loc[image_id].to_numpy(np.float32)) if c.n_meta else None
+            rgb = store.get(image_id, max(c.config.image_size, 256))
+            cam, prob, positive = grad_cam(net, tf(image=rgb)["image"], meta)
+            path = out / f"{image_id}_{comp}.png"
+            _write_png(overlay(rgb, cam), path)
+            peak = np.unravel_index(int(cam.argmax()), cam.shape)
+            rows.append({"image_id": image_id, "component": comp, "probability": round(prob, 6),
+                         "heatmap": path.name, "positive_evidence": positive,  # False: the map is relative
+                         "peak_row": round(peak[0] / cam.shape[0], 3), "peak_col": round(peak[1] / cam.shape[1], 3)})
+    return pd.DataFrame(rows)
+
+
+def explain_metadata(model: FinalModel, features: pd.DataFrame, out: Path, top: int = 5) -> pd.DataFrame | None:
+    """Per image, the `top` metadata features that pushed its GBDT score most (TreeSHAP, log-odds),
+    written to out/metadata_contributions.csv, and out/feature_importance.csv + .png (gain)."""
+    boosters, cols = (model.gbdt, model.manifest["gbdt"]["columns"]) if model.gbdt else \
+        (model.stack, model.manifest.get("stack", {}).get("columns"))
+    if not boosters or features is None or features.empty:
+        return None
+    missing = [c for c in cols if c not in features.columns]
+    if missing:  # the stack also takes the image models' scores: the caller adds them as score_<model>
+        raise ValueError(f"explaining the stack needs its input columns {missing}")
+    X = features[cols].to_numpy(np.float64)  # noqa: N806
+    contrib = np.mean([b.predict(X, pred_contrib=True) for b in boosters], axis=0)[:, :-1]
+    rows = []
+    for i, image_id in enumerate(features.index):
+        order = np.argsort(-np.abs(contrib[i]))[:top]
+        for rank, j in enumerate(order, 1):
+            rows.append({"image_id": image_id, "rank": rank, "feature": cols[j], "value": X[i, j],
+                         "contribution_logodds": round(float(contrib[i, j]), 5)})
+    table = pd.DataFrame(rows)
+    write_csv(table, out / "metadata_contributions.csv")
+    gain = np.mean([b.feature_importance("gain") for b in boosters], axis=0)
+    imp = pd.DataFrame({"feature": cols, "gain": gain}).sort_values("gain", ascending=False)
+    imp["share"] = (imp["gain"] / max(imp["gain"].sum(), 1e-12)).round(4)
+    write_csv(imp, out / "feature_importance.csv")
+    _importance_png(imp.head(20), out / "feature_importance.png")
+    return table
+
+
+def _importance_png(imp: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(imp) + 1))
+    ax.barh(imp["feature"][::-1], imp["share"][::-1], color="#4c72b0")
+    ax.set_xlabel("share of total gain")
+    ax.set_title("metadata feature importance (LightGBM gain)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

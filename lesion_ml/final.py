@@ -1,0 +1,109 @@
+"""The final model: which one, and its model card.
+
+The final model is the evaluated model chosen in params (`final.model`: "best" takes
+evaluate's best_model by `evaluate.select_metric`), retrained on every labelled row with the
+same params, preprocessing refitted on all rows. Its threshold and the metrics in its card are
+the out-of-fold ones of the evaluated model of the same recipe: the exported weights themselves
+were never scored on held-out data (no rows are left), which the card says.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_ROWS = (("roc_auc", "ROC-AUC"), ("pauc_80", "partial AUC above 80% TPR (0..0.2)"), ("pr_auc", "PR-AUC"),
+               ("recall", "sensitivity"), ("specificity", "specificity"), ("precision", "precision (PPV)"),
+               ("f1", "F1"), ("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"))
+CI_KEYS = {"roc_auc": "roc_auc", "pauc_80": "pauc_80", "pr_auc": "pr_auc", "recall": "sensitivity",
+           "specificity": "specificity"}
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def model_card(manifest: dict[str, Any], data: dict[str, Any], subgroups: list[dict[str, Any]]) -> str:
+    """MODEL_CARD.md text for a bundle.
+
+    Args:
+        manifest: the bundle manifest (model, components, threshold, metrics, calibration, ...).
+        data: counts of the training data: source, n_images, n_malignant, n_patients, n_folds.
+        subgroups: evaluate's per-subgroup rows for this model (out of fold).
+    """
+    m = manifest["metrics"]
+    ci = m.get("ci95", {})
+    lines = [f"# Model card: {manifest['model']}", "",
+             "## What it is", "",
+             f"- Task: probability that a skin lesion is malignant, from {manifest['inputs']}.",
+             f"- Recipe: `{manifest['model']}` ({manifest['combine']} of {', '.join(manifest['components'])}), "
+             "retrained on every labelled row after the out-of-fold comparison chose it "
+             f"(params.yaml evaluate.select_metric: {manifest['select_metric']}).",
+             f"- Decision: malignant when the probability is at least **{manifest['threshold']:.6g}** "
+             f"({manifest['threshold_rule']}, chosen on the out-of-fold scores).",
+             f"- Calibration: {manifest['calibration']['method'] if manifest.get('calibration') else 'none'}.",
+             ]
+    for name, spec in manifest.get("cnn", {}).items():
+        cfg = spec["config"]
+        lines.append(f"- Image model `{name}`: {cfg['backbone']} at {cfg['image_size']} px ({cfg['resize']}), "
+                     f"{cfg['epochs']} epochs, " + (f"fusion with {spec['n_meta']} metadata features"
+                                                     if spec["n_meta"] else "image only") + ".")
+    if manifest.get("preprocess_features"):
+        lines.append(f"- Metadata features ({len(manifest['preprocess_features'])}): "
+                     + ", ".join(f"`{f}`" for f in manifest["preprocess_features"]) + ".")
+    fb = manifest.get("fallback")
+    if fb:
+        lines.append(f"- Image-only fallback: `{fb['component']}` (threshold {fb['threshold']:.6g}) scores images "
+                     "that have no metadata; such rows are marked in the predictions.")
+    lines += ["", "## Training data", "",
+              f"- Source: {data['source']}; {data['n_images']} images, {data['n_malignant']} malignant "
+              f"({data['n_malignant'] / max(data['n_images'], 1):.2%}), {data['n_patients']} patients.",
+              f"- Evaluation: {data['n_folds']}-fold cross-validation grouped by patient (no patient in both "
+              "training and validation rows); every number below is out of fold.", "",
+              "## Out-of-fold metrics (95% patient-level bootstrap intervals)", "",
+              "| metric | value | 95% interval |", "|---|---|---|"]
+    for key, label in METRIC_ROWS:
+        interval = ci.get(CI_KEYS.get(key, ""), None)
+        lines.append(f"| {label} | {_fmt(m.get(key))} | "
+                     + (f"{_fmt(interval[0], 3)} to {_fmt(interval[1], 3)}" if interval else "") + " |")
+    tn, fp = m["confusion_matrix"][0]
+    fn, tp = m["confusion_matrix"][1]
+    cal = m.get("calibration", {})
+    lines += ["", f"Confusion matrix at the threshold: {tp} true positives, {fn} missed cancers, {fp} false "
+              f"alarms, {tn} true negatives. Calibration: ECE {_fmt(cal.get('ece'))}, Brier "
+              f"{_fmt(cal.get('brier'))}. Per-fold ROC-AUC: "
+              + ", ".join(_fmt(v, 3) for v in m.get("fold_roc_auc", {}).values()) + ".", "",
+              "## Subgroups (out of fold, at the threshold)", ""]
+    if subgroups:
+        lines += ["| attribute | group | images | malignant | ROC-AUC | sensitivity | specificity |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {g['attribute']} | {g['group']} | {g['n']} | {g['n_malignant']} | {_fmt(g['roc_auc'], 3)} | "
+                  f"{_fmt(g['sensitivity'], 3)} | {_fmt(g['specificity'], 3)} |" for g in subgroups]
+    else:
+        lines.append("The data has no sex, age, site or source columns with groups of 10 or more images.")
+    lines += ["", "## Intended use", "",
+              "Research and decision support in studies of skin-lesion triage: ranking lesions for a "
+              "dermatologist's attention and measuring what a model of this kind can do on data like its "
+              "training data. It is not a medical device, is not approved for diagnosis, and must not be the "
+              "only basis of a clinical decision.", "",
+              "## Limitations", ""]
+    limits = [
+        "The threshold was chosen on the same out-of-fold scores that the metrics above are computed on, so "
+        "the sensitivity at the threshold is optimistic; expect less on new data.",
+        "The exported weights were trained on all rows, so no held-out score of these exact weights exists; the "
+        "metrics describe the recipe, measured fold by fold.",
+        "Images from other cameras, skin types, body sites or populations than the training data can score "
+        "very differently; check calibration and subgroups on local data before use.",
+    ]
+    if data["source"] == "synthetic":
+        limits.insert(0, "TRAINED ON GENERATED DEMO DATA: the images and metadata are synthetic. This model says "
+                         "nothing about real lesions; it exists to show the pipeline end to end.")
+    if any(f.startswith(("pr_", "fe_patient")) for f in manifest.get("preprocess_features", [])):
+        limits.append("Patient-relative features compare a lesion with the patient's other lesions in the same "
+                      "prediction input: give all of a patient's lesions together, with patient_id.")
+    if manifest["combine"] == "rank":
+        limits.append("The rank ensemble places each score among the training out-of-fold scores of its "
+                      "component; retrained components can shift those positions.")
+    if data["n_malignant"] < 100:
+        limits.append(f"Only {data['n_malignant']} malignant training images: the intervals above are wide and "
+                      "rare presentations are unlikely to be covered.")
+    lines += [f"- {t}" for t in limits]
+    return "\n".join(lines) + "\n"
