@@ -26,7 +26,7 @@ import torch
 
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.data.sources import DataError
-from lesion_ml.io import _finite
+from lesion_ml.io import _finite, record_written
 from lesion_ml.models.net import LesionNet
 
 log = logging.getLogger(__name__)
@@ -214,4 +214,5 @@ def write_bundle(out: Path, manifest: dict[str, Any], files: dict[str, bytes | s
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    record_written(out)
     return out

@@ -5,6 +5,7 @@ An interrupted run therefore never leaves a half-written artefact that a later s
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import math
@@ -19,6 +20,28 @@ import pandas as pd
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+_WRITTEN: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("lesion_ml_written", default=None)
+
+
+@contextlib.contextmanager
+def recording_writes() -> Iterator[list[Path]]:
+    """Collect every path written through this module (and `record_written`) inside the block,
+    in order: a caller can then fingerprint exactly what a step produced."""
+    written: list[Path] = []
+    token = _WRITTEN.set(written)
+    try:
+        yield written
+    finally:
+        _WRITTEN.reset(token)
+
+
+def record_written(path: Path | str) -> None:
+    """Note an output written by other means (a folder renamed into place) for `recording_writes`."""
+    written = _WRITTEN.get()
+    if written is not None:
+        written.append(Path(path))
 
 
 class DiskFullError(OSError):
@@ -40,6 +63,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp_path, target)
+        record_written(target)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

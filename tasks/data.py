@@ -6,8 +6,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from prefect import task
-from prefect.cache_policies import NONE
 
 from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig, SyntheticConfig
 from lesion_ml.data.sources import ingest
@@ -15,17 +13,17 @@ from lesion_ml.data.synthetic import generate_synthetic
 from lesion_ml.io import write_json, write_parquet
 from lesion_ml.split import assign_folds
 from lesion_ml.tabular.prepare import clean_metadata, fit_transform_fold
-from tasks.retry import IO_RETRIES
+from tasks.cache import cached_task
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out',))
 def generate_demo(cfg: SyntheticConfig, out: Path) -> Path:
     """Write the demo data set (ISIC 2024 format) into `out`."""
     generate_synthetic(out, cfg)
     return out
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('lesions', 'images', 'report'))
 def ingest_source(cfg: DataConfig, synthetic_dir: Path, lesions: Path, images: Path, report: Path) -> dict:
     """Read the source into the canonical lesion table and an image-store manifest."""
     ing = ingest(cfg, synthetic_dir)
@@ -35,7 +33,7 @@ def ingest_source(cfg: DataConfig, synthetic_dir: Path, lesions: Path, images: P
     return {k: v for k, v in ing.report.items() if k != "skipped"}
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out',))
 def make_folds(lesions: Path, cfg: SplitConfig, out: Path) -> dict:
     """Patient-grouped stratified folds for every row."""
     folds = assign_folds(pd.read_parquet(lesions), cfg)
@@ -43,7 +41,7 @@ def make_folds(lesions: Path, cfg: SplitConfig, out: Path) -> dict:
     return folds.groupby("fold")["target"].agg(["size", "sum"]).to_dict(orient="index")
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out',))
 def clean_features(lesions: Path, cfg: PrepareConfig, out: Path) -> int:
     """Clean the metadata and add the engineered feature families (no fitting, no labels)."""
     table = pd.read_parquet(lesions)
@@ -54,7 +52,7 @@ def clean_features(lesions: Path, cfg: PrepareConfig, out: Path) -> int:
     return features.shape[1] - 2
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out',))
 def prepare_fold(clean: Path, folds: Path, cfg: PrepareConfig, fold: int, out: Path) -> list[str]:
     """Fit clipping, imputation, encoding and selection on the fold's training rows; transform all rows."""
     features = pd.read_parquet(clean)
@@ -66,7 +64,7 @@ def prepare_fold(clean: Path, folds: Path, cfg: PrepareConfig, fold: int, out: P
     return names
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out',))
 def write_selection(per_fold: list[list[str]], n_columns: int, n_candidates: int, out: Path) -> dict:
     """Selected features per fold and how often each was chosen."""
     counts = pd.Series([f for names in per_fold for f in names]).value_counts()

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NONE
 
 from lesion_ml.config import EvaluateConfig, TrainGbdtConfig
 from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
@@ -16,7 +14,7 @@ from lesion_ml.evaluate.ensemble import cross_fit_calibration, mean_ensemble, ra
 from lesion_ml.evaluate.metrics import classification_metrics
 from lesion_ml.evaluate.report import build_report
 from lesion_ml.io import write_csv, write_json, write_parquet, write_text
-from tasks.retry import IO_RETRIES
+from tasks.cache import cached_task
 
 log = logging.getLogger("lesion_ml.evaluate")
 
@@ -41,7 +39,7 @@ def _threshold(y: np.ndarray, p: np.ndarray, cfg: EvaluateConfig) -> float:
     return choose_threshold(y, p, cfg.threshold_method, cfg.target_sensitivity)
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out_metrics', 'out_detail', 'out_html', 'out_scores', 'out_curves'))
 def evaluate_models(oof_files: dict[str, Path], cfg: EvaluateConfig, lesions: Path, features_dir: Path,
                     gbdt_cfg: TrainGbdtConfig, gbdt_dir: Path, out_metrics: Path, out_detail: Path,
                     out_html: Path, out_scores: Path | None = None, out_curves: Path | None = None) -> dict:

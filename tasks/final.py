@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from prefect import task
-from prefect.cache_policies import NONE
 
 from lesion_ml.bundle import components_of, fit_calibrator, rank_reference, write_bundle
 from lesion_ml.config import ConfigError, Params, to_plain
@@ -20,7 +18,7 @@ from lesion_ml.models.gbdt import fit_gbdt
 from lesion_ml.tabular.export import export_preprocessor
 from lesion_ml.tabular.prepare import fit_transform_fold
 from lesion_ml.train import select_device, train_fold
-from tasks.retry import IO_RETRIES
+from tasks.cache import cached_task
 from tasks.train import _fold_data
 
 log = logging.getLogger("lesion_ml.final")
@@ -55,7 +53,7 @@ def _train_cnn(p: Params, name: str, table: pd.DataFrame, features: pd.DataFrame
     return buf.getvalue(), int(data.train_meta.shape[1]) if cfg.fusion.enabled else 0
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out', 'checkpoints'))
 def export_final(p: Params, metrics_file: Path, detail_file: Path, scores_file: Path, lesions: Path, clean: Path,
                  images: Path, minority: Path, out: Path, checkpoints: Path) -> dict:
     """Retrain the model that params.yaml final.model names on all rows; write the bundle `out`."""

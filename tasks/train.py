@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NONE
 
 from lesion_ml.balance import write_minority_set
 from lesion_ml.config import CnnModelConfig, MinoritySetConfig, TrainGbdtConfig
@@ -15,7 +13,7 @@ from lesion_ml.data.images import ImageStore, MultiStore
 from lesion_ml.io import save_torch, write_csv, write_json, write_parquet, write_text
 from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
 from lesion_ml.train import FoldData, select_device, train_fold
-from tasks.retry import IO_RETRIES
+from tasks.cache import cached_task
 
 
 def _fold_rows(folds: Path, fold: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -23,7 +21,7 @@ def _fold_rows(folds: Path, fold: int) -> tuple[pd.DataFrame, np.ndarray]:
     return f, (f["fold"] != fold).to_numpy()
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out',))
 def train_gbdt_fold(features: Path, folds: Path, cfg: TrainGbdtConfig, fold: int, out: Path) -> Path:
     """Fit LightGBM on the fold's training rows; write its model and validation predictions."""
     f, train = _fold_rows(folds, fold)
@@ -64,7 +62,7 @@ def _fold_data(f: pd.DataFrame, train: np.ndarray, cfg: CnnModelConfig,
     return data
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out', 'checkpoints', 'plots'))
 def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, num_workers: int, fold: int,
                    out: Path, name: str = "", features_dir: Path | None = None, minority: Path | None = None,
                    checkpoints: Path | None = None, plots: Path | None = None) -> Path:
@@ -94,7 +92,7 @@ def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, 
     return write_parquet(pred, out / f"pred_fold{fold}.parquet")
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out',))
 def build_minority_set(images: Path, lesions: Path, cfg: MinoritySetConfig, out: Path) -> int:
     """Write cfg.copies augmented copies of every malignant image (an empty set when 0)."""
     store = ImageStore.from_manifest(json.loads(images.read_text()))
@@ -103,7 +101,7 @@ def build_minority_set(images: Path, lesions: Path, cfg: MinoritySetConfig, out:
     return len(write_minority_set(store, positives, cfg, out))
 
 
-@task(cache_policy=NONE, **IO_RETRIES)
+@cached_task(outputs=('out',))
 def combine_oof(pred_files: list[Path], out: Path) -> Path:
     """Concatenate per-fold validation predictions into one out-of-fold table."""
     oof = pd.concat([pd.read_parquet(p) for p in pred_files]).sort_values("image_id").reset_index(drop=True)

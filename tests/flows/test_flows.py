@@ -72,26 +72,16 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, prefect_harness):
-    """Every stage flow run in process on the tiny demo (one shared Prefect server); yields the
-    folder and what each flow returned."""
-    from flows.evaluate import evaluate_flow
-    from flows.final import final_flow
-    from flows.ingest import ingest_flow
-    from flows.minority_set import minority_set_flow
-    from flows.prepare import prepare_flow
-    from flows.split import split_flow
-    from flows.train_cnn import train_cnn_flow
-    from flows.train_gbdt import train_gbdt_flow
+    """flows/pipeline.py (every stage flow as a subflow) run in process on the tiny demo, with the
+    session's Prefect server; yields the folder and what each stage flow returned."""
+    from flows.pipeline import pipeline_flow
 
     root = tmp_path_factory.mktemp("pipeline")
     _copy_repo(root, _tiny_params())
     here = os.getcwd()
     os.chdir(root)
     try:
-        out = {"ingest": ingest_flow(), "split": split_flow(), "prepare": prepare_flow(),
-               "train_gbdt": train_gbdt_flow(), "minority_set": minority_set_flow(),
-               "tiny": train_cnn_flow("tiny"), "tiny_fusion": train_cnn_flow("tiny_fusion"),
-               "evaluate": evaluate_flow(), "final": final_flow()}
+        out = pipeline_flow()
     finally:
         os.chdir(here)
     yield root, out
@@ -99,6 +89,8 @@ def pipeline(tmp_path_factory, prefect_harness):
 
 def test_stage_flows_in_process(pipeline):
     workdir, out = pipeline
+    assert list(out) == ["ingest", "split", "prepare", "train_gbdt", "minority_set", "train_cnn@tiny",
+                         "train_cnn@tiny_fusion", "evaluate", "final"]
     assert out["ingest"]["n_images"] == len(pd.read_parquet(workdir / "data/interim/lesions.parquet"))
     folds = pd.read_parquet(workdir / "data/processed/folds.parquet")
     assert folds.groupby("patient_id")["fold"].nunique().max() == 1

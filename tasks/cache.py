@@ -1,0 +1,274 @@
+"""Content-keyed caching of the pipeline's Prefect tasks.
+
+A task's cache key is a hash of
+  * its input files' CONTENTS (a Path argument is hashed by what it holds, a folder by every file
+    in it; an image-store manifest also by the images it points to), never by the path text;
+  * its other arguments (params sections as JSON);
+  * the source of the task function and of every lesion_ml module it uses, followed through the
+    imports (editing lesion_ml/models/gbdt.py reruns the LightGBM tasks, not ingest).
+Prefect's own INPUTS policy hashes a Path as text and TASK_SOURCE sees only the wrapper's lines,
+so neither notices new data or edited library code.
+
+A hit also needs the task's outputs to be where it left them: every file the task wrote (through
+lesion_ml.io) is fingerprinted (size, mtime) after the run; when one is missing or changed, the
+cached result is dropped and the task runs again. Results, keys, fingerprints and the hash memo
+live in .lesion/prefect (outside every DVC out, git-ignored); persisted results are small (paths,
+metrics dicts). File hashes are memoised by (path, size, mtime), so an unchanged 50 GB image
+file is read once.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import os
+import sys
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from pydantic import BaseModel
+
+from lesion_ml.io import recording_writes, write_json
+from tasks import paths
+from tasks.retry import IO_RETRIES
+
+log = logging.getLogger("lesion_ml.cache")
+
+CACHE_DIR = paths.STATE / "prefect"
+KEYS = CACHE_DIR / "keys"  # Prefect's cache records (key -> result location)
+RESULTS = CACHE_DIR / "results"  # the persisted (small) results
+OUTPUTS = CACHE_DIR / "outputs"  # key -> fingerprints of the files the run wrote
+MEMO = CACHE_DIR / "file-hashes.json"
+
+#: Names of the tasks whose bodies ran in this process, in order (a cached task is not listed).
+executed: list[str] = []
+
+
+# -- hashing inputs ---------------------------------------------------------------------------
+class _FileHashes:
+    """sha256 of files, memoised by (absolute path, size, mtime_ns) in MEMO."""
+
+    def __init__(self) -> None:
+        self.memo: dict[str, str] | None = None
+        self.dirty = False
+
+    def _load(self) -> dict[str, str]:
+        if self.memo is None:
+            try:
+                self.memo = json.loads(MEMO.read_text())
+            except (OSError, ValueError):
+                self.memo = {}
+        return self.memo
+
+    def file(self, path: Path) -> str:
+        st = path.stat()
+        stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        memo = self._load()
+        if stamp not in memo:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            memo[stamp] = h.hexdigest()
+            self.dirty = True
+        return memo[stamp]
+
+    def save(self) -> None:
+        if self.dirty and self.memo is not None:
+            keep = dict(list(self.memo.items())[-200_000:])  # bounded: newest stamps win
+            write_json(keep, MEMO)
+            self.dirty = False
+
+
+HASHES = _FileHashes()
+
+
+def _path_digest(path: Path) -> str:
+    if path.is_file():
+        return "file:" + HASHES.file(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path)}={HASHES.file(f)}\n".encode())
+        return "dir:" + h.hexdigest()
+    return "missing"
+
+
+def _store_digest(manifest: Path) -> str:
+    """An image-store manifest (data/interim/images.json) and the images it points to."""
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return _path_digest(manifest)
+    h = hashlib.sha256(_path_digest(manifest).encode())
+    if m.get("hdf5"):
+        h.update(_path_digest(Path(m["hdf5"])).encode())
+    root = Path(m.get("root") or ".")
+    for image_id, rel in sorted((m.get("files") or {}).items()):
+        h.update(f"{image_id}={_path_digest(root / rel)}\n".encode())
+    return "store:" + h.hexdigest()
+
+
+def _digest(value: Any, name: str = "") -> Any:
+    """A JSON-able stand-in for an argument: file contents for paths, JSON for params."""
+    if isinstance(value, Path):
+        return _store_digest(value) if name == "images" and value.suffix == ".json" else _path_digest(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _digest(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_digest(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+# -- hashing code -----------------------------------------------------------------------------
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _is_ours(module_name: str | None) -> bool:
+    return bool(module_name) and module_name.split(".")[0] in ("lesion_ml", "tasks")
+
+
+def _module_closure(start: Iterable[str]) -> set[str]:
+    """lesion_ml/tasks modules reachable from `start` through module-level references."""
+    seen: set[str] = set()
+    todo = [m for m in start if _is_ours(m)]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in sys.modules:
+            continue
+        seen.add(name)
+        for obj in vars(sys.modules[name]).values():
+            ref = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+            if _is_ours(ref) and ref not in seen:
+                todo.append(ref)
+    return seen
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(fn: Callable) -> str:
+    """The task function's source plus the sources of every lesion_ml module it reaches.
+
+    Library modules are followed through everything they import; the tasks/ module of the task
+    only through the names the function uses (so a task does not depend on its neighbours)."""
+    start: set[str] = set()
+    todo, done = [fn], set()
+    h = hashlib.sha256()
+    while todo:  # the function and the tasks/ helpers it calls
+        f = todo.pop()
+        if f in done:
+            continue
+        done.add(f)
+        h.update(inspect.getsource(f).encode())
+        for name in sorted(_code_names(f.__code__)):
+            obj = f.__globals__.get(name)
+            mod = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+            if not _is_ours(mod):
+                continue
+            if isinstance(obj, types.FunctionType) and mod.startswith("tasks"):
+                todo.append(obj)
+            elif mod.startswith("lesion_ml") or isinstance(obj, types.ModuleType):
+                start.add(mod)
+    for name in sorted(_module_closure(start)):
+        file = getattr(sys.modules[name], "__file__", None)
+        if file:
+            h.update(f"{name}\n".encode() + Path(file).read_bytes())
+    return h.hexdigest()
+
+
+def task_key(fn: Callable, arguments: dict[str, Any], outputs: tuple[str, ...]) -> str:
+    """The cache key of calling `fn` (the undecorated task function) with `arguments`."""
+    sig = inspect.signature(fn)
+    bound = sig.bind_partial(**{k: v for k, v in arguments.items() if k in sig.parameters})
+    bound.apply_defaults()
+    parts = {name: (str(value) if name in outputs else _digest(value, name))
+             for name, value in bound.arguments.items()}
+    text = json.dumps({"task": f"{fn.__module__}.{fn.__qualname__}", "code": code_digest(fn), "args": parts},
+                      sort_keys=True, default=str)
+    HASHES.save()
+    return f"{fn.__name__}-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+
+
+# -- outputs ----------------------------------------------------------------------------------
+def _fingerprint(paths_: Iterable[Path]) -> dict[str, list[int]]:
+    out = {}
+    for p in paths_:
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            try:
+                st = f.stat()
+                out[str(f)] = [st.st_size, st.st_mtime_ns]
+            except FileNotFoundError:
+                out[str(f)] = [-1, -1]
+    return out
+
+
+def _outputs_intact(key: str) -> bool:
+    try:
+        recorded = json.loads((OUTPUTS / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return _fingerprint(Path(p) for p in recorded) == recorded
+
+
+@dataclass
+class ContentKeyed(CachePolicy):
+    """Prefect cache policy: `task_key` of the call; a hit only while the outputs are intact."""
+
+    fn: Callable | None = None
+    outputs: tuple[str, ...] = field(default_factory=tuple)
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        key = task_key(self.fn, inputs, self.outputs)
+        if not _outputs_intact(key):  # outputs gone or rewritten since: forget the result, run again
+            (KEYS / key).unlink(missing_ok=True)
+        return key
+
+
+def cached_task(outputs: tuple[str, ...] = ("out",), **task_kwargs: Any):
+    """@task with content-keyed caching, transient-I/O retries, and small persisted results.
+
+    Args:
+        outputs: names of the arguments that are output locations (hashed by path, not content).
+    """
+    def decorate(fn: Callable) -> Any:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            key = task_key(fn, inspect.signature(fn).bind(*args, **kwargs).arguments, outputs)
+            executed.append(fn.__name__)
+            with recording_writes() as written:
+                result = fn(*args, **kwargs)
+            state_dir = paths.STATE.resolve()
+            mine = [p for p in written if not Path(p).resolve().is_relative_to(state_dir)]  # checkpoints aside
+            write_json(_fingerprint(mine), OUTPUTS / f"{key}.json")
+            return result
+
+        policy = ContentKeyed(fn=fn, outputs=outputs).configure(key_storage=KEYS)
+        return task(run, cache_policy=policy, persist_result=True, result_storage=RESULTS,
+                    **{**IO_RETRIES, **task_kwargs})
+
+    return decorate
+
+
+def clear() -> None:
+    """Forget every cached task result (the next run executes every task)."""
+    import shutil
+
+    shutil.rmtree(CACHE_DIR, ignore_errors=True)
+    os.makedirs(CACHE_DIR, exist_ok=True)

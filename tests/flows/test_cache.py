@@ -1,0 +1,62 @@
+"""Content-keyed task caching, through `python -m flows.pipeline` runs in a copy of the repository."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from test_flows import TINY_PARAMS, _copy_repo, _tiny_params
+
+pytestmark = pytest.mark.flow
+
+
+def _run(root, api_url: str) -> list[str]:
+    env = dict(os.environ, PREFECT_API_URL=api_url, PYTHONPATH=str(root))
+    run = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    line = re.search(r"^tasks run: (\d+) \((.*)\)$", run.stdout, re.M)
+    assert line, run.stdout[-2000:]
+    return [] if line.group(1) == "0" else line.group(2).split(", ")
+
+
+@pytest.fixture(scope="module")
+def api_url(prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+def test_reruns_only_what_changed(tmp_path, api_url):
+    params = _tiny_params()
+    _copy_repo(tmp_path, params)
+    cold = _run(tmp_path, api_url)
+    assert cold.count("train_cnn_fold") == 4 and "export_final" in cold  # 2 models x 2 folds
+    assert _run(tmp_path, api_url) == []  # nothing changed: every task is a cache hit
+    assert (tmp_path / ".lesion/prefect/keys").is_dir() and not (tmp_path / "models/.lesion").exists()
+
+    # an output deleted (as `dvc repro` does to a stage's outs): only the task that wrote it reruns;
+    # it writes the same bytes, so nothing downstream reruns
+    (tmp_path / "models/gbdt/pred_fold1.parquet").unlink()
+    assert _run(tmp_path, api_url) == ["train_gbdt_fold"]
+
+    # one backbone's params: its folds, its OOF table, then evaluate and final; not the other backbone
+    params["train_cnn"]["models"]["tiny"]["lr"] = 0.002
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    changed = _run(tmp_path, api_url)
+    assert changed.count("train_cnn_fold") == 2 and "combine_oof" in changed
+    assert {"evaluate_models", "export_final"} <= set(changed)
+    assert not {"train_gbdt_fold", "prepare_fold", "ingest_source"} & set(changed)
+    assert set(TINY_PARAMS["train_cnn"]["models"]) == {"tiny", "tiny_fusion"}
+
+    # a lesion_ml function the LightGBM tasks use: they rerun, the ingest and image tasks do not
+    gbdt = tmp_path / "lesion_ml/models/gbdt.py"
+    gbdt.write_text(gbdt.read_text().replace('"""Malignancy probabilities (mean over seeds)."""',
+                                             '"""Malignancy probabilities: the mean over seeds."""'))
+    edited = _run(tmp_path, api_url)
+    assert edited.count("train_gbdt_fold") == 2
+    assert not {"generate_demo", "ingest_source", "make_folds", "prepare_fold", "train_cnn_fold"} & set(edited)
