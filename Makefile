@@ -14,7 +14,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := lesion_ml
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast bench install clean-venv
+.PHONY: run test test-fast bench install clean-venv server-start server-stop
 
 install: $(STAMP)
 
@@ -41,3 +41,9 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+server-start: $(STAMP)
+	$(BIN)/lesion server start
+
+server-stop: $(STAMP)
+	$(BIN)/lesion server stop

@@ -18,21 +18,31 @@ from flows.ingest import ingest_flow
 from flows.minority_set import minority_set_flow
 from flows.prepare import prepare_flow
 from flows.split import split_flow
-from flows.train_cnn import train_cnn_flow
+from flows.train_cnn import fold_calls, train_cnn_flow
 from flows.train_gbdt import train_gbdt_flow
 from lesion_ml.config import load_params
 from tasks import paths
+from tasks.runner import run_all
+from tasks.train import combine_oof, train_cnn_fold
 
 
 @flow(name="pipeline")
 def pipeline_flow(params: str = str(paths.PARAMS)) -> dict:
     """ingest -> split -> prepare -> train_gbdt -> minority_set -> train_cnn@<each model> ->
     evaluate -> final. Returns what each stage flow returned, by stage name."""
-    models = list(load_params(params).train_cnn.models)  # validated before any work starts
+    p = load_params(params)  # validated before any work starts
+    models = list(p.train_cnn.models)
     out = {"ingest": ingest_flow(params), "split": split_flow(params), "prepare": prepare_flow(params),
            "train_gbdt": train_gbdt_flow(params), "minority_set": minority_set_flow(params)}
-    for name in models:
-        out[f"train_cnn@{name}"] = train_cnn_flow(name, params)
+    if p.orchestration.task_runner == "dask":  # every fold of every backbone on the cluster at once
+        calls = [c for name in models for c in fold_calls(p, name)]
+        preds = run_all(train_cnn_fold, calls, p.orchestration, "train_cnn-all-folds")
+        for name in models:
+            mine = [pred for call, pred in zip(calls, preds) if call["name"] == name]
+            out[f"train_cnn@{name}"] = combine_oof(mine, paths.CNN_DIR / name / "oof.parquet")
+    else:
+        for name in models:
+            out[f"train_cnn@{name}"] = train_cnn_flow(name, params)
     out["evaluate"] = evaluate_flow(params)
     out["final"] = final_flow(params)
     return out

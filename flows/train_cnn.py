@@ -8,28 +8,34 @@ import torch
 import yaml
 from prefect import flow
 
-from lesion_ml.config import ConfigError, load_params, to_plain
+from lesion_ml.config import ConfigError, Params, load_params, to_plain
 from lesion_ml.io import write_text
 from tasks import paths
+from tasks.runner import run_all
 from tasks.train import combine_oof, train_cnn_fold
+
+
+def fold_calls(p: Params, name: str) -> list[dict]:
+    """The train_cnn_fold arguments of every fold of model `name` (small: paths and configs)."""
+    if name not in p.train_cnn.models:
+        raise ConfigError(f"no model {name!r} in params.yaml train_cnn.models; have {sorted(p.train_cnn.models)}")
+    cfg = p.train_cnn.models[name]
+    out = paths.CNN_DIR / name
+    write_text(yaml.safe_dump(to_plain(cfg), sort_keys=True), out / "config.yaml")
+    return [{"images": paths.IMAGES, "folds": paths.FOLDS, "cfg": cfg, "device": p.train_cnn.device,
+             "num_workers": p.train_cnn.num_workers, "fold": k, "out": out, "name": name,
+             "features_dir": paths.FEATURES, "minority": paths.MINORITY, "checkpoints": paths.CHECKPOINTS / name,
+             "plots": paths.TRAIN_PLOTS / name, "threads": p.train_cnn.threads} for k in range(p.split.n_folds)]
 
 
 @flow(name="train_cnn")
 def train_cnn_flow(name: str, params: str = str(paths.PARAMS)) -> Path:
     """Train the model `name` (a key of train_cnn.models) on each fold."""
     p = load_params(params)
-    if name not in p.train_cnn.models:
-        raise ConfigError(f"no model {name!r} in params.yaml train_cnn.models; have {sorted(p.train_cnn.models)}")
-    cfg = p.train_cnn.models[name]
     if p.train_cnn.threads:
         torch.set_num_threads(p.train_cnn.threads)
-    out = paths.CNN_DIR / name
-    write_text(yaml.safe_dump(to_plain(cfg), sort_keys=True), out / "config.yaml")
-    preds = [train_cnn_fold(paths.IMAGES, paths.FOLDS, cfg, p.train_cnn.device, p.train_cnn.num_workers, k, out,
-                            name=name, features_dir=paths.FEATURES, minority=paths.MINORITY,
-                            checkpoints=paths.CHECKPOINTS / name, plots=paths.TRAIN_PLOTS / name)
-             for k in range(p.split.n_folds)]
-    return combine_oof(preds, out / "oof.parquet")
+    preds = run_all(train_cnn_fold, fold_calls(p, name), p.orchestration, f"train_cnn-{name}-folds")
+    return combine_oof(preds, paths.CNN_DIR / name / "oof.parquet")
 
 
 if __name__ == "__main__":

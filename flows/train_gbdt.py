@@ -7,6 +7,7 @@ from prefect import flow
 
 from lesion_ml.config import load_params
 from tasks import paths
+from tasks.runner import run_all
 from tasks.train import combine_oof, train_gbdt_fold
 
 
@@ -14,8 +15,9 @@ from tasks.train import combine_oof, train_gbdt_fold
 def train_gbdt_flow(params: str = str(paths.PARAMS)) -> Path:
     """One model per fold; their validation predictions form the OOF table."""
     p = load_params(params)
-    preds = [train_gbdt_fold(paths.features_path(k), paths.FOLDS, p.train_gbdt, k, paths.GBDT_DIR)
-             for k in range(p.split.n_folds)]
+    calls = [{"features": paths.features_path(k), "folds": paths.FOLDS, "cfg": p.train_gbdt, "fold": k,
+              "out": paths.GBDT_DIR} for k in range(p.split.n_folds)]
+    preds = run_all(train_gbdt_fold, calls, p.orchestration, "train_gbdt-folds")
     return combine_oof(preds, paths.GBDT_DIR / "oof.parquet")
 
 

@@ -141,6 +141,31 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server(args: argparse.Namespace) -> int:
+    from lesion_ml import server
+    from lesion_ml.config import load_params
+
+    state = Path(".lesion")
+    if args.action == "start":
+        name = load_params(args.params).retrain.name
+        try:
+            info = server.start(Path.cwd(), state, args.host, args.port, f"retrain/{name}")
+        except server.ServerError as err:
+            print(f"lesion server start: {err}", file=sys.stderr)
+            return 1
+        print(f"Prefect UI: {info['ui']}  (deployments: {info['ui']}/deployments)\n"
+              f"serving deployment retrain/{name}; trigger it with\n"
+              f"  PREFECT_API_URL={info['api']} prefect deployment run 'retrain/{name}'\n"
+              f"logs: {state}/server/server.log, {state}/server/retrain.log; stop with `lesion server stop`")
+    elif args.action == "stop":
+        stopped = server.stop(state)
+        print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+    else:
+        st = server.status(state)
+        print(", ".join(f"{k}: {'pid ' + str(v) if v else 'not running'}" for k, v in st.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lesion", description="lesion-ml: skin-lesion malignancy detection")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output folder (PNG overlays, CSV tables)")
     ex.add_argument("--limit", type=int, default=0, help="explain only the first N images (0: all)")
     ex.set_defaults(func=_explain)
+    sv = sub.add_parser("server", help="a local Prefect server (UI) serving the retrain deployment")
+    sv.add_argument("action", choices=["start", "stop", "status"])
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=4200)
+    sv.add_argument("--params", default="params.yaml", help="params.yaml naming the deployment (retrain.name)")
+    sv.set_defaults(func=_server)
     return parser
 
 

@@ -240,6 +240,25 @@ class FinalConfig(_Section):
     seed_offset: int = Field(1000, ge=0, description="the final CNNs train with seed + this (the folds used seed + k)")
 
 
+class RetrainConfig(_Section):
+    """The scheduled retraining deployment (flows/retrain.py; `lesion server start` serves it)."""
+
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", description="deployment name: retrain/<name>")
+    cron: str | None = Field("0 3 * * 1", description="schedule (cron, server time zone); null: on demand only")
+    pull: Literal["auto", "always", "never"] = Field("auto", description="dvc pull first (auto: when a remote exists)")
+    push: Literal["auto", "always", "never"] = Field("auto", description="dvc push after (auto: when a remote exists)")
+    targets: list[str] = Field(default_factory=list, description="stages for dvc repro; empty: all")
+
+
+class OrchestrationConfig(_Section):
+    """Where the per-fold / per-backbone tasks run."""
+
+    task_runner: Literal["local", "dask"] = Field("local", description="local: one after another in the flow's "
+                                                  "process; dask: in parallel on a Dask cluster (prefect-dask)")
+    dask_address: str | None = Field(None, description="scheduler address (tcp://host:8786); null: a LocalCluster")
+    dask_workers: int = Field(2, ge=1, description="LocalCluster worker processes (without dask_address)")
+
+
 class Params(_Section):
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
@@ -248,6 +267,8 @@ class Params(_Section):
     train_cnn: TrainCnnConfig = TrainCnnConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     final: FinalConfig = FinalConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
 
 def _format_errors(err: ValidationError, where: str) -> str:

@@ -18,6 +18,8 @@ file is read once.
 """
 from __future__ import annotations
 
+import builtins
+import dis
 import functools
 import hashlib
 import inspect
@@ -133,7 +135,8 @@ def _digest(value: Any, name: str = "") -> Any:
 
 # -- hashing code -----------------------------------------------------------------------------
 def _code_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
+    """The global names a function (and the functions nested in it) reads."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _code_names(const)
@@ -176,6 +179,9 @@ def code_digest(fn: Callable) -> str:
         done.add(f)
         h.update(inspect.getsource(f).encode())
         for name in sorted(_code_names(f.__code__)):
+            if name not in f.__globals__ and not hasattr(builtins, name) and f.__module__ in sys.modules:
+                # a helper defined further down the module (not bound yet at import): take the module
+                start.add(f.__module__)
             obj = f.__globals__.get(name)
             mod = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
             if not _is_ours(mod):
@@ -191,14 +197,15 @@ def code_digest(fn: Callable) -> str:
     return h.hexdigest()
 
 
-def task_key(fn: Callable, arguments: dict[str, Any], outputs: tuple[str, ...]) -> str:
-    """The cache key of calling `fn` (the undecorated task function) with `arguments`."""
+def task_key(fn: Callable, arguments: dict[str, Any], outputs: tuple[str, ...], code: str) -> str:
+    """The cache key of calling `fn` (the undecorated task function) with `arguments`; `code` is
+    its `code_digest`, taken where the source files are (a Dask worker gets the function by value)."""
     sig = inspect.signature(fn)
     bound = sig.bind_partial(**{k: v for k, v in arguments.items() if k in sig.parameters})
     bound.apply_defaults()
     parts = {name: (str(value) if name in outputs else _digest(value, name))
              for name, value in bound.arguments.items()}
-    text = json.dumps({"task": f"{fn.__module__}.{fn.__qualname__}", "code": code_digest(fn), "args": parts},
+    text = json.dumps({"task": f"{fn.__module__}.{fn.__qualname__}", "code": code, "args": parts},
                       sort_keys=True, default=str)
     HASHES.save()
     return f"{fn.__name__}-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
@@ -232,10 +239,11 @@ class ContentKeyed(CachePolicy):
 
     fn: Callable | None = None
     outputs: tuple[str, ...] = field(default_factory=tuple)
+    code: str = ""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        key = task_key(self.fn, inputs, self.outputs)
+        key = task_key(self.fn, inputs, self.outputs, self.code)
         if not _outputs_intact(key):  # outputs gone or rewritten since: forget the result, run again
             (KEYS / key).unlink(missing_ok=True)
         return key
@@ -248,9 +256,11 @@ def cached_task(outputs: tuple[str, ...] = ("out",), **task_kwargs: Any):
         outputs: names of the arguments that are output locations (hashed by path, not content).
     """
     def decorate(fn: Callable) -> Any:
+        code = code_digest(fn)  # here, at import, where the sources are
+
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            key = task_key(fn, inspect.signature(fn).bind(*args, **kwargs).arguments, outputs)
+            key = task_key(fn, inspect.signature(fn).bind(*args, **kwargs).arguments, outputs, code)
             executed.append(fn.__name__)
             with recording_writes() as written:
                 result = fn(*args, **kwargs)
@@ -259,7 +269,7 @@ def cached_task(outputs: tuple[str, ...] = ("out",), **task_kwargs: Any):
             write_json(_fingerprint(mine), OUTPUTS / f"{key}.json")
             return result
 
-        policy = ContentKeyed(fn=fn, outputs=outputs).configure(key_storage=KEYS)
+        policy = ContentKeyed(fn=fn, outputs=outputs, code=code).configure(key_storage=KEYS)
         return task(run, cache_policy=policy, persist_result=True, result_storage=RESULTS,
                     **{**IO_RETRIES, **task_kwargs})
 

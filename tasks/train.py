@@ -65,11 +65,16 @@ def _fold_data(f: pd.DataFrame, train: np.ndarray, cfg: CnnModelConfig,
 @cached_task(outputs=('out', 'checkpoints', 'plots'))
 def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, num_workers: int, fold: int,
                    out: Path, name: str = "", features_dir: Path | None = None, minority: Path | None = None,
-                   checkpoints: Path | None = None, plots: Path | None = None) -> Path:
+                   checkpoints: Path | None = None, plots: Path | None = None, threads: int = 0) -> Path:
     """Train one backbone on one fold; write the weights, history and validation predictions.
 
     Training resumes from `checkpoints`/fold<k>.pt when a run was killed (see train_fold).
+    `threads` > 0 sets torch's CPU threads in the process that runs the task (a Dask worker too).
     """
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     store = ImageStore.from_manifest(json.loads(images.read_text()))
     if cfg.balance.minority_set:
         store = MultiStore([store, ImageStore(hdf5=minority / "images.hdf5")])

@@ -148,9 +148,12 @@ def test_prefect_retries_a_task_after_a_transient_oserror(prefect_harness, tmp_p
     monkeypatch.setattr(td, "assign_folds", flaky)
     monkeypatch.setattr(td.make_folds, "retry_delay_seconds", [0, 0])
 
+    monkeypatch.chdir(tmp_path)  # the task cache (.lesion/prefect) lives here
+
     @flow
-    def split_once():
-        return td.make_folds(tmp_path / "lesions.parquet", SplitConfig(n_folds=3), tmp_path / "folds.parquet")
+    def split_once():  # refresh_cache: the second call must run again, not hit the first call's result
+        task = td.make_folds.with_options(refresh_cache=True)
+        return task(tmp_path / "lesions.parquet", SplitConfig(n_folds=3), tmp_path / "folds.parquet")
 
     split_once()
     assert len(calls) == 2 and pd.read_parquet(tmp_path / "folds.parquet")["fold"].nunique() == 3

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -223,12 +224,15 @@ def test_predict_without_metadata_or_fallback_is_refused(pipeline, tmp_path, cap
     assert _predict("--model", str(bundle), "--images", str(images), "--out", str(tmp_path / "p.csv")) == 2
     assert "needs metadata: pass --metadata" in capsys.readouterr().err
     meta = pd.read_csv(pipeline[0] / "data/interim/demo/train-metadata.csv")
-    meta.drop(columns=["tbp_lv_areaMM2", "clin_size_long_diam_mm"]).to_csv(tmp_path / "m.csv", index=False)
-    needed = {f["column"] for f in json.loads((bundle / "preprocess.json").read_text())["features"]}
-    if needed & {"tbp_lv_areaMM2", "clin_size_long_diam_mm"}:
-        assert _predict("--model", str(bundle), "--images", str(images), "--metadata", str(tmp_path / "m.csv"),
-                        "--out", str(tmp_path / "p.csv")) == 2
-        assert "lacks" in capsys.readouterr().err
+    needed = sorted({f["column"] for f in json.loads((bundle / "preprocess.json").read_text())["features"]})
+    raw = [c for c in needed if c in meta.columns]  # a needed column as it is in the CSV, else the
+    drop = raw[:1] or [c for c in meta.columns if c.startswith("tbp_lv_")]  # sources of engineered ones
+    meta.drop(columns=drop).to_csv(tmp_path / "m.csv", index=False)
+    assert _predict("--model", str(bundle), "--images", str(images), "--metadata", str(tmp_path / "m.csv"),
+                    "--out", str(tmp_path / "p.csv")) == 2
+    err = capsys.readouterr().err
+    assert "m.csv" in err and "lacks" in err and (not raw or drop[0] in err)
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_explain_writes_gradcam_overlays_and_metadata_contributions(pipeline, tmp_path):
@@ -259,9 +263,18 @@ def _dvc(*args: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def test_dvc_repro_end_to_end_then_noop(workdir):
-    run = _dvc("repro", cwd=workdir)
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A tiny copy of the repository after `dvc repro`."""
+    root = tmp_path_factory.mktemp("reproduced")
+    _copy_repo(root, _tiny_params())
+    run = _dvc("repro", cwd=root)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return root
+
+
+def test_dvc_repro_end_to_end_then_noop(reproduced):
+    workdir = reproduced
     metrics = json.loads((workdir / "reports/metrics.json").read_text())["models"]
     assert set(metrics) == MODELS
     for m in metrics.values():
@@ -281,3 +294,92 @@ def test_dvc_repro_end_to_end_then_noop(workdir):
     again = _dvc("repro", cwd=workdir)
     assert again.returncode == 0 and "Data and pipelines are up to date" in again.stdout, again.stdout
     assert time.perf_counter() - start < 30
+
+    # a DVC experiment on our params, and the metrics it changed
+    git = ["git", "-c", "user.name=lesion-ml test", "-c", "user.email=test@example.invalid"]
+    subprocess.run(["git", "add", "-A"], cwd=workdir, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "baseline"], cwd=workdir, check=True)
+    before = json.loads((workdir / "reports/metrics.json").read_text())["models"]["gbdt"]["threshold"]
+    exp = _dvc("exp", "run", "-S", "evaluate.target_sensitivity=0.8", cwd=workdir)
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    assert "train_cnn" not in exp.stdout.split("Running stage 'evaluate'")[-1]  # only evaluate, final reran
+    params = _dvc("params", "diff", cwd=workdir)
+    assert "evaluate.target_sensitivity" in params.stdout and "0.95" in params.stdout and "0.8" in params.stdout
+    diff = _dvc("metrics", "diff", "--json", cwd=workdir)
+    changed = json.loads(diff.stdout)["reports/metrics.json"]
+    after = json.loads((workdir / "reports/metrics.json").read_text())["models"]["gbdt"]["threshold"]
+    assert after >= before and "models.gbdt.threshold" in changed
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(url: str, body: dict | None = None):
+    import urllib.request
+
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _processes_mentioning(*needles: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(n in text for n in needles):
+            found.append(f"{cmdline.parent.name}: {text[:200]}")
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (apt-get install chromium; .ci/run does)")
+def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_path):
+    root = reproduced
+    remote = tmp_path / "remote"
+    assert _dvc("remote", "add", "-d", "local", str(remote), cwd=root).returncode == 0
+    port = _free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.pop("PREFECT_API_URL", None)
+    api = f"http://127.0.0.1:{port}/api"
+    start = subprocess.run([f"{bin_dir}/lesion", "server", "start", "--port", str(port)], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=300)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        assert f"http://127.0.0.1:{port}" in start.stdout and "retrain/demo" in start.stdout
+        run = subprocess.run([f"{bin_dir}/prefect", "deployment", "run", "retrain/demo", "--watch",
+                              "--watch-timeout", "600"], cwd=root, env=dict(env, PREFECT_API_URL=api),
+                             capture_output=True, text=True, timeout=700)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        runs = _api(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": ["retrain"]}}})
+        states = sorted(r["state_type"] for r in runs)  # the one we ran, and the cron schedule's next runs
+        assert states.count("COMPLETED") == 1 and "SCHEDULED" in states and set(states) <= {"COMPLETED", "SCHEDULED"}
+        keys = {a["key"] for a in _api(f"{api}/artifacts/filter", {})}
+        assert {"retrain-metrics", "retrain-report"} <= keys
+        assert any(p.is_file() for p in remote.rglob("*"))  # dvc push reached the remote
+        dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+                              "--dump-dom", f"http://127.0.0.1:{port}/deployments"],
+                             capture_output=True, text=True, timeout=120).stdout
+        assert "Deployments" in dom and "demo" in dom and "retrain" in dom, dom[-2000:]
+        assert "Can't connect to Server API" not in dom
+    finally:
+        stop = subprocess.run([f"{bin_dir}/lesion", "server", "stop"], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert stop.returncode == 0 and "retrain" in stop.stdout and "server" in stop.stdout, stop.stdout + stop.stderr
+    assert _processes_mentioning(f"--port {port}") == [] and _processes_mentioning("flows.retrain", "serve") == []
+    import urllib.error
+
+    with pytest.raises(urllib.error.URLError):
+        _api(f"{api}/health")

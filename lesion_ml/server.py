@@ -1,0 +1,148 @@
+"""Start and stop a local Prefect server and the retraining deployment, as background processes.
+
+`start` launches `prefect server start` (API and UI on 127.0.0.1:<port>) and then
+`python -m flows.retrain serve` pointed at it, each in its own process group with its log and pid
+file under `<state>/server/`, and waits until the server answers and the deployment is
+registered. `stop` sends SIGINT (a served flow shuts down cleanly on SIGINT; SIGTERM would leave
+its runs behind), waits, and only then escalates; no process is left.
+
+Only processes and HTTP: no Prefect import, so the CLI stays fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PROCESSES = ("retrain", "server")  # stopped in this order
+
+
+class ServerError(RuntimeError):
+    """The server or the deployment did not start or stop; the message says where the log is."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _pid(folder: Path, name: str) -> int | None:
+    try:
+        pid = int((folder / f"{name}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _get(url: str, timeout: float = 2.0) -> dict | list | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - a local http URL
+            return json.loads(r.read().decode() or "null")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _wait(check, seconds: float, what: str, log: Path) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.5)
+    tail = log.read_text()[-2000:] if log.is_file() else ""
+    raise ServerError(f"{what} did not happen within {seconds:.0f} s; see {log}:\n{tail}")
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> int:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=cwd, start_new_session=True)
+    return proc.pid
+
+
+def start(repo: Path, state: Path, host: str = "127.0.0.1", port: int = 4200, deployment: str = "retrain/demo",
+          timeout: float = 120.0) -> dict[str, str | int]:
+    """Start the server and serve the retrain deployment; returns the UI and API addresses and pids.
+
+    Raises:
+        ServerError: already running, the port is taken, or a start timed out (with the log's end).
+    """
+    folder = state / "server"
+    folder.mkdir(parents=True, exist_ok=True)
+    running = {n: p for n in PROCESSES if (p := _pid(folder, n))}
+    if running:
+        raise ServerError(f"already running ({', '.join(f'{n} pid {p}' for n, p in running.items())}); "
+                          "`lesion server stop` first")
+    api = f"http://{host}:{port}/api"
+    if _get(f"{api}/health") is not None:
+        raise ServerError(f"something already answers on {host}:{port}; stop it or pass --port")
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               PREFECT_SERVER_API_HOST=host, PREFECT_SERVER_API_PORT=str(port),
+               PREFECT_UI_API_URL=api)  # the UI calls this address (its default is port 4200)
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    log = folder / "server.log"
+    pid = _spawn([prefect, "server", "start", "--host", host, "--port", str(port)], log, env, repo)
+    (folder / "server.pid").write_text(str(pid))
+    try:
+        _wait(lambda: _get(f"{api}/health") is True or not _alive(pid), timeout, "the Prefect server start", log)
+        if not _alive(pid):
+            raise ServerError(f"the Prefect server exited at start; see {log}:\n{log.read_text()[-2000:]}")
+        env["PREFECT_API_URL"] = api
+        rlog = folder / "retrain.log"
+        rpid = _spawn([sys.executable, "-m", "flows.retrain", "serve"], rlog, env, repo)
+        (folder / "retrain.pid").write_text(str(rpid))
+        flow, name = deployment.split("/", 1)
+        _wait(lambda: not _alive(rpid) or _get(f"{api}/deployments/name/{flow}/{name}") is not None, timeout,
+              f"registering deployment {deployment}", rlog)
+        if not _alive(rpid):
+            raise ServerError(f"`python -m flows.retrain serve` exited; see {rlog}:\n{rlog.read_text()[-2000:]}")
+    except BaseException:
+        stop(state)
+        raise
+    return {"ui": f"http://{host}:{port}", "api": api, "server_pid": pid, "retrain_pid": rpid}
+
+
+def stop(state: Path, timeout: float = 30.0) -> list[str]:
+    """Stop the served deployment (SIGINT), then the server; escalate to SIGKILL only after
+    `timeout`. Returns what was stopped."""
+    folder = state / "server"
+    stopped = []
+    for name in PROCESSES:
+        pid = _pid(folder, name)
+        if pid is not None:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(pid, sig)  # the whole group: the server's workers, the served runs
+                except ProcessLookupError:
+                    break
+                end = time.monotonic() + (timeout if sig != signal.SIGKILL else 5)
+                while _alive(pid) and time.monotonic() < end:
+                    time.sleep(0.2)
+                if not _alive(pid):
+                    break
+            try:  # children that outlived their leader
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            stopped.append(f"{name} (pid {pid})")
+        (folder / f"{name}.pid").unlink(missing_ok=True)
+    return stopped
+
+
+def status(state: Path) -> dict[str, int | None]:
+    folder = state / "server"
+    return {name: _pid(folder, name) for name in PROCESSES}
