@@ -10,8 +10,8 @@ Prefect's own INPUTS policy hashes a Path as text and TASK_SOURCE sees only the 
 so neither notices new data or edited library code.
 
 A hit also needs the task's outputs to be where it left them: every file the task wrote (through
-lesion_ml.io) is fingerprinted (size, mtime) after the run; when one is missing or changed, the
-cached result is dropped and the task runs again. Results, keys, fingerprints and the hash memo
+lesion_ml.io) is fingerprinted (size, mtime, sha256) after the run; when one is missing or its
+contents changed, the cached result is dropped and the task runs again. Results, keys, fingerprints and the hash memo
 live in .lesion/prefect (outside every DVC out, git-ignored); persisted results are small (paths,
 metrics dicts). File hashes are memoised by (path, size, mtime), so an unchanged 50 GB image
 file is read once.
@@ -212,25 +212,38 @@ def task_key(fn: Callable, arguments: dict[str, Any], outputs: tuple[str, ...], 
 
 
 # -- outputs ----------------------------------------------------------------------------------
-def _fingerprint(paths_: Iterable[Path]) -> dict[str, list[int]]:
+def _fingerprint(paths_: Iterable[Path]) -> dict[str, list]:
+    """(size, mtime_ns, sha256) of every file written (folders: every file below them)."""
     out = {}
     for p in paths_:
         files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             try:
                 st = f.stat()
-                out[str(f)] = [st.st_size, st.st_mtime_ns]
+                out[str(f)] = [st.st_size, st.st_mtime_ns, HASHES.file(f)]
             except FileNotFoundError:
-                out[str(f)] = [-1, -1]
+                out[str(f)] = [-1, -1, ""]
+    HASHES.save()
     return out
 
 
 def _outputs_intact(key: str) -> bool:
+    """Every file the run wrote is still there with the same contents. A new modification time
+    alone (DVC re-linking a file from its cache, a copy) is checked by content, not trusted."""
     try:
         recorded = json.loads((OUTPUTS / f"{key}.json").read_text())
     except (OSError, ValueError):
         return False
-    return _fingerprint(Path(p) for p in recorded) == recorded
+    for name, print_ in recorded.items():
+        size, mtime, sha = (list(print_) + [None])[:3]  # records without a hash: size and mtime only
+        try:
+            st = Path(name).stat()
+        except OSError:
+            return False
+        if st.st_size != size or (st.st_mtime_ns != mtime and (sha is None or HASHES.file(Path(name)) != sha)):
+            return False
+    HASHES.save()
+    return True
 
 
 @dataclass
