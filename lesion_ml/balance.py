@@ -46,7 +46,9 @@ class EpochSampler(Sampler[int]):
         if mode not in ("none", "downsample", "weighted"):
             raise ValueError(f"unknown sampler {mode!r}; allowed: none, downsample, weighted")
         if mode != "none" and len(self.pos) == 0:
-            raise ValueError(f"balance.sampler {mode!r} needs malignant training images; this fold has none")
+            raise ValueError(f"no malignant training image in this fold, and balance.sampler {mode!r} draws "
+                             "positives; set params.yaml train_cnn.models.<name>.balance.sampler: none, or lower "
+                             "split.n_folds so that every fold trains on malignant cases")
         self.mode, self.neg_per_pos, self.seed, self.epoch = mode, neg_per_pos, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

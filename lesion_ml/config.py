@@ -172,7 +172,7 @@ class CnnModelConfig(_Section):
     resize: Literal["squash", "pad", "crop"] = Field("squash", description="squash: resize to a square; pad: "
                                                      "keep the aspect, pad the short side; crop: centre square")
     epochs: int = Field(4, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=2, description="at least 2: BatchNorm layers cannot train on one image")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["onecycle", "cosine"] = "onecycle"

@@ -36,7 +36,7 @@ from lesion_ml.models.net import LesionNet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FoldData", "FoldResult", "LesionImages", "create_transforms", "predict", "select_device",
+__all__ = ["FoldData", "FoldResult", "LesionImages", "LrShape", "create_transforms", "predict", "select_device",
            "to_device", "train_fold", "train_one_epoch"]
 
 
@@ -203,8 +203,10 @@ def _holdout_split(data: FoldData, cfg: CnnModelConfig, seed: int) -> np.ndarray
     groups = data.train_groups if data.train_groups is not None else np.arange(len(data.train_ids))
     n_splits = max(2, round(1 / cfg.early_stopping.holdout))
     if len(np.unique(groups)) < n_splits or int(np.sum(data.train_y)) < 1:
-        raise ValueError(f"early stopping needs {n_splits} training patients and a malignant one for its "
-                         f"holdout; set early_stopping.metric: none for this data")
+        raise ValueError(f"early stopping needs {n_splits} training patients and a malignant one for its holdout, "
+                         f"this fold has {len(np.unique(groups))} patients and {int(np.sum(data.train_y))} malignant "
+                         "rows; set params.yaml train_cnn.models.<name>.early_stopping.metric: none (or raise "
+                         "early_stopping.holdout) for this data")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     y = np.asarray(data.train_y)
     for _, held in splitter.split(np.zeros(len(groups)), y, groups):
@@ -213,8 +215,8 @@ def _holdout_split(data: FoldData, cfg: CnnModelConfig, seed: int) -> np.ndarray
         if 0 < y[mask].sum() < mask.sum() and 0 < y[~mask].sum() < (~mask).sum():
             return mask  # both classes held out and both left to train on
     raise ValueError(f"no patient-grouped holdout of {cfg.early_stopping.holdout:.0%} has both classes on both "
-                     f"sides ({int(y.sum())} malignant training rows); raise early_stopping.holdout or set "
-                     "early_stopping.metric: none")
+                     f"sides ({int(y.sum())} malignant training rows); raise params.yaml "
+                     "train_cnn.models.<name>.early_stopping.holdout or set early_stopping.metric: none")
 
 
 def _score(y: np.ndarray, p: np.ndarray, metric: str) -> float:
@@ -225,11 +227,46 @@ def _score(y: np.ndarray, p: np.ndarray, metric: str) -> float:
     return float(partial_auc(y, p) if metric == "pauc" else roc_auc_score(y, p))
 
 
+class LrShape:
+    """The learning-rate multiplier of step `s` (0-based) of a run of `total` optimizer steps,
+    for `torch.optim.lr_scheduler.LambdaLR`. Defined for every `total` >= 1, so a fold with a
+    single batch per epoch (or a single step in all) trains like any other.
+
+    - "onecycle": a cosine rise from 1/25 of the peak to the peak over the first `warmup_share`
+      of the steps (none when that is under one step), then a cosine decay to 1/250,000 of
+      the peak at the last step (torch's OneCycleLR shape, without its momentum cycling).
+    - "cosine": cosine decay from the peak towards 0 over `total` steps (CosineAnnealingLR).
+
+    Plain attributes only: the scheduler's state dict (and so a checkpoint) stores them.
+    """
+
+    START, END = 1 / 25, 1 / 25 / 1e4
+
+    def __init__(self, kind: str, total: int, warmup_share: float = 0.3):
+        if kind not in ("onecycle", "cosine"):
+            raise ValueError(f"unknown schedule {kind!r}; allowed: onecycle, cosine")
+        if total < 1:
+            raise ValueError(f"a learning-rate schedule needs at least 1 step, got {total}")
+        self.kind, self.total = kind, int(total)
+        self.peak = min(self.total - 1, round(warmup_share * (self.total - 1))) if kind == "onecycle" else 0
+
+    @staticmethod
+    def _cos(start: float, end: float, frac: float) -> float:
+        return end + (start - end) * (1 + math.cos(math.pi * frac)) / 2
+
+    def __call__(self, step: int) -> float:
+        s = min(max(step, 0), self.total - 1)  # the call after the last step sets no lr that is used
+        if self.kind == "cosine":
+            return self._cos(1.0, 0.0, s / self.total)
+        if s <= self.peak:
+            return self._cos(self.START, 1.0, s / self.peak) if self.peak else 1.0
+        return self._cos(1.0, self.END, (s - self.peak) / (self.total - 1 - self.peak))
+
+
 def _schedule(cfg: CnnModelConfig, optimizer: torch.optim.Optimizer, steps: int):
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                               total_steps=steps, pct_start=min(0.3, 1 / max(cfg.epochs, 1)))
+    """The scheduler of `cfg.schedule` over `steps` optimizer steps (the whole run)."""
+    shape = LrShape(cfg.schedule, steps, warmup_share=min(0.3, 1 / cfg.epochs))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [shape] * len(optimizer.param_groups))
 
 
 def _save(path: Path, state: dict) -> None:
@@ -280,6 +317,9 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
     eval_tf = create_transforms(cfg.image_size, False, spec.mean, spec.std, resize=cfg.resize)
     train_ds = LesionImages(store, fit_ids, fit_y, train_tf, fit_meta, cfg.image_size)
     sampler = EpochSampler(fit_y, cfg.balance.sampler, cfg.balance.neg_per_pos, seed)
+    if len(sampler) < 2:  # BatchNorm cannot train on a batch of one
+        raise ValueError(f"{label or 'this fold'}: {len(sampler)} training image(s) per epoch (of {len(fit_ids)} "
+                         f"training rows); a batch needs at least 2; lower params.yaml split.n_folds or add images")
     gen = torch.Generator()
     loader_kw = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "worker_init_fn": _seed_worker,
                  "persistent_workers": False}
