@@ -87,6 +87,30 @@ def apply_calibrator(cal: dict[str, Any] | None, p: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-z))
 
 
+def inside(folder: Path, name: object, key: str) -> Path:
+    """The file `name` of the model folder `folder` (named in its manifest under `key`).
+
+    A model folder comes from elsewhere, so what it names is input: a file name that is not
+    relative, that climbs out with "..", or that resolves (through symlinks) outside the folder
+    is refused before anything opens it.
+
+    Raises:
+        DataError: naming the manifest key, the value found and the folder.
+    """
+    where = f"{Path(folder) / 'manifest.json'}: {key}"
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"{where} is {name!r}; expected the name of a file inside the model folder")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise DataError(f"{where} is {name!r}; a model folder may only name files inside itself (no absolute "
+                        "paths, no '..'): this is not a model folder lesion-ml wrote, or it was edited")
+    root, target = Path(folder).resolve(), (Path(folder) / rel).resolve()
+    if not target.is_relative_to(root):
+        raise DataError(f"{where}: {name!r} resolves to {target}, outside the model folder {root} (a symbolic "
+                        "link); a model folder must hold its own files: copy it with `cp -rL` to follow the links")
+    return Path(folder) / rel
+
+
 @dataclass
 class CnnComponent:
     name: str
@@ -122,6 +146,8 @@ class FinalModel:
 
         path = Path(path)
         man_file = path / "manifest.json"
+        if man_file.is_file():
+            inside(path, "manifest.json", "the manifest")
         if not man_file.is_file():
             raise DataError(f"{path}: not a lesion-ml model folder (no manifest.json); run `make run` (dvc repro) "
                             "to export models/final, or pass --model")
@@ -134,18 +160,17 @@ class FinalModel:
                             "model with this version of lesion-ml")
         model = cls(path, manifest)
         if manifest.get("preprocess"):
-            model.preprocess = json.loads((path / manifest["preprocess"]).read_text())
+            model.preprocess = json.loads(inside(path, manifest["preprocess"], "preprocess").read_text())
 
-        def booster(file: str):
-            text = (path / file).read_text()
-            return lgb.Booster(model_str=text)
+        def booster(file: str, key: str):
+            return lgb.Booster(model_str=inside(path, file, key).read_text())
 
-        model.gbdt = [booster(f) for f in manifest.get("gbdt", {}).get("files", [])]
-        model.stack = [booster(f) for f in manifest.get("stack", {}).get("files", [])]
+        model.gbdt = [booster(f, "gbdt.files") for f in manifest.get("gbdt", {}).get("files", [])]
+        model.stack = [booster(f, "stack.files") for f in manifest.get("stack", {}).get("files", [])]
         for name, spec in manifest.get("cnn", {}).items():
             cfg = CnnModelConfig.model_validate(spec["config"])
             net = LesionNet(cfg.backbone, "false", spec["n_meta"], cfg.fusion.hidden, cfg.fusion.dropout)
-            weights = path / spec["weights"]
+            weights = inside(path, spec["weights"], f"cnn.{name}.weights")
             try:
                 state = torch.load(weights, map_location="cpu", weights_only=True)
             except Exception as err:  # noqa: BLE001 - a corrupt or non-tensor file: say which

@@ -242,13 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user of each command can do about an unreadable image (the library's message names it).
+BAD_IMAGE_REMEDY = {
+    "predict": "rerun with --skip-bad to score the other images and report this one in the status column",
+    "explain": "leave it out of --images (`lesion predict --skip-bad` lists every unreadable image)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from lesion_ml.data.images import BadImageError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ValueError as err:  # config and data errors carry a complete message
-        print(f"lesion {args.command}: error: {err}", file=sys.stderr)
+        remedy = BAD_IMAGE_REMEDY.get(args.command) if isinstance(err, BadImageError) else None
+        print(f"lesion {args.command}: error: {err}" + (f"; {remedy}" if remedy else ""), file=sys.stderr)
         return 2
 
 

@@ -2,7 +2,9 @@
 
 - Image models: Grad-CAM (Selvaraju et al. 2017) on the backbone's last convolution: the
   gradient of the malignancy logit, averaged per channel, weights that layer's activations; the
-  positive part, upsampled, is overlaid on the image as a heat map (PNG per image and model).
+  positive part, upsampled, is overlaid on the image as a heat map. One PNG per image and model
+  shows the image as the model sees it and the overlay side by side, at least 256 px a side
+  whatever the model's input size, with the image id, the model and its score written below.
 - Metadata models (GBDT, stack): LightGBM's per-row feature contributions (TreeSHAP,
   `pred_contrib=True`) in log-odds, and the global gain importances.
 """
@@ -11,19 +13,22 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from lesion_ml.augment import create_transforms
+from lesion_ml.augment import create_transforms, resize_steps
 from lesion_ml.bundle import FinalModel
 from lesion_ml.data.images import ImageStore
 from lesion_ml.io import atomic_path, write_csv
 from lesion_ml.models.backbones import backbone_spec
 
 log = logging.getLogger(__name__)
+
+DISPLAY_PX = 256  # the least side of each picture in an explanation PNG
 
 
 def pooling_layer(net: nn.Module) -> nn.Module:
@@ -70,15 +75,31 @@ def grad_cam(net: nn.Module, image: torch.Tensor, meta: torch.Tensor | None = No
     return cam.astype(np.float32), float(torch.sigmoid(logit.detach())), positive
 
 
-def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45, max_side: int = 512) -> np.ndarray:
-    """The heat map (jet colour map) blended over the image, as RGB uint8, at most `max_side` a side."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    if scale < 1:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The heat map (jet colour map, resized to the image) blended over `rgb`, as RGB uint8."""
     heat = cv2.resize(cam, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap(np.uint8(255 * np.clip(heat, 0, 1)), cv2.COLORMAP_JET)[:, :, ::-1]
     return np.uint8(np.clip((1 - alpha) * rgb + alpha * colour, 0, 255))
+
+
+def explanation_panel(view: np.ndarray, cam: np.ndarray, caption: list[str]) -> np.ndarray:
+    """The image as the model sees it (left) and with the Grad-CAM heat map over it (right), side
+    by side, with `caption` lines written below, as RGB uint8.
+
+    `view` is the model's input geometry (resize policy applied) at display size; `cam` is the
+    map at the model's input size and is stretched onto it, so both cover the same pixels."""
+    gap, line = 8, 22
+    h, w = view.shape[:2]
+    canvas = np.full((h + gap + line * (len(caption) + 1), 2 * w + gap, 3), 255, np.uint8)
+    canvas[:h, :w] = view
+    canvas[:h, w + gap:] = overlay(view, cam)
+    for i, text in enumerate(["image (model input)", "Grad-CAM: red = raised the malignancy score"]):
+        cv2.putText(canvas, text, (4 + i * (w + gap), h + gap + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (90, 90, 90), 1,
+                    cv2.LINE_AA)
+    for k, text in enumerate(caption, 1):
+        cv2.putText(canvas, text, (4, h + gap + 14 + k * line), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return canvas
 
 
 def _write_png(rgb: np.ndarray, path: Path) -> None:
@@ -107,13 +128,18 @@ def explain_images(model: FinalModel, store: ImageStore, ids: list[str], feature
         c = model.cnns[comp]
         spec = backbone_spec(c.config.backbone)
         tf = create_transforms(c.config.image_size, False, spec.mean, spec.std, resize=c.config.resize)
+        side = max(DISPLAY_PX, c.config.image_size)  # readable whatever the model's input size
+        view_tf = A.Compose(resize_steps(side, c.config.resize))
         net = c.net.cpu().float()
         for image_id in comp_ids:
             meta = torch.tensor(features.loc[image_id].to_numpy(np.float32)) if c.n_meta else None
-            rgb = store.get(image_id, max(c.config.image_size, 256))
+            rgb = store.get(image_id, side)
             cam, prob, positive = grad_cam(net, tf(image=rgb)["image"], meta)
             path = out / f"{image_id}_{comp}.png"
-            _write_png(overlay(rgb, cam), path)
+            caption = [f"{image_id}   {comp}: malignancy score {prob:.3f}",
+                       "heat map: where the evidence raised the score" if positive else
+                       "no region raised the score: the map shows where it was least lowered"]
+            _write_png(explanation_panel(view_tf(image=rgb)["image"], cam, caption), path)
             peak = np.unravel_index(int(cam.argmax()), cam.shape)
             rows.append({"image_id": image_id, "component": comp, "probability": round(prob, 6),
                          "heatmap": path.name, "positive_evidence": positive,  # False: the map is relative

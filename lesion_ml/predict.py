@@ -64,6 +64,8 @@ def open_images(paths: Sequence[Path | str]) -> tuple[ImageStore, list[str]]:
 def read_metadata(csv: Path) -> pd.DataFrame:
     """The metadata CSV with an `image_id` and a `patient_id` column (ISIC 2024, 2019/2020 and
     HAM10000 names are understood). A missing patient_id makes each image its own patient."""
+    if not Path(csv).is_file():
+        raise DataError(f"{csv}: no such file (--metadata)")
     table = read_csv(Path(csv), dtype={"patient_id": "string"})
     id_col = next((c for c in ID_COLUMNS if c in table.columns), None)
     if id_col is None:
@@ -103,8 +105,8 @@ def prepare_inputs(model: FinalModel, images: Sequence[Path | str], metadata: Pa
     if metadata is None:
         if model.fallback is None:
             raise DataError(f"model {model.manifest['model']!r} ({model.path}) needs metadata: pass --metadata CSV "
-                            "with one row per image (this model has no image-only fallback; params.yaml "
-                            "final.fallback names one)")
+                            "with one row per image (this model has no image-only fallback for images without "
+                            "metadata)")
         log.warning("no --metadata: every image is scored by the image-only fallback %s",
                     model.fallback["component"])
         return Inputs(store, ids, None)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from lesion_ml.balance import write_minority_set
 from lesion_ml.config import CnnModelConfig, MinoritySetConfig, TrainGbdtConfig
-from lesion_ml.data.images import ImageStore, MultiStore
+from lesion_ml.data.images import BadImageError, ImageStore, MultiStore
 from lesion_ml.io import save_torch, write_csv, write_json, write_parquet, write_text
 from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
 from lesion_ml.train import FoldData, select_device, train_fold
@@ -85,6 +85,9 @@ def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, 
         result = train_fold(store, data, cfg, select_device(device), num_workers, seed=cfg.seed + fold,
                             checkpoint=checkpoints / f"fold{fold}.pt" if checkpoints else None,
                             label=f"{name} fold {fold}".strip())
+    except BadImageError as err:  # passed ingest's check (data.verify_images) but does not decode
+        raise BadImageError(f"{err} (params.yaml data.verify_images: decode finds such images at ingest, and "
+                            "data.on_bad_image: skip drops them)") from None
     finally:
         for s in getattr(store, "stores", [store]):
             s.close()

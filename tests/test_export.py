@@ -147,3 +147,45 @@ def test_prediction_inputs_are_checked(tmp_path):
     csv.write_text("image_id,age,localization\nISIC_1,40,back\nISIC_2,50,face\n")
     meta = read_metadata(csv)
     assert list(meta["patient_id"]) == ["ISIC_1", "ISIC_2"] and "age_approx" in meta and "anatom_site_general" in meta
+
+
+@pytest.mark.parametrize("key", ["preprocess", "gbdt", "stack", "cnn"])
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_model_folder_refuses_files_outside_itself(tmp_path, key, how):
+    outside = tmp_path / "elsewhere" / "secret.json"
+    outside.parent.mkdir()
+    outside.write_text("{}")  # valid JSON: without the check, a preprocess reference would load it
+    out = tmp_path / "final"
+    write_bundle(out, {"model": "m", "combine": "single", "components": [], "needs_metadata": False}, {}, "card")
+    if how == "dotdot":
+        ref = "../elsewhere/secret.json"
+    elif how == "absolute":
+        ref = str(outside)
+    else:
+        ref = "linked.json"
+        (out / ref).symlink_to(outside)
+    manifest = json.loads((out / "manifest.json").read_text())
+    if key == "preprocess":
+        manifest["preprocess"] = ref
+    elif key in ("gbdt", "stack"):
+        manifest[key] = {"files": [ref], "columns": ["a"]}
+    else:
+        manifest["cnn"] = {"cnn_x": {"weights": ref, "n_meta": 0, "config": {"backbone": "resnet18"}}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    pattern = "outside the model folder" if how == "symlink" else "may only name files inside itself"
+    with pytest.raises(DataError, match=pattern) as err:
+        FinalModel.load(out)
+    assert "manifest.json" in str(err.value) and repr(ref) in str(err.value)
+
+
+def test_model_folder_accepts_links_that_stay_inside_and_refuses_a_linked_manifest(tmp_path):
+    out = tmp_path / "final"
+    write_bundle(out, {"model": "m", "combine": "single", "components": [], "needs_metadata": False,
+                       "preprocess": "pre.json"}, {"real.json": '{"features": []}'}, "card")
+    (out / "pre.json").symlink_to("real.json")  # relative link to a file of the folder: fine
+    assert FinalModel.load(out).preprocess == {"features": []}
+    moved = tmp_path / "manifest-elsewhere.json"
+    (out / "manifest.json").rename(moved)
+    (out / "manifest.json").symlink_to(moved)
+    with pytest.raises(DataError, match="outside the model folder"):
+        FinalModel.load(out)

@@ -24,7 +24,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class BadImageError(ValueError):
-    """An image is missing, unreadable or corrupt; the message names the image and its file."""
+    """An image is missing, unreadable or corrupt; the message names the image and its file.
+
+    The remedy depends on who asked (a params key for the pipeline, a flag for `lesion predict`),
+    so the layer that knows adds it: see `sources.check_images`, tasks/train.py and cli.py."""
 
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -60,8 +63,7 @@ def decode_image(data: bytes, where: str, min_side: int | None = None) -> np.nda
     flag = _REDUCED.get(_reduction(data, min_side), cv2.IMREAD_COLOR) if min_side else cv2.IMREAD_COLOR
     img = cv2.imdecode(buf, flag) if buf.size else None
     if img is None or img.size == 0:
-        raise BadImageError(f"{where}: cannot decode image ({len(data)} bytes); expected JPEG or PNG "
-                            "(params.yaml data.on_bad_image: skip drops such images)")
+        raise BadImageError(f"{where}: cannot decode image ({len(data)} bytes); expected JPEG or PNG")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -79,12 +81,10 @@ def check_image_bytes(data: bytes, where: str, mode: str = "header") -> None:
     tail = data.rstrip(b"\x00")[-12:]
     if data[:3] == b"\xff\xd8\xff":
         if not tail.endswith(b"\xff\xd9"):
-            raise BadImageError(f"{where}: truncated JPEG (no end-of-image marker, {len(data)} bytes) "
-                                "(params.yaml data.on_bad_image: skip drops such images)")
+            raise BadImageError(f"{where}: truncated JPEG (no end-of-image marker, {len(data)} bytes)")
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         if b"IEND" not in tail:
-            raise BadImageError(f"{where}: truncated PNG (no IEND chunk, {len(data)} bytes) "
-                                "(params.yaml data.on_bad_image: skip drops such images)")
+            raise BadImageError(f"{where}: truncated PNG (no IEND chunk, {len(data)} bytes)")
     else:
         decode_image(data, where)  # other formats: fall back to decoding
 

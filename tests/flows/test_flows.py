@@ -207,7 +207,17 @@ def test_predict_unreadable_image_is_an_error_or_a_reported_row(pipeline, tmp_pa
     out = tmp_path / "pred.csv"
     model = str(pipeline[0] / "models/final")
     assert _predict("--model", model, "--images", str(good), str(bad), "--out", str(out)) == 2
-    assert "broken.jpg" in capsys.readouterr().err and not out.exists()
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "rerun with --skip-bad" in err and "params.yaml" not in err and not out.exists()
+    from lesion_ml.cli import main
+
+    assert main(["explain", "--model", model, "--images", str(good), str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "leave it out of --images" in err and "params.yaml" not in err
+    assert _predict("--model", model, "--images", str(good), "--metadata", str(tmp_path / "none.csv"),
+                    "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "none.csv: no such file (--metadata)" in err and "params.yaml" not in err
     assert _predict("--model", model, "--images", str(good), str(bad), "--skip-bad", "--out", str(out)) == 0
     pred = pd.read_csv(out).set_index("image_id")
     assert pred.loc["good", "status"] == "ok" and pred.loc["broken", "status"].startswith("unreadable")
@@ -222,7 +232,8 @@ def test_predict_without_metadata_or_fallback_is_refused(pipeline, tmp_path, cap
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     images = pipeline[0] / "data/interim/demo/train-image.hdf5"
     assert _predict("--model", str(bundle), "--images", str(images), "--out", str(tmp_path / "p.csv")) == 2
-    assert "needs metadata: pass --metadata" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "needs metadata: pass --metadata" in err and "params.yaml" not in err
     meta = pd.read_csv(pipeline[0] / "data/interim/demo/train-metadata.csv")
     needed = sorted({f["column"] for f in json.loads((bundle / "preprocess.json").read_text())["features"]})
     raw = [c for c in needed if c in meta.columns]  # a needed column as it is in the CSV, else the
@@ -244,12 +255,18 @@ def test_explain_writes_gradcam_overlays_and_metadata_contributions(pipeline, tm
                  str(root / "data/interim/demo/train-image.hdf5"), "--metadata",
                  str(root / "data/interim/demo/train-metadata.csv"), "--limit", "3", "--out", str(out)]) == 0
     cams = pd.read_csv(out / "gradcam.csv")
+    import numpy as np
+
+    assert cams["probability"].between(0, 1).all()
     assert len(cams) == 6 and set(cams["component"]) == {"cnn_tiny", "cnn_tiny_fusion"}  # 3 images x 2 models
     import cv2
 
-    for name in cams["heatmap"]:
-        png = cv2.imread(str(out / name))
-        assert png is not None and png.shape[2] == 3 and png.std() > 0
+    for name in cams["heatmap"]:  # the tiny models see 32 px; the picture is readable anyway
+        png = cv2.imread(str(out / name))[:, :, ::-1]
+        assert png.shape[0] > 256 and png.shape[1] >= 2 * 256 and png.shape[2] == 3
+        image, heat = png[:256, :256].astype(int), png[:256, -256:].astype(int)
+        assert image.std() > 0 and np.abs(image - heat).mean() > 5  # the original, and the overlay beside it
+        assert (png[256:] < 100).any()  # the caption (dark text below the pictures)
     contrib = pd.read_csv(out / "metadata_contributions.csv")
     assert contrib["image_id"].nunique() == 3 and (contrib["rank"] <= 5).all()
     stack_columns = json.loads((root / "models/final/manifest.json").read_text())["stack"]["columns"]
@@ -383,3 +400,46 @@ def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_
 
     with pytest.raises(urllib.error.URLError):
         _api(f"{api}/health")
+
+
+def _write_competition_files(sample: Path, dest: Path) -> int:
+    """The real ISIC 2024 sample as the competition ships it: train-image.hdf5 with one scalar
+    fixed-length bytes dataset (dtype |S<n>) per isic_id, and train-metadata.csv."""
+    import h5py
+    import numpy as np
+
+    dest.mkdir(parents=True, exist_ok=True)
+    files = sorted((sample / "images").glob("*.jpg"))
+    with h5py.File(dest / "train-image.hdf5", "w") as h5:
+        for f in files:
+            data = f.read_bytes()
+            h5.create_dataset(f.stem, data=np.array(data, dtype=f"S{len(data)}"))
+    shutil.copy(sample / "sample_metadata.csv", dest / "train-metadata.csv")
+    return len(files)
+
+
+@pytest.mark.slow
+def test_dvc_repro_on_the_real_isic2024_sample_with_default_params(tmp_path):
+    sample = shared_dataset("isic2024-sample")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["source"] = "isic2024"  # every other param as shipped
+    _copy_repo(tmp_path, params)
+    n = _write_competition_files(sample, tmp_path / params["data"]["path"])
+    import h5py
+
+    with h5py.File(tmp_path / params["data"]["path"] / "train-image.hdf5") as h5:
+        first = h5[next(iter(h5))]
+        assert first.shape == () and first.dtype.kind == "S"  # the competition's layout
+    run = _dvc("repro", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())["models"]
+    image_models = {f"cnn_{name}" for name in params["train_cnn"]["models"]}
+    assert set(metrics) == {"gbdt", "ensemble_mean", "ensemble_rank", "stack_gbdt_images"} | image_models
+    for name, m in metrics.items():
+        assert m["n"] == n and 0 <= m["roc_auc"] <= 1 and 0 <= m["pauc_80"] <= 0.2, name
+        assert sum(map(sum, m["confusion_matrix"])) == n
+    manifest = json.loads((tmp_path / "models/final/manifest.json").read_text())
+    card = (tmp_path / "models/final/MODEL_CARD.md").read_text()
+    positives = int(pd.read_csv(sample / "sample_metadata.csv", usecols=["target"])["target"].sum())
+    assert manifest["model"] in metrics and f"Source: isic2024; {n} images, {positives} malignant" in card
+    assert "GENERATED DEMO DATA" not in card
