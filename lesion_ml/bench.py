@@ -105,7 +105,6 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
     import tempfile
 
     import torch
-    from torch.utils.data import DataLoader
 
     from lesion_ml.augment import create_transforms
     from lesion_ml.config import CnnModelConfig, DataConfig, SyntheticConfig
@@ -113,10 +112,15 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
     from lesion_ml.data.synthetic import generate_synthetic
     from lesion_ml.models.backbones import backbone_spec
     from lesion_ml.models.net import LesionNet
-    from lesion_ml.train import LesionImages, predict, select_device, to_device, train_one_epoch
+    from lesion_ml.balance import EpochSampler
+    from lesion_ml.train import (LesionImages, SeededSampler, make_loader, predict, select_device, to_device,
+                                 train_one_epoch)
+
+    import cv2
 
     dev = select_device(device)
     n_images = batch_size * steps
+    cv2_threads = cv2.getNumThreads()
     with tempfile.TemporaryDirectory(prefix="lesion-bench-") as tmp:
         if data_dir is None:
             data_dir = Path(tmp)
@@ -131,10 +135,14 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
         spec = backbone_spec(backbone)
         train_tf = create_transforms(size, True, spec.mean, spec.std)
         eval_tf = create_transforms(size, False, spec.mean, spec.std)
-        loader_kw = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": dev.type == "cuda"}
-        train_dl = DataLoader(LesionImages(ing.store, ids, labels, train_tf, min_side=size), shuffle=True,
-                              drop_last=True, **loader_kw)
-        eval_dl = DataLoader(LesionImages(ing.store, ids, labels, eval_tf, min_side=size), **loader_kw)
+        # the loaders training builds: persistent workers, per-sample augmentation seeds
+        sampler = SeededSampler(EpochSampler(labels, "none", seed=seed), seed)
+        train_dl = make_loader(LesionImages(ing.store, ids, labels, train_tf, min_side=size), batch_size,
+                               num_workers, dev, sampler, drop_last=True)
+        eval_dl = make_loader(LesionImages(ing.store, ids, labels, eval_tf, min_side=size), batch_size, num_workers, dev)
+        # with workers, the same input path in this process too: their gain, measured side by side
+        serial_dl = make_loader(LesionImages(ing.store, ids, labels, train_tf, min_side=size), batch_size, 0, dev,
+                                sampler, drop_last=True) if num_workers else None
         gen = torch.Generator().manual_seed(seed)
         bare = [{"image": torch.randn(batch_size, 3, size, size, generator=gen),
                  "label": (torch.rand(batch_size, generator=gen) < 0.5).float()} for _ in range(steps)]
@@ -153,12 +161,21 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
 
         train_rate(bare[:2])  # warm-up: allocator, cuDNN autotuning, first-call overheads
         rates: dict[str, list[float]] = {"bare": [], "end_to_end": [], "input_only": [], "inference": []}
-        for _ in range(rounds):
+        if serial_dl is not None:
+            rates["input_only_0_workers"] = []
+        for r in range(rounds):
+            sampler.set_epoch(r)
             rates["bare"].append(train_rate(bare))
             rates["end_to_end"].append(train_rate(train_dl))
             start = time.perf_counter()
             n = sum(len(b["label"]) for b in train_dl)
             rates["input_only"].append(n / (time.perf_counter() - start))
+            if serial_dl is not None:  # as a 0-worker run decodes: OpenCV with its own default threads
+                cv2.setNumThreads(cv2_threads)
+                start = time.perf_counter()
+                n = sum(len(b["label"]) for b in serial_dl)
+                rates["input_only_0_workers"].append(n / (time.perf_counter() - start))
+                cv2.setNumThreads(1)
             start = time.perf_counter()
             n = len(predict(model, eval_dl, dev))
             rates["inference"].append(n / (time.perf_counter() - start))
@@ -167,7 +184,123 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
     return {"backbone": backbone, "size": size, "batch_size": batch_size, "steps": steps, "rounds": rounds,
             "device": str(dev), "threads": torch.get_num_threads(), "num_workers": num_workers,
             "images_per_s": med, "ratio_end_to_end_vs_bare": round(med["end_to_end"] / med["bare"], 3),
+            **({"input_gain_vs_0_workers": round(med["input_only"] / med["input_only_0_workers"], 3)}
+               if serial_dl is not None else {}),
             "per_round": {k: [round(x, 2) for x in v] for k, v in rates.items()}}
+
+
+def bench_loader(size: int = 128, batch_size: int = 32, n_images: int = 512, workers: tuple[int, ...] = (0, 1, 2),
+                 device: str = "auto", data_dir: Path | None = None, epochs: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Profile the training input path: what each part costs per image, and what loaders with 0, 1,
+    2, ... workers deliver.
+
+    Parts, timed one after another in this process over `n_images` images (microseconds per
+    image): `read` (the encoded bytes from the store: HDF5 or file), `decode` (JPEG/PNG to RGB at
+    the reduced scale the model's size allows), `transform` (resize, training augmentation,
+    normalisation, tensor), `collate` (stacking samples into a batch) and `to_device` (the
+    host-to-device copy of a batch, pinned memory on CUDA; a no-op copy on CPU).
+
+    Loaders: for each worker count, the loader the training loop builds (`make_loader`: persistent
+    workers) over `epochs` passes, reporting the start-up (creating the loader to its first
+    batch), the first pass and the later passes in images/s; and the same loader without
+    persistent workers (start-up paid on every pass, as every epoch and evaluation pass paid it
+    before), for comparison.
+
+    Args:
+        data_dir: an ISIC 2024-format folder; default: a demo set generated into a temporary folder.
+    """
+    import tempfile
+
+    import torch
+    from torch.utils.data import DataLoader, default_collate
+
+    from lesion_ml.augment import create_transforms
+    from lesion_ml.balance import EpochSampler
+    from lesion_ml.config import DataConfig, SyntheticConfig
+    from lesion_ml.data.images import decode_image
+    from lesion_ml.data.sources import ingest
+    from lesion_ml.data.synthetic import generate_synthetic
+    from lesion_ml.train import LesionImages, SeededSampler, loader_worker_init, make_loader, select_device
+
+    dev = select_device(device)
+    with tempfile.TemporaryDirectory(prefix="lesion-bench-") as tmp:
+        if data_dir is None:
+            data_dir = Path(tmp)
+            generate_synthetic(data_dir, SyntheticConfig(n_patients=max(8, n_images // 8 + 4),
+                                                         lesions_per_patient=(8, 10), seed=seed))
+        ing = ingest(DataConfig(source="isic2024", path=str(data_dir)), data_dir)
+        ids = ing.table["image_id"].tolist()[:n_images]
+        labels = ing.table["target"].to_numpy()[: len(ids)].astype(np.float32)
+        transform = create_transforms(size, True)
+        transform.set_random_seed(seed)
+        parts: dict[str, float] = {}
+        blobs = _timed(parts, "read", lambda: [ing.store.read_bytes(i) for i in ids])
+        images = _timed(parts, "decode", lambda: [decode_image(b, i, size) for b, i in zip(blobs, ids)])
+        tensors = _timed(parts, "transform", lambda: [transform(image=im)["image"] for im in images])
+        samples = [{"image": t, "label": torch.tensor(y)} for t, y in zip(tensors, labels)]
+        batches = _timed(parts, "collate", lambda: [default_collate(samples[i:i + batch_size])
+                                                    for i in range(0, len(samples), batch_size)])
+        if dev.type == "cuda":
+            batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
+
+        def copy() -> None:
+            for b in batches:
+                b["image"].to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        _timed(parts, "to_device", copy)
+        per_image_us = {k: round(v / len(ids) * 1e6, 1) for k, v in parts.items()}
+
+        def dataset() -> LesionImages:
+            return LesionImages(ing.store, ids, labels, create_transforms(size, True), min_side=size)
+
+        def sampler() -> SeededSampler:
+            return SeededSampler(EpochSampler(labels, "none", seed=seed), seed)
+
+        def passes(loader: DataLoader, smp: SeededSampler) -> tuple[float, list[float]]:
+            rates, startup = [], 0.0
+            for epoch in range(epochs):
+                smp.set_epoch(epoch)
+                start = time.perf_counter()
+                it = iter(loader)
+                first = next(it)
+                if epoch == 0:
+                    startup = time.perf_counter() - start
+                n = len(first["label"]) + sum(len(b["label"]) for b in it)
+                rates.append(n / (time.perf_counter() - start))
+            return startup, rates
+
+        loaders = {}
+        for w in workers:
+            smp = sampler()
+            startup, rates = passes(make_loader(dataset(), batch_size, w, dev, smp, drop_last=True), smp)
+            smp2 = sampler()
+            plain = DataLoader(dataset(), batch_size=batch_size, sampler=smp2, drop_last=True, num_workers=w,
+                               pin_memory=dev.type == "cuda", persistent_workers=False,
+                               worker_init_fn=loader_worker_init if w else None)
+            _, fresh = passes(plain, smp2)
+            loaders[str(w)] = {"startup_s": round(startup, 3), "first_pass": round(rates[0], 1),
+                               "later_passes": round(float(np.median(rates[1:] or rates)), 1),
+                               "without_persistent_workers": round(float(np.median(fresh)), 1)}
+        ing.store.close()
+    serial = sum(per_image_us[k] for k in ("read", "decode", "transform", "collate"))
+    return {"size": size, "batch_size": batch_size, "images": len(ids), "device": str(dev), "epochs": epochs,
+            "threads": torch.get_num_threads(), "per_image_us": per_image_us,
+            "serial_images_per_s": round(1e6 / serial, 1), "loaders": loaders}
+
+
+def format_loader_table(r: dict[str, Any]) -> str:
+    """A plain-text report of `bench_loader`'s result."""
+    lines = [f"loader bench: {r['images']} images to {r['size']} px, batch {r['batch_size']}, {r['device']}, "
+             f"{r['epochs']} passes per loader"]
+    lines += [f"  {name:<12}{us:>10.1f} us/image" for name, us in r["per_image_us"].items()]
+    lines.append(f"  {'serial rate':<12}{r['serial_images_per_s']:>10.1f} images/s (read+decode+transform+collate)")
+    lines.append(f"  {'workers':>8}{'start-up s':>12}{'1st pass':>10}{'later':>10}{'not persistent':>16}  images/s")
+    for w, v in r["loaders"].items():
+        lines.append(f"  {w:>8}{v['startup_s']:>12.3f}{v['first_pass']:>10.1f}{v['later_passes']:>10.1f}"
+                     f"{v['without_persistent_workers']:>16.1f}")
+    return "\n".join(lines)
 
 
 def format_train_table(r: dict[str, Any]) -> str:
@@ -181,7 +314,8 @@ def format_train_table(r: dict[str, Any]) -> str:
         f"  {'ratio end-to-end / bare':<26}{r['ratio_end_to_end_vs_bare']:>10.3f}",
         f"  {'input path alone':<26}{ips['input_only']:>10.1f} images/s (decode + augment + collate)",
         f"  {'inference':<26}{ips['inference']:>10.1f} images/s",
-    ])
+    ] + ([f"  {'input path, 0 workers':<26}{ips['input_only_0_workers']:>10.1f} images/s (same run; "
+          f"{r['num_workers']} workers give {r['input_gain_vs_0_workers']:.2f} x)"] if "input_gain_vs_0_workers" in r else []))
 
 
 def bench_images(size: int = 128, n_images: int = 400, seed: int = 0) -> dict[str, Any]:
@@ -282,5 +416,5 @@ def format_all_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["bench_all", "bench_images", "bench_tabular", "bench_train", "format_all_table", "format_table", "format_train_table",
-           "peak_rss_mib"]
+__all__ = ["bench_all", "bench_images", "bench_loader", "bench_tabular", "bench_train", "format_all_table",
+           "format_loader_table", "format_table", "format_train_table", "peak_rss_mib"]

@@ -61,6 +61,23 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_loader(args: argparse.Namespace) -> int:
+    import json
+
+    from lesion_ml.bench import bench_loader, format_loader_table
+    from lesion_ml.io import write_json
+
+    result = bench_loader(args.size, args.batch_size, args.images, tuple(args.workers), args.device,
+                          Path(args.data) if args.data else None, args.epochs)
+    print(format_loader_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    else:
+        print(json.dumps(result))
+    return 0
+
+
 def _bench_all(args: argparse.Namespace) -> int:
     from lesion_ml.bench import bench_all, format_all_table
     from lesion_ml.io import write_json
@@ -203,6 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
     tr.add_argument("--json", help="also write the figures to this JSON file")
     tr.set_defaults(func=_bench_train)
+    lo = bench_sub.add_parser("loader", help="the image input path, part by part, and loaders of 0, 1, 2, ... workers")
+    lo.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    lo.add_argument("--batch-size", type=int, default=32)
+    lo.add_argument("--images", type=int, default=512, help="images per pass (default 512)")
+    lo.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts (default 0 1 2)")
+    lo.add_argument("--epochs", type=int, default=3, help="passes per loader (default 3)")
+    lo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    lo.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
+    lo.add_argument("--json", help="also write the figures to this JSON file")
+    lo.set_defaults(func=_bench_loader)
     from lesion_ml.bench import BENCH_BACKBONES
 
     al = bench_sub.add_parser("all", help="every benchmark, one table (tabular, image input, train steps, dvc)")

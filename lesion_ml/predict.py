@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lesion_ml.augment import create_transforms
@@ -23,7 +22,7 @@ from lesion_ml.data.sources import RENAMES, DataError, _index_folder, read_csv
 from lesion_ml.models.backbones import backbone_spec
 from lesion_ml.tabular.export import apply_preprocessor
 from lesion_ml.tabular.prepare import clean_metadata
-from lesion_ml.train import LesionImages, _forward
+from lesion_ml.train import LesionImages, _forward, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +171,7 @@ def score_images(model: FinalModel, component: str, store: ImageStore, ids: list
     spec = backbone_spec(cfg.backbone)
     tf = create_transforms(cfg.image_size, False, spec.mean, spec.std, resize=cfg.resize)
     ds = _SafeImages(store, ids, None, tf, meta if comp.n_meta else None, cfg.image_size, skip_bad=skip_bad)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = make_loader(ds, batch_size, num_workers, device)
     net = comp.net.to(device).to(memory_format=torch.channels_last).eval()
     probs, errors = [], []
     for batch in tqdm(loader, desc=f"predict {component}", disable=None, mininterval=5):

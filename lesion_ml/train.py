@@ -13,17 +13,18 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from lesion_ml.augment import create_transforms
@@ -36,8 +37,8 @@ from lesion_ml.models.net import LesionNet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FoldData", "FoldResult", "LesionImages", "LrShape", "create_transforms", "predict", "select_device",
-           "to_device", "train_fold", "train_one_epoch"]
+__all__ = ["FoldData", "FoldResult", "LesionImages", "LrShape", "SeededSampler", "create_transforms", "make_loader",
+           "predict", "select_device", "to_device", "train_fold", "train_one_epoch"]
 
 
 class LesionImages(Dataset):
@@ -60,7 +61,11 @@ class LesionImages(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample `key`: a row index, or (row index, augmentation seed) from `SeededSampler`."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            self.transform.set_random_seed(seed)
         image = self.transform(image=self.store.get(self.image_ids[i], self.min_side))["image"]
         sample = {"image": image, "label": torch.tensor(self.labels[i])}
         if self.meta is not None:
@@ -124,10 +129,49 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.nd
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation seed, derived from the loader's generator."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(info.seed % 2**31)
+class SeededSampler(Sampler):
+    """Yields (row index, augmentation seed) pairs: the rows of `sampler`'s epoch, each with a seed
+    drawn from (seed, epoch) in this process. A sample's augmentation then depends only on the
+    run's seed, the epoch and its place in the epoch, not on which loader worker decodes it, how
+    many there are, or whether they persist across epochs: any worker count trains the same
+    weights, and an epoch replays exactly after a resume."""
+
+    def __init__(self, sampler: EpochSampler, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = list(self.sampler)
+        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**31, len(order))
+        return iter(zip(order, seeds.tolist()))
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """One torch thread per loader worker: the workers are the parallelism."""
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
+                sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
+    """The DataLoader of every training and evaluation pass. Workers (when `num_workers` > 0)
+    start once and persist across epochs and passes; batches are pinned for a CUDA device.
+
+    With workers, OpenCV is set to one thread in this process before they fork (its thread pool
+    cannot be resized inside a forked child: that call hangs), so each worker decodes on one core
+    instead of every worker starting a pool the size of the machine."""
+    if num_workers:
+        cv2.setNumThreads(1)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+                      num_workers=num_workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=loader_worker_init if num_workers else None,
+                      persistent_workers=num_workers > 0,
+                      generator=torch.Generator())  # its own: never draws from torch's global RNG (dropout)
 
 
 @dataclass
@@ -183,11 +227,12 @@ def _store_fingerprint(store) -> str:
     return "\n".join(parts)
 
 
-def _run_key(data: FoldData, cfg: CnnModelConfig, seed: int, store=None, num_workers: int = 0,
-             device: str = "cpu") -> str:
+def _run_key(data: FoldData, cfg: CnnModelConfig, seed: int, store=None, device: str = "cpu") -> str:
+    """What a checkpoint must match to be resumed (the loader worker count is not part of it: any
+    count trains the same weights, see SeededSampler)."""
     h = hashlib.sha256()
     h.update(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
-    h.update(f"{seed}|{_source_hash()}|{num_workers}|{device}|{_store_fingerprint(store)}".encode())
+    h.update(f"{seed}|{_source_hash()}|{device}|{_store_fingerprint(store)}".encode())
     for ids in (data.train_ids, data.valid_ids, data.extra_ids):
         h.update("\n".join(ids).encode() + b"\x00")
     for arr in (data.train_y, data.train_groups, data.train_meta, data.valid_meta):
@@ -292,7 +337,7 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
         on_step: called as on_step(epoch, step) after each optimizer step (tests).
         label: prefix for the progress bar and log lines (e.g. "resnet18 fold 2").
     """
-    key = _run_key(data, cfg, seed, store, num_workers, device.type)
+    key = _run_key(data, cfg, seed, store, device.type)
     spec = backbone_spec(cfg.backbone)
     held = _holdout_split(data, cfg, seed)
     keep_extra = np.isin(data.extra_sources, np.asarray(data.train_ids)[held], invert=True) \
@@ -316,19 +361,15 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
     train_tf = create_transforms(cfg.image_size, True, spec.mean, spec.std, cfg.augment, cfg.resize)
     eval_tf = create_transforms(cfg.image_size, False, spec.mean, spec.std, resize=cfg.resize)
     train_ds = LesionImages(store, fit_ids, fit_y, train_tf, fit_meta, cfg.image_size)
-    sampler = EpochSampler(fit_y, cfg.balance.sampler, cfg.balance.neg_per_pos, seed)
+    sampler = SeededSampler(EpochSampler(fit_y, cfg.balance.sampler, cfg.balance.neg_per_pos, seed), seed)
     if len(sampler) < 2:  # BatchNorm cannot train on a batch of one
         raise ValueError(f"{label or 'this fold'}: {len(sampler)} training image(s) per epoch (of {len(fit_ids)} "
                          f"training rows); a batch needs at least 2; lower params.yaml split.n_folds or add images")
-    gen = torch.Generator()
-    loader_kw = {"num_workers": num_workers, "pin_memory": device.type == "cuda", "worker_init_fn": _seed_worker,
-                 "persistent_workers": False}
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, generator=gen,
-                          drop_last=len(sampler) > cfg.batch_size, **loader_kw)
+    train_dl = make_loader(train_ds, cfg.batch_size, num_workers, device, sampler, len(sampler) > cfg.batch_size)
 
     def eval_loader(ids: list[str], meta: np.ndarray | None) -> DataLoader:
         ds = LesionImages(store, ids, None, eval_tf, meta, cfg.image_size)
-        return DataLoader(ds, batch_size=cfg.batch_size * 2, shuffle=False, **loader_kw)
+        return make_loader(ds, cfg.batch_size * 2, num_workers, device)
 
     valid_dl = eval_loader(data.valid_ids, data.valid_meta if fusion else None)
     hold_ids = [i for i, h in zip(data.train_ids, held) if h]
@@ -366,10 +407,8 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
     metric = cfg.early_stopping.metric
     for epoch in range(start_epoch, cfg.epochs if not done else start_epoch):
         # Everything random in an epoch is seeded from (seed, epoch): replayable after a resume.
-        sampler.set_epoch(epoch)
-        gen.manual_seed(seed * 1000 + epoch)
-        torch.manual_seed(seed * 1000 + epoch)
-        train_tf.set_random_seed(seed * 1000 + epoch)
+        sampler.set_epoch(epoch)  # the rows and their augmentation seeds
+        torch.manual_seed(seed * 1000 + epoch)  # dropout
         frozen = epoch < cfg.warmup_epochs
         model.train()
         model.freeze_backbone(frozen)

@@ -296,7 +296,22 @@ def test_a_checkpoint_is_not_reused_once_the_images_change(tiny_demo, tmp_path):
     st = (demo / "train-image.hdf5").stat()
     os.utime(demo / "train-image.hdf5", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the image file changed
     assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt).resumed_from == 0
-    assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt, num_workers=1).resumed_from == 0
+    # the worker count is not part of the key: every count trains the same weights (next test)
+    assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt, num_workers=1).resumed_from == 1
+
+
+@pytest.mark.slow
+def test_loader_workers_train_the_same_weights_as_decoding_in_process(tiny_demo):
+    store, ids, y, groups = _tiny(tiny_demo)
+    cfg = CnnModelConfig(image_size=32, epochs=2, batch_size=8, augment={"hair": 0.5},
+                         balance={"sampler": "downsample", "neg_per_pos": 2},
+                         early_stopping={"metric": "auc", "patience": 2, "holdout": 0.25}, monitor_valid=True)
+    data = FoldData(ids[:36], y[:36], ids[36:], valid_y=y[36:], train_groups=groups[:36])
+    runs = [train_fold(store, data, cfg, torch.device("cpu"), num_workers=w, seed=3) for w in (0, 2)]
+    a, b = (r.model.state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # augmentation seeds travel with the samples
+    assert np.array_equal(runs[0].valid_pred, runs[1].valid_pred)
+    assert [r["train_loss"] for r in runs[0].history] == [r["train_loss"] for r in runs[1].history]
 
 
 def test_early_stopping_holdout_has_both_classes_on_both_sides_or_says_why():

@@ -48,7 +48,7 @@ def _reduction(data: bytes, min_side: int) -> int:
     return next((r for r in (8, 4, 2) if short // r >= min_side), 1)
 
 
-def decode_image(data: bytes, where: str, min_side: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, where: object, min_side: int | None = None) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array of shape (H, W, 3).
 
     Grayscale becomes 3 channels, alpha is dropped, 16-bit is scaled to 8-bit. With `min_side`,
@@ -57,7 +57,7 @@ def decode_image(data: bytes, where: str, min_side: int | None = None) -> np.nda
     original for a 128 px model decodes to 750 x 500.
 
     Raises:
-        BadImageError: the bytes are not a decodable image (`where` names the source).
+        BadImageError: the bytes are not a decodable image (`where`, whose str() names the source).
     """
     buf = np.frombuffer(data, dtype=np.uint8)
     flag = _REDUCED.get(_reduction(data, min_side), cv2.IMREAD_COLOR) if min_side else cv2.IMREAD_COLOR
@@ -67,7 +67,7 @@ def decode_image(data: bytes, where: str, min_side: int | None = None) -> np.nda
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def check_image_bytes(data: bytes, where: str, mode: str = "header") -> None:
+def check_image_bytes(data: bytes, where: object, mode: str = "header") -> None:
     """Cheap integrity check without decoding ("header") or a full decode ("decode").
 
     "header" checks the JPEG start/end markers or the PNG signature and IEND chunk, which
@@ -127,15 +127,14 @@ class ImageStore:
             return str(Path(self.root or ".") / self.files[image_id])
         return f"image {image_id!r}"
 
-    def read_bytes(self, image_id: str) -> bytes:
-        """The encoded bytes of one image.
-
-        Raises:
-            BadImageError: the id is in neither the HDF5 file nor the folder mapping.
-        """
+    def lookup(self, image_id: str) -> bytes | None:
+        """The encoded bytes of one image, or None when the store does not hold the id (one
+        HDF5 lookup; a folder file that cannot be read is a BadImageError)."""
         h5 = self._handle()
-        if h5 is not None and image_id in h5:
-            return _dataset_bytes(h5[image_id][()])
+        if h5 is not None:
+            dataset = h5.get(image_id)
+            if dataset is not None:
+                return _dataset_bytes(dataset[()])
         if image_id in self.files:
             path = Path(self.root or ".") / self.files[image_id]
             try:
@@ -144,12 +143,23 @@ class ImageStore:
                 if err.errno in TRANSIENT_ERRNOS:
                     raise  # a flaky share: the task is retried (tasks/retry.py)
                 raise BadImageError(f"{path}: cannot read image {image_id!r}: {err.strerror}") from None
-        raise BadImageError(f"image {image_id!r} is not in the image store "
-                            f"(hdf5={self.hdf5}, folder={self.root})")
+        return None
+
+    def read_bytes(self, image_id: str) -> bytes:
+        """The encoded bytes of one image.
+
+        Raises:
+            BadImageError: the id is in neither the HDF5 file nor the folder mapping.
+        """
+        data = self.lookup(image_id)
+        if data is None:
+            raise BadImageError(f"image {image_id!r} is not in the image store "
+                                f"(hdf5={self.hdf5}, folder={self.root})")
+        return data
 
     def get(self, image_id: str, min_side: int | None = None) -> np.ndarray:
         """The image as an RGB uint8 array of shape (H, W, 3); see `decode_image` for `min_side`."""
-        return decode_image(self.read_bytes(image_id), self.where(image_id), min_side)
+        return decode_image(self.read_bytes(image_id), Location(self, image_id), min_side)
 
     def iter_bytes(self, image_ids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         for image_id in image_ids:
@@ -191,19 +201,30 @@ class MultiStore:
 
     stores: list[ImageStore]
 
-    def _owner(self, image_id: str) -> ImageStore:
+    def _find(self, image_id: str) -> tuple[ImageStore, bytes]:
         for store in self.stores:
-            h5 = store._handle()
-            if (h5 is not None and image_id in h5) or image_id in store.files:
-                return store
+            data = store.lookup(image_id)
+            if data is not None:
+                return store, data
         raise BadImageError(f"image {image_id!r} is in none of the image stores "
                             f"({[str(s.hdf5 or s.root) for s in self.stores]})")
 
     def read_bytes(self, image_id: str) -> bytes:
-        return self._owner(image_id).read_bytes(image_id)
+        return self._find(image_id)[1]
 
     def get(self, image_id: str, min_side: int | None = None) -> np.ndarray:
-        return self._owner(image_id).get(image_id, min_side)
+        store, data = self._find(image_id)
+        return decode_image(data, Location(store, image_id), min_side)
+
+
+class Location:
+    """An image's location for error messages, worked out only when a message needs it."""
+
+    def __init__(self, store: ImageStore, image_id: str):
+        self.store, self.image_id = store, image_id
+
+    def __str__(self) -> str:
+        return self.store.where(self.image_id)
 
 
 def _dataset_bytes(value: Any) -> bytes:

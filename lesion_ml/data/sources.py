@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lesion_ml.config import DataConfig, FolderConfig
-from lesion_ml.data.images import IMAGE_SUFFIXES, BadImageError, ImageStore, check_image_bytes
+from lesion_ml.data.images import IMAGE_SUFFIXES, BadImageError, ImageStore, Location, check_image_bytes
 from lesion_ml.data.schema import CANONICAL_COLUMNS, ISIC2024_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def check_images(ing: Ingested, on_bad_image: str, verify: str) -> Ingested:
             bad.append({"image_id": image_id, "reason": "no image with this id in the image store"})
             continue
         try:
-            check_image_bytes(store.read_bytes(image_id), store.where(image_id), verify)
+            check_image_bytes(store.read_bytes(image_id), Location(store, image_id), verify)
         except BadImageError as err:
             bad.append({"image_id": image_id, "reason": str(err)})
     if bad and on_bad_image == "error":
