@@ -1,13 +1,12 @@
 """Image transforms: the resize policy and the albumentations training augmentation.
 
-Every pipeline ends in a float32 tensor of shape (3, size, size), whatever came in: a 55 px
+Every pipeline ends in a uint8 tensor of shape (3, size, size), whatever came in: a 55 px
 ISIC 2024 tile or a 3000 px dermoscopy original (large JPEGs are already decoded at a reduced
 scale by the image store, see `decode_image(max_side=...)`). Randomness comes only from the
 Compose's seed (`Compose.set_random_seed`), so a seeded epoch is replayable.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
@@ -16,7 +15,6 @@ import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from lesion_ml.config import AugmentConfig
-from lesion_ml.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 NO_AUGMENT = AugmentConfig(flip=0, rotate90=0, affine=0, brightness_contrast=0, hue_saturation=0,
                            blur_noise=0, dropout=0, hair=0)
@@ -90,19 +88,20 @@ def augment_steps(cfg: AugmentConfig) -> list[A.BasicTransform]:
     return steps
 
 
-def create_transforms(image_size: int, train: bool, mean: Sequence[float] = IMAGENET_MEAN,
-                      std: Sequence[float] = IMAGENET_STD, augment: AugmentConfig | None = None,
+def create_transforms(image_size: int, train: bool, augment: AugmentConfig | None = None,
                       resize: str = "squash") -> A.Compose:
     """Resize by `resize` policy, augment (when `train`) by `augment` (default: AugmentConfig()),
-    then scale with the backbone's `mean`/`std` and convert to a CHW float tensor.
+    then convert to a CHW uint8 tensor.
 
     Augmentation runs after the resize, on `image_size` pixels, so its cost does not grow with
-    the original's size.
+    the original's size. The backbone's input scaling is not done here but by the network
+    (`LesionNet.normalize`, on the device): a uint8 batch is a quarter of the float one to pass
+    between loader workers and to copy to a GPU, and the CPU saves a float pass per image.
     """
     steps = resize_steps(image_size, resize)
     if train:
         steps += augment_steps(augment if augment is not None else AugmentConfig())
-    steps += [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
+    steps.append(ToTensorV2())
     return A.Compose(steps)
 
 

@@ -110,7 +110,6 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
     from lesion_ml.config import CnnModelConfig, DataConfig, SyntheticConfig
     from lesion_ml.data.sources import ingest
     from lesion_ml.data.synthetic import generate_synthetic
-    from lesion_ml.models.backbones import backbone_spec
     from lesion_ml.models.net import LesionNet
     from lesion_ml.balance import EpochSampler
     from lesion_ml.train import (LesionImages, SeededSampler, make_loader, predict, select_device, to_device,
@@ -132,9 +131,8 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
             raise ValueError(f"{data_dir}: {len(ids)} images, the benchmark needs batch_size x steps = {n_images}")
         ids = ids[:n_images]
         labels = ing.table["target"].to_numpy()[:n_images].astype(np.float32)
-        spec = backbone_spec(backbone)
-        train_tf = create_transforms(size, True, spec.mean, spec.std)
-        eval_tf = create_transforms(size, False, spec.mean, spec.std)
+        train_tf = create_transforms(size, True)
+        eval_tf = create_transforms(size, False)
         # the loaders training builds: persistent workers, per-sample augmentation seeds
         sampler = SeededSampler(EpochSampler(labels, "none", seed=seed), seed)
         train_dl = make_loader(LesionImages(ing.store, ids, labels, train_tf, min_side=size), batch_size,
@@ -144,7 +142,7 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
         serial_dl = make_loader(LesionImages(ing.store, ids, labels, train_tf, min_side=size), batch_size, 0, dev,
                                 sampler, drop_last=True) if num_workers else None
         gen = torch.Generator().manual_seed(seed)
-        bare = [{"image": torch.randn(batch_size, 3, size, size, generator=gen),
+        bare = [{"image": torch.randint(0, 256, (batch_size, 3, size, size), generator=gen, dtype=torch.uint8),
                  "label": (torch.rand(batch_size, generator=gen) < 0.5).float()} for _ in range(steps)]
         torch.manual_seed(seed)
         model = to_device(LesionNet(backbone, "false"), dev)

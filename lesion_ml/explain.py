@@ -24,7 +24,6 @@ from lesion_ml.augment import create_transforms, resize_steps
 from lesion_ml.bundle import FinalModel
 from lesion_ml.data.images import ImageStore
 from lesion_ml.io import atomic_path, write_csv
-from lesion_ml.models.backbones import backbone_spec
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,8 @@ def pooling_layer(net: nn.Module) -> nn.Module:
 
 def grad_cam(net: nn.Module, image: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[np.ndarray, float, bool]:
     """Grad-CAM map in [0, 1] at the input's resolution, the malignancy probability and whether
-    any region pushed the logit up, for one preprocessed image tensor of shape (3, H, W).
+    any region pushed the logit up, for one image tensor of shape (3, H, W) from the
+    evaluation transforms (uint8: the network scales it).
 
     When no region has positive evidence (every weighted sum is negative, so Grad-CAM's ReLU
     leaves nothing), the map shows where the evidence is least negative (min-max scaled) and
@@ -59,7 +59,7 @@ def grad_cam(net: nn.Module, image: torch.Tensor, meta: torch.Tensor | None = No
     try:
         net.eval()
         with torch.enable_grad():
-            x = image.unsqueeze(0).float()
+            x = image.unsqueeze(0)  # uint8: the network scales it
             logit = net(x, None if meta is None else meta.unsqueeze(0).float()).squeeze()
             net.zero_grad(set_to_none=True)
             logit.backward()
@@ -126,8 +126,7 @@ def explain_images(model: FinalModel, store: ImageStore, ids: list[str], feature
         jobs.append((model.fallback["component"], lacking))  # what predict scores these images with
     for comp, comp_ids in jobs:
         c = model.cnns[comp]
-        spec = backbone_spec(c.config.backbone)
-        tf = create_transforms(c.config.image_size, False, spec.mean, spec.std, resize=c.config.resize)
+        tf = create_transforms(c.config.image_size, False, resize=c.config.resize)
         side = max(DISPLAY_PX, c.config.image_size)  # readable whatever the model's input size
         view_tf = A.Compose(resize_steps(side, c.config.resize))
         net = c.net.cpu().float()

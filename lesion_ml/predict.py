@@ -19,7 +19,6 @@ from lesion_ml.augment import create_transforms
 from lesion_ml.bundle import FinalModel
 from lesion_ml.data.images import IMAGE_SUFFIXES, BadImageError, ImageStore
 from lesion_ml.data.sources import RENAMES, DataError, _index_folder, read_csv
-from lesion_ml.models.backbones import backbone_spec
 from lesion_ml.tabular.export import apply_preprocessor
 from lesion_ml.tabular.prepare import clean_metadata
 from lesion_ml.train import LesionImages, _forward, make_loader
@@ -144,7 +143,7 @@ class _SafeImages(LesionImages):
             if not self.skip_bad:
                 raise
             size = self.min_side or 32
-            sample = {"image": torch.zeros(3, size, size), "label": torch.tensor(float("nan")), "error": str(err)}
+            sample = {"image": torch.zeros(3, size, size, dtype=torch.uint8), "label": torch.tensor(float("nan")), "error": str(err)}
             if self.meta is not None:
                 sample["meta"] = torch.from_numpy(self.meta[i])
         return sample
@@ -168,8 +167,7 @@ def score_images(model: FinalModel, component: str, store: ImageStore, ids: list
     device = torch.device(device)
     comp = model.cnns[component]
     cfg = comp.config
-    spec = backbone_spec(cfg.backbone)
-    tf = create_transforms(cfg.image_size, False, spec.mean, spec.std, resize=cfg.resize)
+    tf = create_transforms(cfg.image_size, False, resize=cfg.resize)
     ds = _SafeImages(store, ids, None, tf, meta if comp.n_meta else None, cfg.image_size, skip_bad=skip_bad)
     loader = make_loader(ds, batch_size, num_workers, device)
     net = comp.net.to(device).to(memory_format=torch.channels_last).eval()

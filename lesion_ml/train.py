@@ -338,7 +338,7 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
         label: prefix for the progress bar and log lines (e.g. "resnet18 fold 2").
     """
     key = _run_key(data, cfg, seed, store, device.type)
-    spec = backbone_spec(cfg.backbone)
+    backbone_spec(cfg.backbone)  # an unknown backbone fails before any image is read
     held = _holdout_split(data, cfg, seed)
     keep_extra = np.isin(data.extra_sources, np.asarray(data.train_ids)[held], invert=True) \
         if data.extra_ids else np.zeros(0, bool)
@@ -358,8 +358,8 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
             parts.append(data.extra_meta[keep_extra])
         fit_meta = np.concatenate(parts).astype(np.float32)
 
-    train_tf = create_transforms(cfg.image_size, True, spec.mean, spec.std, cfg.augment, cfg.resize)
-    eval_tf = create_transforms(cfg.image_size, False, spec.mean, spec.std, resize=cfg.resize)
+    train_tf = create_transforms(cfg.image_size, True, cfg.augment, cfg.resize)
+    eval_tf = create_transforms(cfg.image_size, False, resize=cfg.resize)
     train_ds = LesionImages(store, fit_ids, fit_y, train_tf, fit_meta, cfg.image_size)
     sampler = SeededSampler(EpochSampler(fit_y, cfg.balance.sampler, cfg.balance.neg_per_pos, seed), seed)
     if len(sampler) < 2:  # BatchNorm cannot train on a batch of one

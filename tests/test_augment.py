@@ -25,7 +25,7 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 def test_every_pipeline_keeps_dtype_and_gives_the_model_size(policy, shape, train):
     t = create_transforms(64, train, augment=EVERYTHING, resize=policy)
     out = t(image=_image(*shape))["image"]
-    assert out.shape == (3, 64, 64) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert out.shape == (3, 64, 64) and out.dtype == torch.uint8
 
 
 def test_augmentation_really_changes_the_image_and_replays_for_a_seed():
@@ -43,15 +43,15 @@ def test_augmentation_really_changes_the_image_and_replays_for_a_seed():
 
 def test_eval_pipeline_is_deterministic_and_unaugmented():
     img = _image(60, 60)
-    t = create_transforms(60, False, mean=(0, 0, 0), std=(1, 1, 1))
+    t = create_transforms(60, False)
     out = t(image=img)["image"]
-    assert torch.allclose(out, torch.from_numpy(img).permute(2, 0, 1).float() / 255)
+    assert torch.equal(out, torch.from_numpy(img).permute(2, 0, 1))
 
 
 def test_pad_policy_keeps_the_aspect_and_pads_with_black():
     img = np.full((30, 60, 3), 200, np.uint8)
-    out = create_transforms(64, False, mean=(0, 0, 0), std=(1, 1, 1), resize="pad")(image=img)["image"]
-    assert out[:, 0, :].max() == 0 and out[:, 32, :].min() > 0.7  # top rows padding, middle rows image
+    out = create_transforms(64, False, resize="pad")(image=img)["image"]
+    assert out[:, 0, :].max() == 0 and out[:, 32, :].min() > 180  # top rows padding, middle rows image
 
 
 def test_hair_artefacts_draw_dark_strokes():

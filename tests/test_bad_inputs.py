@@ -252,7 +252,7 @@ def test_26_unusual_but_valid_images_become_rgb_uint8(tmp_path, kind):
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
     assert abs(int(rgb.mean()) - 120) <= 2  # alpha dropped, 16-bit scaled to 8-bit
     x = create_transforms(32, True)(image=rgb)["image"]
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
 
 
 # Peak RSS from /proc (VmHWM): getrusage's ru_maxrss survives exec, so a child of a big parent

@@ -21,11 +21,11 @@ def test_pretrained_true_without_weights_says_where_to_put_them(monkeypatch, tmp
         create_backbone("resnet18", pretrained="true")
 
 
-def test_dataset_yields_normalised_tensor_dicts(tiny_demo):
+def test_dataset_yields_uint8_tensor_dicts(tiny_demo):
     ing = ingest(DataConfig(source="synthetic"), tiny_demo)
     ds = LesionImages(ing.store, ing.table["image_id"][:3], ing.table["target"][:3], create_transforms(32, True))
     sample = ds[0]
-    assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.float32
+    assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.uint8
     assert float(sample["label"]) in (0.0, 1.0)
 
 
@@ -72,11 +72,29 @@ def test_offline_lite0_weights_really_load():
 
 
 def test_lite0_uses_its_own_input_scaling():
-    from lesion_ml.models.backbones import backbone_spec
+    from lesion_ml.models.net import LesionNet
 
-    t = create_transforms(8, False, backbone_spec("efficientnet-lite0").mean, backbone_spec("efficientnet-lite0").std)
-    out = t(image=np.full((8, 8, 3), 255, np.uint8))["image"]
+    x = create_transforms(8, False)(image=np.full((8, 8, 3), 255, np.uint8))["image"].unsqueeze(0)
+    out = LesionNet("efficientnet-lite0").normalize(x)
     assert torch.allclose(out, torch.ones_like(out))  # (255 - 127.5) / 127.5
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet-lite0"])
+def test_network_scales_uint8_batches_as_albumentations_normalize_did(name):
+    import albumentations as A
+
+    from lesion_ml.models.backbones import backbone_spec
+    from lesion_ml.models.net import LesionNet
+
+    spec = backbone_spec(name)
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    reference = A.Normalize(mean=spec.mean, std=spec.std)(image=rgb)["image"]
+    x = create_transforms(16, False)(image=rgb)["image"].unsqueeze(0)
+    net = LesionNet(name)
+    assert x.dtype == torch.uint8 and "pixel_mean" not in net.state_dict()  # fixed by the backbone, not saved
+    scaled = net.normalize(x)[0].permute(1, 2, 0).numpy()
+    assert np.allclose(scaled, reference, atol=1e-5)
+    assert torch.equal(net.normalize(scaled_t := torch.randn(1, 3, 4, 4)), scaled_t)  # float: already scaled
 
 
 @pytest.mark.parametrize("name", ["efficientnet-b0", "efficientnet-lite0"])

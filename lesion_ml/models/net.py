@@ -31,6 +31,10 @@ class LesionNet(nn.Module):
         n_features = getattr(net, spec.head).in_features
         setattr(net, spec.head, nn.Identity())
         self.backbone = net
+        # the backbone's input scaling, applied on the device to uint8 batches (not saved: the
+        # backbone's name fixes it)
+        self.register_buffer("pixel_mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255, persistent=False)
         self.n_meta = n_meta
         if n_meta:
             self.register_buffer("meta_mean", torch.zeros(n_meta))
@@ -46,8 +50,17 @@ class LesionNet(nn.Module):
         self.meta_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.meta_std.copy_(torch.where(torch.as_tensor(std) > 0, torch.as_tensor(std, dtype=torch.float32), 1.0))
 
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """A uint8 image batch (N, 3, H, W) as the backbone expects it: (x - mean) / std with its
+        ImageNet (or Lite0) statistics, in float32. A float batch is taken as already scaled."""
+        if image.dtype != torch.uint8:
+            return image
+        return (image.float() - self.pixel_mean) / self.pixel_std
+
     def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-        features = self.backbone(image)
+        """Malignancy logits (N, 1) for uint8 images as the loaders give them (or already scaled
+        float images) and, for the fusion model, their metadata rows (N, n_meta)."""
+        features = self.backbone(self.normalize(image))
         if self.n_meta:
             if meta is None:
                 raise ValueError(f"this fusion model needs {self.n_meta} metadata features per image")
