@@ -22,7 +22,7 @@ from flows.train_cnn import fold_calls, train_cnn_flow
 from flows.train_gbdt import train_gbdt_flow
 from lesion_ml.config import load_params
 from tasks import paths
-from tasks.runner import run_all
+from tasks.runner import run_all, visible_gpus
 from tasks.train import combine_oof, train_cnn_fold
 
 
@@ -36,7 +36,7 @@ def pipeline_flow(params: str = str(paths.PARAMS)) -> dict:
            "train_gbdt": train_gbdt_flow(params), "minority_set": minority_set_flow(params)}
     if p.orchestration.task_runner == "dask":  # every fold of every backbone on the cluster at once
         calls = [c for name in models for c in fold_calls(p, name)]
-        preds = run_all(train_cnn_fold, calls, p.orchestration, "train_cnn-all-folds")
+        preds = run_all(train_cnn_fold, calls, p.orchestration, "train_cnn-all-folds", visible_gpus(p.train_cnn.device))
         for name in models:
             mine = [pred for call, pred in zip(calls, preds) if call["name"] == name]
             out[f"train_cnn@{name}"] = combine_oof(mine, paths.CNN_DIR / name / "oof.parquet")

@@ -11,7 +11,7 @@ from prefect import flow
 from lesion_ml.config import ConfigError, Params, load_params, to_plain
 from lesion_ml.io import write_text
 from tasks import paths
-from tasks.runner import run_all
+from tasks.runner import run_all, visible_gpus
 from tasks.train import combine_oof, train_cnn_fold
 
 
@@ -34,7 +34,8 @@ def train_cnn_flow(name: str, params: str = str(paths.PARAMS)) -> Path:
     p = load_params(params)
     if p.train_cnn.threads:
         torch.set_num_threads(p.train_cnn.threads)
-    preds = run_all(train_cnn_fold, fold_calls(p, name), p.orchestration, f"train_cnn-{name}-folds")
+    gpus = visible_gpus(p.train_cnn.device) if p.orchestration.task_runner == "dask" else 0
+    preds = run_all(train_cnn_fold, fold_calls(p, name), p.orchestration, f"train_cnn-{name}-folds", gpus)
     return combine_oof(preds, paths.CNN_DIR / name / "oof.parquet")
 
 

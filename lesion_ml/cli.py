@@ -20,31 +20,34 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _report(result: dict, table: str, json_path: str | None) -> int:
+    """Print a benchmark's table, then its figures as JSON (or write them to `json_path`)."""
     import json
 
-    from lesion_ml.bench import bench_tabular, format_table
-    from lesion_ml.config import load_params
     from lesion_ml.io import write_json
 
-    params = load_params(args.params) if Path(args.params).is_file() else None
-    kw = {"prepare": params.prepare, "gbdt": params.train_gbdt, "split": params.split} if params else {}
-    result = bench_tabular(n_rows=args.rows, n_patients=args.patients, malignant=args.malignant,
-                           seed=args.seed, **kw)
-    print(format_table(result))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
+    print(table)
+    if json_path:
+        write_json(result, json_path)
+        print(f"wrote {json_path}")
     else:
         print(json.dumps(result))
     return 0
 
 
-def _bench_train(args: argparse.Namespace) -> int:
-    import json
+def _bench(args: argparse.Namespace) -> int:
+    from lesion_ml.bench import bench_tabular, format_table
+    from lesion_ml.config import load_params
 
+    params = load_params(args.params) if Path(args.params).is_file() else None
+    kw = {"prepare": params.prepare, "gbdt": params.train_gbdt, "split": params.split} if params else {}
+    result = bench_tabular(n_rows=args.rows, n_patients=args.patients, malignant=args.malignant,
+                           seed=args.seed, **kw)
+    return _report(result, format_table(result), args.json)
+
+
+def _bench_train(args: argparse.Namespace) -> int:
     from lesion_ml.bench import bench_train, format_train_table
-    from lesion_ml.io import write_json
 
     if args.threads:
         import torch
@@ -52,30 +55,15 @@ def _bench_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     result = bench_train(args.backbone, args.size, args.batch_size, args.steps, args.rounds, args.device,
                          args.workers, Path(args.data) if args.data else None)
-    print(format_train_table(result))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
-    else:
-        print(json.dumps(result))
-    return 0
+    return _report(result, format_train_table(result), args.json)
 
 
 def _bench_loader(args: argparse.Namespace) -> int:
-    import json
-
     from lesion_ml.bench import bench_loader, format_loader_table
-    from lesion_ml.io import write_json
 
     result = bench_loader(args.size, args.batch_size, args.images, tuple(args.workers), args.device,
                           Path(args.data) if args.data else None, args.epochs)
-    print(format_loader_table(result))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
-    else:
-        print(json.dumps(result))
-    return 0
+    return _report(result, format_loader_table(result), args.json)
 
 
 def _bench_all(args: argparse.Namespace) -> int:

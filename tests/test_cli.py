@@ -18,6 +18,34 @@ def test_synth_reports_bad_values_without_a_traceback(tmp_path, capsys):
     assert "malignant_fraction" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_bench_loader_profiles_each_part_and_each_worker_count(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "loader.json"
+    assert main(["bench", "loader", "--size", "32", "--images", "48", "--batch-size", "8", "--workers", "0", "1",
+                 "--epochs", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == 48 and set(r["loaders"]) == {"0", "1"}
+    assert all(r["per_image_us"][k] > 0 for k in ("read", "decode", "transform", "collate"))
+    for v in r["loaders"].values():
+        assert v["startup_s"] > 0 and v["first_pass"] > 0 and v["later_passes"] > 0
+    assert "later" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_train_with_workers_measures_the_0_worker_input_path_too(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "train", "--size", "32", "--batch-size", "4", "--steps", "2", "--rounds", "1",
+                 "--workers", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    ips = r["images_per_s"]
+    assert ips["input_only_0_workers"] > 0
+    assert r["input_gain_vs_0_workers"] == round(ips["input_only"] / ips["input_only_0_workers"], 3)
+
+
 def test_bench_train_prints_both_rates_and_their_ratio(tmp_path, capsys):
     import json
 
