@@ -2,11 +2,12 @@
 
 Every pipeline ends in a uint8 tensor of shape (3, size, size), whatever came in: a 55 px
 ISIC 2024 tile or a 3000 px dermoscopy original (large JPEGs are already decoded at a reduced
-scale by the image store, see `decode_image(max_side=...)`). Randomness comes only from the
-Compose's seed (`Compose.set_random_seed`), so a seeded epoch is replayable.
+scale by the image store, see `decode_image(max_side=...)`). Randomness comes only from
+`reseed(transform, seed)`, given per sample, so a seeded epoch is replayable.
 """
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import albumentations as A
@@ -48,6 +49,29 @@ class HairArtefacts(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("max_hairs",)
+
+
+def reseed(transform: A.BaseCompose, seed: int) -> None:
+    """Seed every random choice `transform` makes next: one numpy and one Python generator, shared
+    by the pipeline and all its transforms, which draw from them in turn.
+
+    albumentations' own `set_random_seed` gives each transform a generator seeded alike, so
+    transforms that draw alike draw the same: HorizontalFlip and VerticalFlip at p 0.5 then flip
+    together or not at all, never one alone. It also costs about 0.3 ms per call (two generators
+    per transform), where this costs a few microseconds: cheap enough to reseed every sample.
+    """
+    members = getattr(transform, "_lesion_members", None)
+    if members is None:
+        members = []
+        stack = [transform]
+        while stack:
+            t = stack.pop()
+            members.append(t)
+            stack.extend(getattr(t, "transforms", []))
+        transform._lesion_members = members
+    rng, py_random = np.random.default_rng(seed), random.Random(seed)
+    for t in members:
+        t.random_generator, t.py_random = rng, py_random
 
 
 def resize_steps(size: int, policy: str) -> list[A.BasicTransform]:

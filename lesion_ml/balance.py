@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Sampler, WeightedRandomSampler
 
-from lesion_ml.augment import create_copy_transform
+from lesion_ml.augment import create_copy_transform, reseed
 from lesion_ml.config import BalanceConfig, MinoritySetConfig
 from lesion_ml.data.images import ImageStore
 from lesion_ml.io import atomic_path, write_parquet
@@ -138,7 +138,7 @@ def write_minority_set(store: ImageStore, positive_ids: Sequence[str], cfg: Mino
         for source in positive_ids:
             image = store.get(source)
             for k in range(cfg.copies):
-                transform.set_random_seed((cfg.seed * 1_000_003 + zlib.crc32(source.encode()) * 31 + k) % 2**31)
+                reseed(transform, (cfg.seed * 1_000_003 + zlib.crc32(source.encode()) * 31 + k) % 2**31)
                 copy = transform(image=image)["image"]
                 ok, buf = cv2.imencode(".jpg", cv2.cvtColor(copy, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
                 if not ok:

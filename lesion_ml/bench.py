@@ -212,7 +212,7 @@ def bench_loader(size: int = 128, batch_size: int = 32, n_images: int = 512, wor
     import torch
     from torch.utils.data import DataLoader, default_collate
 
-    from lesion_ml.augment import create_transforms
+    from lesion_ml.augment import create_transforms, reseed
     from lesion_ml.balance import EpochSampler
     from lesion_ml.config import DataConfig, SyntheticConfig
     from lesion_ml.data.images import decode_image
@@ -230,7 +230,7 @@ def bench_loader(size: int = 128, batch_size: int = 32, n_images: int = 512, wor
         ids = ing.table["image_id"].tolist()[:n_images]
         labels = ing.table["target"].to_numpy()[: len(ids)].astype(np.float32)
         transform = create_transforms(size, True)
-        transform.set_random_seed(seed)
+        reseed(transform, seed)
         parts: dict[str, float] = {}
 
         def _timed(steps: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:  # unrounded seconds
@@ -328,7 +328,7 @@ def bench_images(size: int = 128, n_images: int = 400, seed: int = 0) -> dict[st
     and decoding plus the resize and training augmentation that a training sample gets."""
     import tempfile
 
-    from lesion_ml.augment import create_transforms
+    from lesion_ml.augment import create_transforms, reseed
     from lesion_ml.config import DataConfig, SyntheticConfig
     from lesion_ml.data.images import decode_image
     from lesion_ml.data.sources import ingest
@@ -340,7 +340,7 @@ def bench_images(size: int = 128, n_images: int = 400, seed: int = 0) -> dict[st
         ing = ingest(DataConfig(source="synthetic"), Path(tmp))
         ids = ing.table["image_id"].tolist()[:n_images]
         transform = create_transforms(size, True)
-        transform.set_random_seed(seed)
+        reseed(transform, seed)
         rates = {}
         start = time.perf_counter()
         blobs = [ing.store.read_bytes(i) for i in ids]

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from lesion_ml.augment import create_transforms
+from lesion_ml.augment import create_transforms, reseed
 from lesion_ml.balance import EpochSampler, make_loss
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.evaluate.metrics import partial_auc
@@ -65,7 +65,7 @@ class LesionImages(Dataset):
         """Sample `key`: a row index, or (row index, augmentation seed) from `SeededSampler`."""
         i, seed = key if isinstance(key, tuple) else (key, None)
         if seed is not None:
-            self.transform.set_random_seed(seed)
+            reseed(self.transform, seed)
         image = self.transform(image=self.store.get(self.image_ids[i], self.min_side))["image"]
         sample = {"image": image, "label": torch.tensor(self.labels[i])}
         if self.meta is not None:

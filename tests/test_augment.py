@@ -80,3 +80,39 @@ def test_large_jpeg_is_decoded_at_a_reduced_scale_keeping_the_requested_side():
     assert decode_image(buf.tobytes(), "x.jpg", min_side=1000).shape == (1500, 2000, 3)
     ok, png = cv2.imencode(".png", _image(300, 400))
     assert decode_image(png.tobytes(), "x.png", min_side=16).shape == (300, 400, 3)  # PNG: full size
+
+
+def test_reseed_replays_and_the_flips_are_independent():
+    import collections
+
+    import albumentations as A
+
+    from lesion_ml.augment import reseed
+
+    img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    t = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    seen = collections.Counter()
+    for seed in range(400):
+        reseed(t, seed)
+        out = t(image=img)["image"]
+        reseed(t, seed)
+        assert np.array_equal(out, t(image=img)["image"])  # a seed replays
+        seen[next(name for name, ref in (("none", img), ("h", img[:, ::-1]), ("v", img[::-1]), ("hv", img[::-1, ::-1]))
+                  if np.array_equal(out, ref))] += 1
+    # each flip on its own half the time: all four outcomes about equally often (albumentations'
+    # set_random_seed would give only "none" and "hv")
+    assert set(seen) == {"none", "h", "v", "hv"} and min(seen.values()) > 60
+
+
+def test_reseed_reaches_nested_transforms_and_changes_the_training_augmentation():
+    from lesion_ml.augment import reseed
+
+    t = create_transforms(48, True, augment=EVERYTHING)
+    img = _image(60, 60)
+    outs = []
+    for seed in (1, 2, 1):
+        reseed(t, seed)
+        outs.append(t(image=img)["image"])
+    assert torch.equal(outs[0], outs[2]) and not torch.equal(outs[0], outs[1])
+    blur = next(m for m in t._lesion_members if type(m).__name__ == "OneOf")
+    assert all(c.random_generator is t.random_generator for c in blur.transforms)  # inside OneOf too
