@@ -9,15 +9,54 @@ from pathlib import Path
 from lesion_ml.config import SyntheticConfig
 
 
+ISIC2024_SIZE = {"n_patients": 1_042, "n_lesions": 401_059, "n_malignant": 393}  # the 2024 training set
+
+
 def _synth(args: argparse.Namespace) -> int:
+    import time
+
     from lesion_ml.data.synthetic import generate_synthetic
 
-    defaults = SyntheticConfig()
-    cfg = SyntheticConfig(n_patients=args.patients or defaults.n_patients, seed=args.seed,
-                          malignant_fraction=args.malignant_fraction or defaults.malignant_fraction)
-    h5, csv = generate_synthetic(Path(args.out), cfg)
-    print(f"wrote {h5} and {csv}")
+    sizes = dict(ISIC2024_SIZE) if args.full_size else {}
+    for key, value in (("n_patients", args.patients), ("n_lesions", args.lesions), ("n_malignant", args.malignant),
+                       ("malignant_fraction", args.malignant_fraction), ("seed", args.seed)):
+        if value is not None:
+            sizes[key] = value
+    cfg = _synthetic_config(sizes)
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        took = time.perf_counter() - start
+        print(f"\r{done:,}/{total:,} lesions, {done / took:,.0f}/s", end="", file=sys.stderr, flush=True)
+
+    h5, csv = generate_synthetic(Path(args.out), cfg, args.workers, progress if sys.stderr.isatty() or args.progress
+                                 else None)
+    took = time.perf_counter() - start
+    print(("\n" if args.progress or sys.stderr.isatty() else "") + f"wrote {h5} and {csv} in {took:,.1f} s "
+          f"({args.workers} worker{'s' if args.workers > 1 else ''})", file=sys.stdout)
     return 0
+
+
+SYNTH_FLAGS = {"n_patients": "--patients", "n_lesions": "--lesions", "n_malignant": "--malignant",
+               "malignant_fraction": "--malignant-fraction", "seed": "--seed"}
+
+
+def _synthetic_config(sizes: dict) -> SyntheticConfig:
+    """The generator's settings, with errors in terms of `lesion synth`'s flags."""
+    import re
+
+    from pydantic import ValidationError
+
+    try:
+        return SyntheticConfig(**sizes)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            text = e["msg"].removeprefix("Value error, ")
+            if e["loc"]:
+                text = f"{e['loc'][0]}: {text} (got {e['input']})"
+            problems.append(re.sub("|".join(SYNTH_FLAGS), lambda m: SYNTH_FLAGS[m.group(0)], text))
+        raise ValueError("; ".join(problems)) from None
 
 
 def _report(result: dict, table: str, json_path: str | None) -> int:
@@ -176,9 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synth", help="write a demo data set in ISIC 2024 format")
     synth.add_argument("--out", required=True, help="output folder (train-image.hdf5, train-metadata.csv)")
+    synth.add_argument("--full-size", action="store_true",
+                       help="ISIC 2024 size: 1,042 patients, 401,059 lesions, 393 malignant (other flags override)")
     synth.add_argument("--patients", type=int, help="number of patients (default from SyntheticConfig)")
+    synth.add_argument("--lesions", type=int, help="total lesions, spread heavy-tailed over patients "
+                       "(default: 4-14 per patient)")
+    synth.add_argument("--malignant", type=int, help="exact number of malignant lesions")
     synth.add_argument("--malignant-fraction", type=float, help="share of malignant lesions, 0..1")
-    synth.add_argument("--seed", type=int, default=SyntheticConfig().seed)
+    synth.add_argument("--seed", type=int, help=f"random seed (default {SyntheticConfig().seed})")
+    synth.add_argument("--workers", type=int, default=1, help="processes that draw tiles; any number gives "
+                       "the same files (default 1)")
+    synth.add_argument("--progress", action="store_true", help="report progress on stderr even when not a terminal")
     synth.set_defaults(func=_synth)
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -26,7 +26,9 @@ class SyntheticConfig(_Section):
 
     n_patients: int = Field(160, ge=2)
     lesions_per_patient: tuple[int, int] = (4, 14)
+    n_lesions: int | None = Field(None, ge=2)  # a fixed total (heavy-tailed over patients); null: per patient
     malignant_fraction: float = Field(0.12, gt=0, lt=1)
+    n_malignant: int | None = Field(None, ge=1)  # an exact count; null: round(malignant_fraction * lesions)
     tile_px: tuple[int, int] = (90, 140)
     seed: int = 2024
 
@@ -38,6 +40,12 @@ class SyntheticConfig(_Section):
         lo, hi = self.tile_px
         if not 16 <= lo <= hi:
             raise ValueError(f"tile_px must be [min, max] with 16 <= min <= max, got {[lo, hi]}")
+        if self.n_lesions is not None and self.n_lesions < self.n_patients:
+            raise ValueError(f"n_lesions ({self.n_lesions}) must be at least n_patients ({self.n_patients}): "
+                             "every patient has a lesion")
+        total = self.n_lesions if self.n_lesions is not None else self.n_patients * self.lesions_per_patient[0]
+        if self.n_malignant is not None and self.n_malignant >= total:
+            raise ValueError(f"n_malignant ({self.n_malignant}) must be below the number of lesions ({total})")
         return self
 
 

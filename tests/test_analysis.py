@@ -33,6 +33,42 @@ def test_bootstrap_intervals_contain_the_point_estimate_and_narrow_with_more_pat
     assert bootstrap_intervals(y, p, g, 0.5, n_boot=50, seed=3) == bootstrap_intervals(y, p, g, 0.5, n_boot=50, seed=3)
 
 
+@pytest.mark.parametrize("case", ["continuous", "ties", "few_patients"])
+def test_bootstrap_resample_metrics_equal_sklearn_on_the_resampled_rows(case):
+    """Each resample scored from per-patient tallies equals scikit-learn on the concatenated rows."""
+    from lesion_ml.evaluate.analysis import RANKING, _PatientCurves
+
+    y, p, g = _data(500, 4)
+    if case == "ties":  # ties within and across classes, and whole patients tied
+        p = np.round(p, 1)
+    if case == "few_patients":  # big patients, one without malignant rows, one all malignant
+        g = np.array([f"P{i % 7}" for i in range(len(y))])
+        y[g == "P3"], y[g == "P5"] = 0, 1
+    codes, uniques = pd.factorize(pd.Series(g))
+    thr = 0.45
+    curve = _PatientCurves(y, p, codes, len(uniques), thr)
+    rng = np.random.default_rng(0)
+    counts = np.stack([np.bincount(rng.integers(0, len(uniques), len(uniques)), minlength=len(uniques))
+                       for _ in range(40)]).astype(float)
+    got = curve.metrics(counts)
+    rows_of = [np.flatnonzero(codes == k) for k in range(len(uniques))]
+    checked = 0
+    for r, c in enumerate(counts):
+        idx = np.concatenate([np.tile(rows_of[k], int(c[k])) for k in range(len(uniques))])
+        yb, pb = y[idx], p[idx]
+        if 0 < yb.sum() < len(yb):
+            for name, fn in RANKING.items():
+                assert got[name][r] == pytest.approx(fn(yb, pb), abs=1e-12), (name, r)
+            checked += 1
+        else:
+            assert np.isnan(got["roc_auc"][r])
+        if yb.sum():
+            assert got["sensitivity"][r] == pytest.approx((pb[yb == 1] >= thr).mean(), abs=1e-12)
+        if (yb == 0).any():
+            assert got["specificity"][r] == pytest.approx((pb[yb == 0] < thr).mean(), abs=1e-12)
+    assert checked >= 20
+
+
 def test_threshold_for_target_sensitivity_is_the_highest_that_reaches_it():
     y, p, _ = _data()
     t = choose_threshold(y, p, "sensitivity", 0.9)

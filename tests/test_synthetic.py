@@ -67,3 +67,36 @@ def test_malignant_lesions_are_drawn_larger_and_more_irregular(tmp_path):
     ppm = img.shape[0] / 15.0
     dark = (img < img[:3].mean() - 12).sum() / ppm**2
     assert 0.4 * row["tbp_lv_areaMM2"] < dark < 2.0 * row["tbp_lv_areaMM2"]
+
+
+def test_exact_sizes_and_identical_files_whatever_the_workers_and_chunks(tmp_path, monkeypatch):
+    """A fixed total of lesions and malignant ones, drawn heavy-tailed over patients; streaming in
+    chunks over 2 processes writes the same bytes as one process writing one chunk."""
+    import lesion_ml.data.synthetic as synthetic
+
+    cfg = TINY.model_copy(update={"n_patients": 9, "n_lesions": 120, "n_malignant": 5, "seed": 11})
+    generate_synthetic(tmp_path / "one", cfg)
+    monkeypatch.setattr(synthetic, "CHUNK_LESIONS", 7)  # many chunks, some of one big patient
+    generate_synthetic(tmp_path / "two", cfg, workers=2)
+    for name in ("train-metadata.csv", "train-image.hdf5"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["train-image.hdf5", "train-metadata.csv"]
+    meta = pd.read_csv(tmp_path / "two/train-metadata.csv")
+    assert len(meta) == 120 and meta["target"].sum() == 5 and meta["patient_id"].nunique() == 9
+    assert meta.groupby("patient_id").size().max() > 120 / 9 * 1.5  # heavy-tailed, not uniform
+    assert {c: _kind(meta[c].dtype) for c in meta.columns} == ISIC2024_COLUMNS
+    with h5py.File(tmp_path / "two/train-image.hdf5") as f:
+        assert sorted(f.keys()) == sorted(meta["isic_id"])
+
+
+def test_cli_synth_names_its_flags_in_errors(tmp_path, capsys):
+    from lesion_ml.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "a"), "--patients", "10", "--lesions", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--lesions (5) must be at least --patients (10)" in err and "n_lesions" not in err
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    assert main(["synth", "--out", str(tmp_path / "b"), "--patients", "4", "--lesions", "30",
+                 "--malignant", "2"]) == 0
+    meta = pd.read_csv(tmp_path / "b/train-metadata.csv")
+    assert len(meta) == 30 and meta["target"].sum() == 2 and "wrote" in capsys.readouterr().out

@@ -10,7 +10,14 @@ learnable but not trivial.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import multiprocessing as mp
+import multiprocessing.pool
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,10 +86,23 @@ class _Lesion:
     redness: float  # extra a* inside the lesion
 
 
-def generate_synthetic(out_dir: Path | str, cfg: SyntheticConfig) -> tuple[Path, Path]:
+CHUNK_LESIONS = 4000  # lesions rendered per work unit: bounds memory, and the unit of parallel work
+
+
+def generate_synthetic(out_dir: Path | str, cfg: SyntheticConfig, workers: int = 1,
+                       progress: Callable[[int, int], None] | None = None) -> tuple[Path, Path]:
     """Write ``train-image.hdf5`` and ``train-metadata.csv`` into `out_dir`.
 
-    Output is identical for the same `cfg` (including `cfg.seed`); files are written atomically.
+    Streams: lesions are rendered in chunks of whole patients and written as they come, so memory
+    stays bounded at any size (ISIC 2024's 401,059 lesions included). Every patient draws from its
+    own generator seeded by (`cfg.seed`, patient number), so the output is identical for the same
+    `cfg` whatever the number of `workers` (processes). Files are written atomically.
+
+    Args:
+        out_dir: Folder of the two files (created).
+        cfg: Sizes, shares and seed.
+        workers: Processes that render tiles (1: this process only).
+        progress: Called with (lesions written, total) after each chunk.
 
     Returns:
         The paths of the HDF5 file and of the metadata CSV.
@@ -91,34 +111,84 @@ def generate_synthetic(out_dir: Path | str, cfg: SyntheticConfig) -> tuple[Path,
     rng = np.random.default_rng(cfg.seed)
     patients = _draw_patients(rng, cfg)
     n = int(patients["n_lesions"].sum())
-    malignant = _choose_malignant(rng, patients, n, cfg.malignant_fraction)
-
-    rows, images = [], []
+    malignant = _choose_malignant(rng, patients, n, cfg)
     isic_numbers = rng.choice(np.arange(15_000, 9_999_999), size=n, replace=False)
+    first_malignant = int(np.flatnonzero(malignant)[0])
+    starts = np.concatenate([[0], np.cumsum(patients["n_lesions"].to_numpy())])
+    chunks = []  # (first patient, end patient) with about CHUNK_LESIONS lesions each
+    lo = 0
+    for hi in range(1, len(patients) + 1):
+        if starts[hi] - starts[lo] >= CHUNK_LESIONS or hi == len(patients):
+            chunks.append((lo, hi))
+            lo = hi
+    work = [(cfg, patients.iloc[a:b], malignant[starts[a]:starts[b]], isic_numbers[starts[a]:starts[b]],
+             int(starts[a])) for a, b in chunks]
+
+    h5_path, csv_path = out_dir / "train-image.hdf5", out_dir / "train-metadata.csv"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        results = map(_render_chunk, work)
+        if workers > 1 and len(work) > 1:
+            pool = stack.enter_context(mp.get_context("spawn").Pool(workers))
+            results = _in_order(pool, work, ahead=2 * workers)
+        parts = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".synth-", dir=out_dir)))
+        h5_tmp = stack.enter_context(atomic_path(h5_path))
+        held, any_melanoma, done = None, False, 0
+        with h5py.File(h5_tmp, "w") as f:
+            for k, (images, rows) in enumerate(results):
+                for isic_id, data in images:
+                    f.create_dataset(isic_id, data=np.bytes_(data))
+                meta = _to_frame(rows)
+                any_melanoma |= bool(meta["mel_mitotic_index"].notna().any())
+                i = first_malignant - work[k][4]
+                if 0 <= i < len(meta):  # the first malignant lesion gets a fifth diagnosis level
+                    meta.loc[meta.index[i], "iddx_5"] = f"{meta['iddx_4'].iat[i] or meta['iddx_3'].iat[i]}, other"
+                    held = (k, i, meta)
+                meta.to_csv(parts / f"{k:06d}.csv", index=False, header=k == 0)
+                done += len(meta)
+                if progress:
+                    progress(done, n)
+        if not any_melanoma:  # give the text column one value, so that it reads back as text
+            k, i, meta = held
+            meta.loc[meta.index[i], "mel_mitotic_index"] = "0/mm^2"
+            meta.to_csv(parts / f"{k:06d}.csv", index=False, header=k == 0)
+        with atomic_path(csv_path) as tmp, open(tmp, "wb") as out:
+            for k in range(len(work)):
+                with open(parts / f"{k:06d}.csv", "rb") as part:
+                    shutil.copyfileobj(part, out)
+    return h5_path, csv_path
+
+
+def _in_order(pool: mp.pool.Pool, work: list, ahead: int) -> Iterator[tuple]:
+    """`_render_chunk` of each job on the pool, in order, with at most `ahead` chunks in flight
+    (so that finished chunks never pile up in memory)."""
+    pending: deque = deque()
+    for job in work:
+        pending.append(pool.apply_async(_render_chunk, (job,)))
+        if len(pending) >= ahead:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _render_chunk(job: tuple) -> tuple[list[tuple[str, bytes]], list[dict]]:
+    """Tiles (isic_id, JPEG bytes) and metadata rows of a run of whole patients."""
+    cfg, patients, malignant, isic_numbers, _ = job
+    images, rows = [], []
     i = 0
-    for p in patients.itertuples(index=False):
+    for number, p in zip(patients.index, patients.itertuples(index=False)):
+        rng = np.random.default_rng([cfg.seed, int(number)])
         for _ in range(p.n_lesions):
             lesion = _draw_lesion(rng, p, bool(malignant[i]))
             size = int(rng.integers(cfg.tile_px[0], cfg.tile_px[1] + 1))
             tile, measured = _render(rng, lesion, p, size)
-            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR),
-                                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
             assert ok, "JPEG encoding failed"
             isic_id = f"ISIC_{isic_numbers[i]:07d}"
             rows.append(_metadata_row(rng, isic_id, p, lesion, measured))
             images.append((isic_id, jpeg.tobytes()))
             i += 1
-    meta = _to_frame(rows)
-    _ensure_object_columns(meta)
-
-    h5_path, csv_path = out_dir / "train-image.hdf5", out_dir / "train-metadata.csv"
-    with atomic_path(h5_path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for isic_id, data in images:
-                f.create_dataset(isic_id, data=np.bytes_(data))
-    with atomic_path(csv_path) as tmp:
-        meta.to_csv(tmp, index=False)
-    return h5_path, csv_path
+    return images, rows
 
 
 def _draw_patients(rng: np.random.Generator, cfg: SyntheticConfig) -> pd.DataFrame:
@@ -130,12 +200,17 @@ def _draw_patients(rng: np.random.Generator, cfg: SyntheticConfig) -> pd.DataFra
     age[rng.random(n) < 0.01] = np.nan
     sex = rng.choice(np.array(["male", "female"], dtype=object), size=n, p=[0.52, 0.48])
     sex[rng.random(n) < 0.025] = None
+    if cfg.n_lesions is None:
+        counts = rng.integers(cfg.lesions_per_patient[0], cfg.lesions_per_patient[1] + 1, size=n)
+    else:  # a fixed total, heavy-tailed over patients as in ISIC 2024 (a few patients have thousands)
+        weight = rng.lognormal(0.0, 1.1, n)
+        counts = 1 + rng.multinomial(cfg.n_lesions - n, weight / weight.sum())
     return pd.DataFrame({
         "patient_id": [f"IP_{x:07d}" for x in ids],
         "age_approx": age,
         "sex": sex,
         "attribution": att,
-        "n_lesions": rng.integers(cfg.lesions_per_patient[0], cfg.lesions_per_patient[1] + 1, size=n),
+        "n_lesions": counts,
         "skin_L": rng.normal(60, 7, n).clip(35, 80),
         "skin_A": rng.normal(17, 3, n).clip(8, 30),
         "skin_B": rng.normal(24, 3, n).clip(12, 35),
@@ -145,11 +220,12 @@ def _draw_patients(rng: np.random.Generator, cfg: SyntheticConfig) -> pd.DataFra
     })
 
 
-def _choose_malignant(rng: np.random.Generator, patients: pd.DataFrame, n: int, frac: float) -> np.ndarray:
-    """Exactly round(frac * n) malignant lesions (at least one), older patients more often."""
+def _choose_malignant(rng: np.random.Generator, patients: pd.DataFrame, n: int, cfg: SyntheticConfig) -> np.ndarray:
+    """Exactly `cfg.n_malignant` malignant lesions (else round(fraction * n), at least one), older
+    patients more often."""
     age = np.repeat(patients["age_approx"].fillna(55).to_numpy(), patients["n_lesions"].to_numpy())
     weight = np.exp((age - 55) / 20)
-    k = min(n - 1, max(1, round(frac * n)))
+    k = cfg.n_malignant if cfg.n_malignant is not None else min(n - 1, max(1, round(cfg.malignant_fraction * n)))
     chosen = rng.choice(n, size=k, replace=False, p=weight / weight.sum())
     out = np.zeros(n, dtype=bool)
     out[chosen] = True
@@ -190,7 +266,11 @@ def _render(rng: np.random.Generator, les: _Lesion, p, size: int) -> tuple[np.nd
     """Draw one tile; return it (RGB uint8) and the measurements taken on it."""
     ppm = size / TILE_MM
     lab = np.empty((size, size, 3), np.float32)
-    noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size, 3)).astype(np.float32), (0, 0), size / 12)
+    # smooth skin texture: white noise blurred over size/12 pixels, drawn at 1/8 of the resolution
+    # (its amplitude scaled to match) and enlarged -- the same look for 1/64 of the random numbers
+    lo = max(4, round(size / 8))
+    noise = cv2.GaussianBlur(rng.standard_normal((lo, lo, 3), dtype=np.float32), (0, 0), lo / 12) * (lo / size)
+    noise = cv2.resize(noise, (size, size), interpolation=cv2.INTER_LINEAR)
     lab[..., 0] = p.skin_L + 6 * noise[..., 0] * 3
     lab[..., 1] = p.skin_A + 3 * noise[..., 1] * 3
     lab[..., 2] = p.skin_B + 3 * noise[..., 2] * 3
@@ -223,15 +303,25 @@ def _render(rng: np.random.Generator, les: _Lesion, p, size: int) -> tuple[np.nd
                     float(rng.uniform(0, 180)), 0, 360, 1, -1)
         soft = cv2.GaussianBlur(blob.astype(np.float32), (0, 0), max(0.8, radius / 8))
         inside += soft[..., None] * _PALETTE[c]
-    inside += cv2.GaussianBlur(rng.normal(0, 2.0, (size, size, 3)).astype(np.float32), (0, 0), 1.0)
+    inside += cv2.GaussianBlur(_noise(rng, (size, size, 3), 2.0), (0, 0), 1.0)
     edge = 1.5 if les.irregularity > 0.06 else 2.5
     alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), edge)[..., None]
     lab = lab * (1 - alpha) + inside * alpha
     lab[..., 0] = lab[..., 0].clip(0, 100)
     lab[..., 1:] = lab[..., 1:].clip(-100, 100)
-    rgb = (cv2.cvtColor(lab, cv2.COLOR_LAB2RGB).clip(0, 1) * 255 + rng.normal(0, 2, lab.shape)).clip(0, 255)
+    rgb = (cv2.cvtColor(lab, cv2.COLOR_LAB2RGB).clip(0, 1) * 255
+           + _noise(rng, lab.shape, 2.0)).clip(0, 255)
     rgb = rgb.astype(np.uint8)
     return rgb, _measure(rgb, mask, ppm, les)
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
+    """Zero-mean uniform pixel noise of standard deviation `std` (float32; a few times cheaper to
+    draw than Gaussian noise, and indistinguishable once blurred or JPEG-encoded)."""
+    u = rng.random(shape, dtype=np.float32)
+    u -= 0.5
+    u *= std * math.sqrt(12)
+    return u
 
 
 def _measure(rgb: np.ndarray, mask: np.ndarray, ppm: float, les: _Lesion) -> dict:
@@ -252,14 +342,17 @@ def _measure(rgb: np.ndarray, mask: np.ndarray, ppm: float, les: _Lesion) -> dic
         angle = 0.0
     major, minor = max(a1, a2) / ppm, min(a1, a2) / ppm
     asym = _point_asymmetry(mask)
-    rings = []
+    # colour of four concentric rings (by distance to the border): how much it varies radially
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+    radial = 0.0
     if dist.max() > 0:
-        for lo, hi in zip(np.linspace(0, dist.max(), 5)[:-1], np.linspace(0, dist.max(), 5)[1:]):
-            sel = (dist > lo) & (dist <= hi)
-            if sel.any():
-                rings.append(lab[sel].mean(0))
-    radial = float(np.std(np.array(rings), axis=0).max()) if len(rings) > 1 else 0.0
+        inner = dist > 0
+        ring_of = np.minimum((dist[inner] / dist.max() * 4 - 1e-9).astype(np.int64), 3)
+        count = np.bincount(ring_of, minlength=4)
+        colour = lab[inner]
+        means = np.stack([np.bincount(ring_of, colour[:, c], minlength=4) for c in range(3)], 1)
+        means = means[count > 0] / count[count > 0, None]
+        radial = float(np.std(means, axis=0).max()) if len(means) > 1 else 0.0
     return {
         "L": ins[:, 0].mean(), "A": ins[:, 1].mean(), "B": ins[:, 2].mean(),
         "Lext": out[:, 0].mean(), "Aext": out[:, 1].mean(), "Bext": out[:, 2].mean(),
@@ -348,12 +441,3 @@ def _to_frame(rows: list[dict]) -> pd.DataFrame:
     for col, dtype in ISIC2024_COLUMNS.items():
         df[col] = df[col].astype(object if dtype == "object" else dtype)
     return df
-
-
-def _ensure_object_columns(meta: pd.DataFrame) -> None:
-    """Give the sparse text columns at least one value so that they read back as text (object),
-    as in the real file: the first malignant lesion gets a fifth diagnosis level."""
-    first = int(np.flatnonzero(meta["target"].to_numpy() == 1)[0])
-    meta.loc[meta.index[first], "iddx_5"] = f"{meta['iddx_4'].iat[first] or meta['iddx_3'].iat[first]}, other"
-    if meta["mel_mitotic_index"].isna().all():
-        meta.loc[meta.index[first], "mel_mitotic_index"] = "0/mm^2"

@@ -23,28 +23,106 @@ def bootstrap_intervals(y: np.ndarray, p: np.ndarray, groups: np.ndarray, thresh
                         seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
     """Percentile intervals of ROC-AUC, pAUC, PR-AUC, sensitivity and specificity (at `threshold`),
     resampling whole patients (`groups`) with replacement, since lesions of one patient are not
-    independent. Resamples with a single class are skipped for the ranking metrics."""
+    independent. Resamples with a single class are skipped for the ranking metrics.
+
+    A resample is a count per patient (how often it was drawn), so every metric is a weighted sum
+    over patients: the ROC curve of a resample only has corners at the scores of malignant rows,
+    and each corner's false-positive count is (counts) @ (negatives per patient at or above that
+    score). All resamples are scored with a few matrix products instead of re-sorting every row
+    each time, which keeps 1,000 resamples of 401,059 rows within seconds. The figures are those
+    of scikit-learn's roc_auc_score, partial_auc and average_precision_score on the resampled rows.
+    """
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
     codes, uniques = pd.factorize(pd.Series(groups).astype(str))
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-    rows_of = [order[bounds[g]:bounds[g + 1]] for g in range(len(uniques))]
+    n_groups = len(uniques)
+    curve = _PatientCurves(y, p, codes, n_groups, threshold)
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in (*RANKING, "sensitivity", "specificity")}
-    for _ in range(n_boot):
-        idx = np.concatenate([rows_of[g] for g in rng.integers(0, len(uniques), len(uniques))])
-        yb, pb = y[idx], p[idx]
-        pos, neg = yb == 1, yb == 0
-        if pos.any() and neg.any():
-            for name, fn in RANKING.items():
-                draws[name].append(fn(yb, pb))
-        if pos.any():
-            draws["sensitivity"].append(float((pb[pos] >= threshold).mean()))
-        if neg.any():
-            draws["specificity"].append(float((pb[neg] < threshold).mean()))
+    draws: dict[str, list[np.ndarray]] = {k: [] for k in (*RANKING, "sensitivity", "specificity")}
+    for start in range(0, n_boot, 100):  # resamples in blocks: bounded memory
+        counts = np.stack([np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+                           for _ in range(min(100, n_boot - start))]).astype(float)
+        for name, values in curve.metrics(counts).items():
+            draws[name].append(values[np.isfinite(values)])
     tail = (1 - level) / 2 * 100
-    return {k: [round(float(np.percentile(v, tail)), 4), round(float(np.percentile(v, 100 - tail)), 4)]
-            if v else [float("nan"), float("nan")] for k, v in draws.items()}
+    out = {}
+    for k, parts in draws.items():
+        v = np.concatenate(parts)
+        out[k] = ([round(float(np.percentile(v, tail)), 4), round(float(np.percentile(v, 100 - tail)), 4)]
+                  if v.size else [float("nan"), float("nan")])
+    return out
+
+
+class _PatientCurves:
+    """Per-patient tallies from which the ROC and precision-recall curves of any patient-level
+    resample follow: for each distinct score of a malignant row (a "corner", best first), the
+    benign rows of every patient scored above it and at it, and each patient's malignant rows at
+    each corner."""
+
+    def __init__(self, y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int, threshold: float):
+        pos, neg = y == 1, y == 0
+        corners, pos_corner = np.unique(-p[pos], return_inverse=True)  # descending scores
+        self.corner_score = -corners
+        self.pos_at = np.zeros((n_groups, len(corners)))  # malignant rows of patient b at corner k
+        np.add.at(self.pos_at, (codes[pos], pos_corner), 1.0)
+        self.neg_above = np.zeros((n_groups, len(corners)))  # benign rows of b scored above corner k
+        self.neg_at = np.zeros((n_groups, len(corners)))  # ... and exactly at it
+        neg_codes, neg_scores = codes[neg], p[neg]
+        order = np.lexsort((neg_scores, neg_codes))
+        neg_codes, neg_scores = neg_codes[order], neg_scores[order]
+        bounds = np.searchsorted(neg_codes, np.arange(n_groups + 1))
+        for b in range(n_groups):
+            s = neg_scores[bounds[b]:bounds[b + 1]]
+            if s.size:
+                below_or_at = np.searchsorted(s, self.corner_score, "right")
+                below = np.searchsorted(s, self.corner_score, "left")
+                self.neg_above[b] = s.size - below_or_at
+                self.neg_at[b] = below_or_at - below
+        self.neg_total = np.bincount(neg_codes, minlength=n_groups).astype(float)
+        self.neg_flagged = np.bincount(neg_codes[neg_scores >= threshold], minlength=n_groups).astype(float)
+        self.pos_flagged = np.bincount(codes[pos & (p >= threshold)], minlength=n_groups).astype(float)
+
+    def metrics(self, counts: np.ndarray) -> dict[str, np.ndarray]:
+        """Every metric for each row of `counts` (resamples x patients); NaN where undefined."""
+        tp_step = counts @ self.pos_at  # resampled malignant rows at each corner
+        tp_ge = np.cumsum(tp_step, axis=1)
+        tp_gt = tp_ge - tp_step
+        fp_gt = counts @ self.neg_above
+        fp_ge = fp_gt + counts @ self.neg_at
+        n_pos, n_neg = tp_ge[:, -1], counts @ self.neg_total
+        with np.errstate(divide="ignore", invalid="ignore"):
+            both = (n_pos > 0) & (n_neg > 0)
+            # ROC-AUC: each malignant row beats the benign rows below it, and half of those tied with it
+            wins = tp_step * ((n_neg[:, None] - fp_ge) + 0.5 * (fp_ge - fp_gt))
+            roc = wins.sum(1) / (n_pos * n_neg)
+            # the ROC polyline: (0,0), then per corner a diagonal from (fp_gt, tp_gt) to (fp_ge, tp_ge)
+            # preceded by a horizontal run, and a last run to (1, 1); pAUC is its area above TPR 0.8
+            x = np.concatenate([fp_gt, fp_ge], axis=1).reshape(len(counts), 2, -1).transpose(0, 2, 1)
+            x = np.concatenate([np.zeros((len(counts), 1)), x.reshape(len(counts), -1), n_neg[:, None]], 1)
+            t = np.concatenate([tp_gt, tp_ge], axis=1).reshape(len(counts), 2, -1).transpose(0, 2, 1)
+            t = np.concatenate([np.zeros((len(counts), 1)), t.reshape(len(counts), -1), n_pos[:, None]], 1)
+            pauc = _area_above(x / n_neg[:, None], t / n_pos[:, None], 0.8)
+            # average precision: recall steps at each corner times the precision there
+            precision = np.where(tp_ge + fp_ge > 0, tp_ge / (tp_ge + fp_ge), 0.0)
+            ap = (tp_step * precision).sum(1) / n_pos
+            sens = (counts @ self.pos_flagged) / n_pos
+            spec = 1 - (counts @ self.neg_flagged) / n_neg
+        nan = np.full(len(counts), np.nan)
+        return {"roc_auc": np.where(both, roc, nan), "pauc_80": np.where(both, pauc, nan),
+                "pr_auc": np.where(both, ap, nan), "sensitivity": np.where(n_pos > 0, sens, nan),
+                "specificity": np.where(n_neg > 0, spec, nan)}
+
+
+def _area_above(x: np.ndarray, t: np.ndarray, level: float) -> np.ndarray:
+    """Row-wise area between each polyline (x, t), x increasing, and the line t = level, where
+    the polyline lies above it (linear interpolation at the crossing, as scikit-learn's partial
+    AUC interpolates at its max_fpr)."""
+    x0, x1, t0, t1 = x[:, :-1], x[:, 1:], t[:, :-1] - level, t[:, 1:] - level
+    dx = x1 - x0
+    both = (t0 >= 0) & (t1 >= 0)
+    full = dx * (t0 + t1) / 2
+    rise = t1 - t0
+    part = np.where(rise != 0, dx * np.maximum(t1, 0) ** 2 / np.where(rise != 0, rise, 1) / 2, 0.0)
+    return np.where(both, full, np.where((t0 < 0) & (t1 > 0), part, 0.0)).sum(1)
 
 
 def calibration(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict:
