@@ -12,6 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PREFECT_LOGGING_EXTRA_LOGGERS := lesion_ml
 export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: run test test-fast bench install clean-venv server-start server-stop

@@ -117,6 +117,23 @@ def _bench_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_scale(args: argparse.Namespace) -> int:
+    from lesion_ml.bench_scale import bench_scale, format_scale_table
+
+    data = Path(args.data)
+    if not (data / "train-image.hdf5").is_file() or not (data / "train-metadata.csv").is_file():
+        raise ValueError(f"{data}: needs train-image.hdf5 and train-metadata.csv (--data); write a full-size set "
+                         f"with `lesion synth --full-size --out {data} --workers 2`")
+    overrides = Path(args.overrides)
+    if not overrides.is_file():
+        raise ValueError(f"{overrides}: no such scale profile (--overrides)")
+    result = bench_scale(data, Path(args.workdir), Path(args.repo), overrides, args.predict_workers,
+                         args.predict_batch, Path(args.json))
+    print(format_scale_table(result))
+    print(f"wrote {args.json}")
+    return 0
+
+
 def _metrics(args: argparse.Namespace) -> int:
     import json
 
@@ -238,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="params.yaml whose prepare/train_gbdt/split sections are used (defaults if absent)")
     tab.add_argument("--json", help="also write the figures to this JSON file")
     tab.set_defaults(func=_bench)
+    sc = bench_sub.add_parser("scale", help="the whole dvc repro on an ISIC 2024-size set, stage by stage, "
+                              "then lesion predict on every image")
+    sc.add_argument("--data", required=True, help="ISIC 2024-format folder (lesion synth --full-size --out DIR)")
+    sc.add_argument("--workdir", required=True, help="folder for the pipeline run (kept; rerun to continue)")
+    sc.add_argument("--repo", default=".", help="the lesion-ml repository whose pipeline runs (default .)")
+    sc.add_argument("--overrides", default="params.scale.yaml", help="scale profile merged into params.yaml")
+    sc.add_argument("--predict-workers", type=int, default=1, help="lesion predict --workers (default 1)")
+    sc.add_argument("--predict-batch", type=int, default=128, help="lesion predict --batch-size (default 128)")
+    sc.add_argument("--json", default="reports/scale.json", help="figures (default reports/scale.json)")
+    sc.set_defaults(func=_bench_scale)
     met = sub.add_parser("metrics", help="a compact table of reports/metrics.json (out-of-fold, every model)")
     met.add_argument("path", nargs="?", default="reports/metrics.json")
     met.set_defaults(func=_metrics)

@@ -199,6 +199,7 @@ class FoldResult:
     history: list[dict]
     best_epoch: int
     resumed_from: int = 0  # epochs taken from a checkpoint (0: trained from the start)
+    predict_seconds: float = 0.0  # wall time of predicting the validation rows (input path included)
 
 
 @lru_cache(maxsize=1)
@@ -457,4 +458,6 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     best_epoch = best["epoch"] if metric != "none" and best["epoch"] else len(history)
-    return FoldResult(model, predict(model, valid_dl, device), history, best_epoch, resumed)
+    start = time.perf_counter()
+    valid_pred = predict(model, valid_dl, device)
+    return FoldResult(model, valid_pred, history, best_epoch, resumed, round(time.perf_counter() - start, 3))

@@ -11,7 +11,7 @@ import pandas as pd
 from lesion_ml.config import EvaluateConfig, TrainGbdtConfig
 from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
 from lesion_ml.evaluate.ensemble import cross_fit_calibration, mean_ensemble, rank_ensemble, stack_oof
-from lesion_ml.evaluate.metrics import classification_metrics
+from lesion_ml.evaluate.metrics import classification_metrics, curve_points
 from lesion_ml.evaluate.report import build_report
 from lesion_ml.io import write_csv, write_json, write_parquet, write_text
 from tasks.cache import cached_task
@@ -116,12 +116,9 @@ def evaluate_models(oof_files: dict[str, Path], cfg: EvaluateConfig, lesions: Pa
 
 def _write_curves(y: np.ndarray, scores: pd.DataFrame, out: Path) -> None:
     """ROC and precision-recall points of every model, one CSV each (DVC plots)."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
     for name in scores.columns:
-        fpr, tpr, _ = roc_curve(y, scores[name])
+        (fpr, tpr), (recall, precision) = curve_points(y, scores[name].to_numpy())
         write_csv(pd.DataFrame({"fpr": fpr.round(5), "tpr": tpr.round(5)}), out / "roc" / f"{name}.csv")
-        precision, recall, _ = precision_recall_curve(y, scores[name])
         write_csv(pd.DataFrame({"recall": recall.round(5), "precision": precision.round(5)}),
                   out / "pr" / f"{name}.csv")
 

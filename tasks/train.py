@@ -92,8 +92,12 @@ def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, 
         for s in getattr(store, "stores", [store]):
             s.close()
     save_torch(result.model.state_dict(), out / f"fold{fold}.pt")
+    n_valid = len(result.valid_pred)
     write_json({"best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,
-                "epochs": result.history}, out / f"history_fold{fold}.json")
+                "epochs": result.history,
+                "valid_predict": {"images": n_valid, "seconds": result.predict_seconds,
+                                  "images_per_s": round(n_valid / max(result.predict_seconds, 1e-9), 1)}},
+               out / f"history_fold{fold}.json")
     if plots is not None:
         write_csv(pd.DataFrame(result.history), plots / f"fold{fold}.csv")
     pred = f.loc[~train, ["image_id", "fold", "target"]].assign(pred=result.valid_pred)

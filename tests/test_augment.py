@@ -116,3 +116,40 @@ def test_reseed_reaches_nested_transforms_and_changes_the_training_augmentation(
     assert torch.equal(outs[0], outs[2]) and not torch.equal(outs[0], outs[1])
     blur = next(m for m in t._lesion_members if type(m).__name__ == "OneOf")
     assert all(c.random_generator is t.random_generator for c in blur.transforms)  # inside OneOf too
+
+
+def test_fit_image_policies_and_the_eval_pipeline_equal_the_albumentations_one():
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    from lesion_ml.augment import Fit, fit_image
+
+    img = _image(40, 80)
+    pad = fit_image(img, 64, "pad")
+    assert pad.shape == (64, 64, 3) and (pad[:16] == 0).all() and (pad[-16:] == 0).all() and pad[16:48].any()
+    crop = fit_image(img, 64, "crop")  # short side to 64, centre 64 of the 128 columns
+    assert crop.shape == (64, 64, 3)
+    assert np.array_equal(crop, cv2.resize(img, (128, 64), interpolation=cv2.INTER_LINEAR)[:, 32:96])
+    big = _image(400, 300)  # shrinking by 2 or more averages pixels
+    assert np.array_equal(fit_image(big, 64, "squash"), cv2.resize(big, (64, 64), interpolation=cv2.INTER_AREA))
+    small = _image(100, 90)  # less than 2: bilinear
+    assert np.array_equal(fit_image(small, 64, "squash"), cv2.resize(small, (64, 64), interpolation=cv2.INTER_LINEAR))
+    for policy in ("squash", "pad", "crop"):
+        ref = A.Compose([Fit(64, policy), ToTensorV2()])(image=img)["image"]
+        assert torch.equal(create_transforms(64, False, resize=policy)(image=img)["image"], ref)
+    with pytest.raises(ValueError, match="allowed: squash, pad, crop"):
+        fit_image(img, 64, "stretch")
+
+
+def test_jpeg_size_reads_the_frame_header_of_baseline_progressive_and_exif_files():
+    from lesion_ml.data.images import jpeg_size
+
+    img = _image(37, 91)
+    for params in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_OPTIMIZE, 1]):
+        data = cv2.imencode(".jpg", img, params)[1].tobytes()
+        assert jpeg_size(data) == (37, 91)
+        exif = b"\xff\xe1" + (8).to_bytes(2, "big") + b"Exif\x00\x00"  # an APP1 segment before the frame
+        assert jpeg_size(data[:2] + exif + data[2:]) == (37, 91)
+        assert jpeg_size(data[:20]) is None  # cut before the frame header
+    assert jpeg_size(cv2.imencode(".png", img)[1].tobytes()) is None
+    assert jpeg_size(b"") is None and jpeg_size(b"\xff\xd8\x00\x00garbage") is None

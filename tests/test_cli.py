@@ -15,7 +15,7 @@ def test_synth_writes_a_demo_set(tmp_path, capsys):
 
 def test_synth_reports_bad_values_without_a_traceback(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--malignant-fraction", "1.5"]) == 2
-    assert "malignant_fraction" in capsys.readouterr().err
+    assert "--malignant-fraction: Input should be less than 1 (got 1.5)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

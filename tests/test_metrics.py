@@ -36,3 +36,20 @@ def test_single_class_gives_nan_ranking_metrics():
     m = classification_metrics(np.array([0, 0]), np.array([0.2, 0.7]))
     assert math.isnan(m["roc_auc"]) and math.isnan(m["pauc_80"])
     assert m["confusion_matrix"] == [[1, 1], [0, 0]]
+
+
+def test_curve_points_are_few_at_many_negatives_and_keep_average_precision():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from lesion_ml.evaluate.metrics import curve_points
+
+    rng = np.random.default_rng(0)
+    y = np.zeros(50_000, int)
+    y[:40] = 1
+    p = np.round(1 / (1 + np.exp(-(2.5 * y - 4 + rng.normal(0, 1, len(y))))), 4)  # ties too
+    (fpr, tpr), (recall, precision) = curve_points(y, p)
+    assert len(fpr) <= 2 * 40 + 2 and len(recall) <= 2 * 40 + 2
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    ap = -np.sum(np.diff(recall) * precision[:-1])
+    assert ap == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    assert recall[0] == 1 and recall[-1] == 0 and precision[-1] == 1

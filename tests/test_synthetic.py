@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import h5py
+import pytest
 import numpy as np
 import pandas as pd
 
@@ -100,3 +101,32 @@ def test_cli_synth_names_its_flags_in_errors(tmp_path, capsys):
                  "--malignant", "2"]) == 0
     meta = pd.read_csv(tmp_path / "b/train-metadata.csv")
     assert len(meta) == 30 and meta["target"].sum() == 2 and "wrote" in capsys.readouterr().out
+
+
+def test_direct_hdf5_reads_equal_h5py_for_every_layout(tmp_path):
+    """Contiguous fixed-size datasets are read at their file offset; compact, chunked and other
+    layouts through h5py; every way gives the bytes h5py gives, and missing ids give None."""
+    import os
+
+    rng = np.random.default_rng(0)
+    blobs = {f"img{i}": b"\xff\xd8\xff" + rng.integers(1, 255, 300 + 50 * i, dtype=np.uint8).tobytes() + b"\xff\xd9"
+             for i in range(4)}
+    path = tmp_path / "mixed.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("img0", data=np.bytes_(blobs["img0"]))  # ISIC 2024: a |S<n> scalar
+        f.create_dataset("img1", data=np.frombuffer(blobs["img1"], np.uint8))  # a uint8 array
+        f.create_dataset("img2", data=np.frombuffer(blobs["img2"], np.uint8), chunks=(64,), compression="gzip")
+        f.create_dataset("img3", data=np.array(blobs["img3"] + b"\x00\x00", dtype=f"S{len(blobs['img3']) + 2}"))
+        f.create_group("folder")
+    store = ImageStore(hdf5=path)
+    for _ in range(2):  # the first read finds the extent, the second reuses it
+        for key, blob in blobs.items():
+            assert store.read_bytes(key) == blob, key
+    assert set(store._extents) == {"img0", "img1", "img3"}  # contiguous ones only, chunked via h5py
+    assert store.lookup("absent") is None
+    with h5py.File(path) as f:
+        assert all(store.read_bytes(k) == bytes(np.asarray(f[k][()]).tobytes()).rstrip(b"\x00") for k in blobs)
+    fd = store._fd
+    store.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed with the store

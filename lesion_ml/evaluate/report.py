@@ -12,7 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from lesion_ml.evaluate.metrics import curve_points  # noqa: E402
 
 
 def _png(fig) -> str:
@@ -25,9 +26,8 @@ def _png(fig) -> str:
 def _curves(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(11, 4.6))
     for name, p in scores.items():
-        fpr, tpr, _ = roc_curve(y, p)
+        (fpr, tpr), (rec, prec) = curve_points(y, p)
         roc.plot(fpr, tpr, label=name, lw=1.4)
-        prec, rec, _ = precision_recall_curve(y, p)
         pr.plot(rec, prec, label=name, lw=1.4)
     roc.plot([0, 1], [0, 1], ls=":", c="grey")
     roc.axhspan(0.8, 1.0, color="tab:orange", alpha=0.07, label="pAUC region (TPR > 0.8)")

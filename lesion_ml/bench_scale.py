@@ -1,0 +1,287 @@
+"""`lesion bench scale`: the whole DVC pipeline on an ISIC 2024-size data set, stage by stage.
+
+A work folder gets the repository's pipeline (its tracked files, tests aside), the data set linked
+in as ``data/raw/isic2024`` and params.yaml with the overrides of a scale profile
+(params.scale.yaml). Every stage runs on its own (``dvc repro --single-item``) so that each one's
+wall time and peak memory are its own; then ``lesion predict`` scores every image with the final
+model. Memory is reported twice, both sampled four times a second over the stage's process tree:
+the largest peak of any one process (its VmHWM, the kernel's high-water mark) and the peak of the
+whole tree's resident memory summed (loader or Dask workers included; pages shared after a fork
+counted in each process).
+Image-model inference is compared with the bare forward pass of the same network, timed in this
+process on random images of the same size and batch size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+GIB = 2**30
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_memory(root: int) -> tuple[int, int]:
+    """Resident bytes of process `root` and all its descendants summed, and the largest peak
+    (VmHWM) of any one of them so far; (0, 0) once they are gone."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, largest, todo = 0, 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * PAGE
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmHWM:"):
+                        largest = max(largest, int(line.split()[1]) * 1024)
+                        break
+        except (OSError, IndexError, ValueError):
+            pass
+    return total, largest
+
+
+def run_measured(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None,
+                 interval: float = 0.25) -> dict[str, Any]:
+    """Run `cmd`, its output to `log`; its wall time, exit status and peak memory (see the module)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        peak, done = [0, 0], threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                total, largest = _tree_memory(proc.pid)
+                peak[0], peak[1] = max(peak[0], total), max(peak[1], largest)
+                done.wait(interval)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        proc.wait()
+        seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+    return {"seconds": round(seconds, 1), "returncode": proc.returncode,
+            "peak_rss_gib": round(peak[1] / GIB, 2),  # the largest single process's peak (VmHWM)
+            "peak_rss_tree_gib": round(peak[0] / GIB, 2)}  # the whole tree at once
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "models" else v
+    return out
+
+
+def prepare_workdir(repo: Path, workdir: Path, data: Path, overrides: Path) -> dict:
+    """The pipeline in `workdir` (a git repository) with `data` as data/raw/isic2024 and the
+    repository's params.yaml merged with `overrides` (whose train_cnn.models replace the list)."""
+    files = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    skip = ("tests/", "data/", "models/", "reports/", "dvc.lock", "docs/")
+    for rel in files:
+        if rel.startswith(skip) or not (repo / rel).is_file():
+            continue
+        (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / rel, workdir / rel)
+    raw = workdir / "data/raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    link = raw / "isic2024"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(data.resolve(), target_is_directory=True)
+    params = _merge(yaml.safe_load((repo / "params.yaml").read_text()), yaml.safe_load(overrides.read_text()))
+    params["data"]["path"] = "data/raw/isic2024"
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not (workdir / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+    return params
+
+
+def bare_forward_rate(net, image_size: int, batch_size: int, n_meta: int, batches: int = 20,
+                      rounds: int = 3) -> float:
+    """Images/s of `net`'s forward pass alone on random uint8 batches already in memory (median of
+    `rounds`), the way training's eval loop calls it, on the CPU."""
+    import torch
+
+    from lesion_ml.train import _forward
+
+    dev = torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    data = [{"image": torch.randint(0, 256, (batch_size, 3, image_size, image_size), generator=gen, dtype=torch.uint8),
+             **({"meta": torch.randn(batch_size, n_meta, generator=gen)} if n_meta else {})} for _ in range(batches)]
+    net.eval()
+    rates = []
+    with torch.no_grad():
+        _forward(net, data[0], dev)  # warm-up
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for batch in data:
+                torch.sigmoid(_forward(net, batch, dev))
+            rates.append(batch_size * batches / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def _oof_inference(workdir: Path, params: dict) -> dict[str, Any]:
+    """Out-of-fold inference rate of each image model (from its fold histories) against the bare
+    forward rate of the same network and batch size."""
+    import torch
+
+    from lesion_ml.models.net import LesionNet
+
+    out = {}
+    for name, cfg in params["train_cnn"]["models"].items():
+        folder = workdir / "models/cnn" / name
+        runs = [json.loads(p.read_text()).get("valid_predict") for p in sorted(folder.glob("history_fold*.json"))]
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        images, seconds = sum(r["images"] for r in runs), sum(r["seconds"] for r in runs)
+        state = torch.load(folder / "fold0.pt", map_location="cpu", weights_only=True)
+        n_meta = int(state["meta.0.weight"].shape[1]) if "meta.0.weight" in state else 0
+        fusion = cfg.get("fusion", {})
+        net = LesionNet(cfg["backbone"], "false", n_meta, fusion.get("hidden", 64), fusion.get("dropout", 0.2))
+        net.load_state_dict(state)
+        batch = 2 * cfg.get("batch_size", 32)  # training predicts with twice its batch size
+        bare = bare_forward_rate(net, cfg.get("image_size", 64), batch, n_meta)
+        out[name] = {"images": images, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 1),
+                     "bare_forward_per_s": round(bare, 1), "ratio_vs_bare": round(images / seconds / bare, 3),
+                     "batch_size": batch}
+    return out
+
+
+def _predict_bare(model_dir: Path, batch_size: int) -> float:
+    """Bare forward images/s of the final model's image networks used on an image with metadata."""
+    from lesion_ml.bundle import FinalModel
+
+    model = FinalModel.load(model_dir, "cpu")
+    used = [c for c in model.manifest["components"] if c in model.cnns]
+    if not used:
+        return float("nan")
+    seconds_per_image = sum(1 / bare_forward_rate(model.cnns[c].net, model.cnns[c].config.image_size, batch_size,
+                                                  model.cnns[c].n_meta) for c in used)
+    return 1 / seconds_per_image
+
+
+def _metrics(workdir: Path) -> dict[str, Any]:
+    m = json.loads((workdir / "reports/metrics.json").read_text())
+    return {"best_model": m["best_model"],
+            "models": {k: {"roc_auc": round(v["roc_auc"], 4), "pauc_80": round(v["pauc_80"], 4)}
+                       for k, v in m["models"].items()}}
+
+
+def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Path = Path("params.scale.yaml"),
+                predict_workers: int = 1, predict_batch: int = 128, out: Path | None = None) -> dict[str, Any]:
+    """Run the pipeline on `data` in `workdir` stage by stage, then `lesion predict` on every image.
+
+    Args:
+        data: an ISIC 2024-format folder (train-image.hdf5 + train-metadata.csv), e.g. from
+            `lesion synth --full-size` (its generation is timed separately).
+        workdir: created if needed; a stage whose inputs did not change is skipped by DVC and
+            reported as such ("ran": false), so a failed run can be continued.
+        overrides: the scale profile merged into params.yaml.
+        out: the JSON written after every stage (figures so far survive a failure).
+
+    Raises:
+        RuntimeError: a stage failed; its log is named.
+    """
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '')}", DO_NOT_TRACK="1",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DVC_NO_ANALYTICS="1", NO_ALBUMENTATIONS_UPDATE="1",
+               PREFECT_HOME=str(workdir.resolve() / ".prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+    workdir.mkdir(parents=True, exist_ok=True)
+    params = prepare_workdir(repo.resolve(), workdir, data, overrides)
+    import pandas as pd
+
+    meta = pd.read_csv(data / "train-metadata.csv", usecols=["patient_id", "target"])
+    result: dict[str, Any] = {
+        "data": {"path": str(data), "lesions": len(meta), "patients": int(meta["patient_id"].nunique()),
+                 "malignant": int(meta["target"].sum())},
+        "overrides": yaml.safe_load(overrides.read_text()), "machine": {"cpus": os.cpu_count()},
+        "stages": {}}
+    stages = subprocess.run([str(bindir / "dvc"), "stage", "list", "--name-only"], cwd=workdir, env=env,
+                            capture_output=True, text=True, check=True).stdout.split()
+
+    def save() -> None:
+        if out is not None:
+            from lesion_ml.io import write_json
+
+            write_json(result, out)
+
+    total = time.perf_counter()
+    for stage in stages:
+        log = workdir / "logs" / f"{stage.replace('@', '_')}.log"
+        print(f"stage {stage} ...", end=" ", flush=True)
+        r = run_measured([str(bindir / "dvc"), "repro", "--single-item", stage], workdir, log, env)
+        r["ran"] = "didn't change, skipping" not in log.read_text(errors="replace")
+        result["stages"][stage] = r
+        print(f"{r['seconds']:.0f} s, {r['peak_rss_gib']:.2f} GiB" + ("" if r["ran"] else " (unchanged)"), flush=True)
+        save()
+        if r["returncode"] != 0:
+            raise RuntimeError(f"stage {stage} failed (exit {r['returncode']}); see {log}")
+    result["dvc_repro_seconds"] = round(sum(s["seconds"] for s in result["stages"].values()), 1)
+    result["oof_inference"] = _oof_inference(workdir, params)
+    result["metrics"] = _metrics(workdir)
+    save()
+
+    log = workdir / "logs" / "predict.log"
+    print("lesion predict ...", end=" ", flush=True)
+    # `python -m` from the work folder: the same lesion_ml copy as the stages ran
+    r = run_measured([sys.executable, "-m", "lesion_ml.cli", "predict", "--model", "models/final", "--images",
+                      str((data / "train-image.hdf5").resolve()), "--metadata",
+                      str((data / "train-metadata.csv").resolve()), "--out", "predictions.csv",
+                      "--workers", str(predict_workers), "--batch-size", str(predict_batch)], workdir, log, env)
+    if r["returncode"] != 0:
+        result["predict"] = r
+        save()
+        raise RuntimeError(f"lesion predict failed (exit {r['returncode']}); see {log}")
+    n = len(meta)
+    bare = _predict_bare(workdir / "models/final", predict_batch)
+    r.update(images=n, workers=predict_workers, batch_size=predict_batch, images_per_s=round(n / r["seconds"], 1),
+             bare_forward_per_s=round(bare, 1), ratio_vs_bare=round(n / r["seconds"] / bare, 3))
+    print(f"{r['seconds']:.0f} s, {r['images_per_s']:.0f} images/s ({r['ratio_vs_bare']:.2f} x bare forward)")
+    result["predict"] = r
+    result["total_seconds"] = round(time.perf_counter() - total, 1)
+    save()
+    return result
+
+
+def format_scale_table(r: dict[str, Any]) -> str:
+    """The stage table of `bench_scale`'s result."""
+    d = r["data"]
+    lines = [f"lesion bench scale: {d['lesions']:,} lesions, {d['patients']:,} patients, {d['malignant']} malignant",
+             f"  {'stage':<28}{'wall':>10}{'peak RSS':>11}{'tree RSS':>11}"]
+    for name, s in r["stages"].items():
+        lines.append(f"  {name:<28}{s['seconds']:>9.0f}s{s['peak_rss_gib']:>9.2f}GiB{s['peak_rss_tree_gib']:>8.2f}GiB"
+                     + ("" if s.get("ran", True) else "  (unchanged, not rerun)"))
+    if "dvc_repro_seconds" in r:
+        lines.append(f"  {'whole dvc repro':<28}{r['dvc_repro_seconds']:>9.0f}s  ({r['dvc_repro_seconds'] / 60:.1f} min)")
+    p = r.get("predict")
+    if p and "images_per_s" in p:
+        lines.append(f"  {'lesion predict':<28}{p['seconds']:>9.0f}s{p['peak_rss_gib']:>9.2f}GiB"
+                     f"{p['peak_rss_tree_gib']:>8.2f}GiB  {p['images_per_s']:,.0f} images/s = "
+                     f"{p['ratio_vs_bare']:.2f} x bare forward ({p['bare_forward_per_s']:,.0f}/s)")
+    for name, o in r.get("oof_inference", {}).items():
+        lines.append(f"  OOF inference {name}: {o['images_per_s']:,.0f} images/s = {o['ratio_vs_bare']:.2f} x bare "
+                     f"forward ({o['bare_forward_per_s']:,.0f}/s, batch {o['batch_size']})")
+    for name, m in r.get("metrics", {}).get("models", {}).items():
+        lines.append(f"  OOF {name:<24} ROC-AUC {m['roc_auc']:.4f}  pAUC80 {m['pauc_80']:.4f}")
+    return "\n".join(lines)
