@@ -160,7 +160,8 @@ def _oof_inference(workdir: Path, params: dict) -> dict[str, Any]:
         fusion = cfg.get("fusion", {})
         net = LesionNet(cfg["backbone"], "false", n_meta, fusion.get("hidden", 64), fusion.get("dropout", 0.2))
         net.load_state_dict(state)
-        batch = 2 * cfg.get("batch_size", 32)  # training predicts with twice its batch size
+        net = net.to(memory_format=torch.channels_last)  # as training holds it (train.to_device)
+        batch = cfg.get("eval_batch_size") or 2 * cfg.get("batch_size", 32)  # as training predicts
         bare = bare_forward_rate(net, cfg.get("image_size", 64), batch, n_meta)
         out[name] = {"images": images, "seconds": round(seconds, 1), "images_per_s": round(images / seconds, 1),
                      "bare_forward_per_s": round(bare, 1), "ratio_vs_bare": round(images / seconds / bare, 3),
@@ -189,7 +190,7 @@ def _metrics(workdir: Path) -> dict[str, Any]:
 
 
 def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Path = Path("params.scale.yaml"),
-                predict_workers: int = 1, predict_batch: int = 128, out: Path | None = None) -> dict[str, Any]:
+                predict_workers: int = 1, predict_batch: int = 256, out: Path | None = None) -> dict[str, Any]:
     """Run the pipeline on `data` in `workdir` stage by stage, then `lesion predict` on every image.
 
     Args:

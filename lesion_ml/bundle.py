@@ -176,7 +176,9 @@ class FinalModel:
             except Exception as err:  # noqa: BLE001 - a corrupt or non-tensor file: say which
                 raise DataError(f"{weights}: cannot load the weights safely (weights_only): {err}") from None
             net.load_state_dict(state)
-            model.cnns[name] = CnnComponent(name, cfg, spec["n_meta"], net.to(device).eval())
+            # channels-last, as in training: `_forward` feeds NHWC batches
+            net = net.to(torch.device(device)).to(memory_format=torch.channels_last).eval()
+            model.cnns[name] = CnnComponent(name, cfg, spec["n_meta"], net)
         return model
 
     # -- scores of the parts --------------------------------------------------------------

@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--repo", default=".", help="the lesion-ml repository whose pipeline runs (default .)")
     sc.add_argument("--overrides", default="params.scale.yaml", help="scale profile merged into params.yaml")
     sc.add_argument("--predict-workers", type=int, default=1, help="lesion predict --workers (default 1)")
-    sc.add_argument("--predict-batch", type=int, default=128, help="lesion predict --batch-size (default 128)")
+    sc.add_argument("--predict-batch", type=int, default=256, help="lesion predict --batch-size (default 256)")
     sc.add_argument("--json", default="reports/scale.json", help="figures (default reports/scale.json)")
     sc.set_defaults(func=_bench_scale)
     met = sub.add_parser("metrics", help="a compact table of reports/metrics.json (out-of-fold, every model)")

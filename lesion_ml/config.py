@@ -181,6 +181,8 @@ class CnnModelConfig(_Section):
                                                      "keep the aspect, pad the short side; crop: centre square")
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=2, description="at least 2: BatchNorm layers cannot train on one image")
+    eval_batch_size: int | None = Field(None, ge=1, description="images per batch when predicting (holdout, "
+                                        "validation, out-of-fold); null: twice batch_size")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["onecycle", "cosine"] = "onecycle"

@@ -370,7 +370,7 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
 
     def eval_loader(ids: list[str], meta: np.ndarray | None) -> DataLoader:
         ds = LesionImages(store, ids, None, eval_tf, meta, cfg.image_size)
-        return make_loader(ds, cfg.batch_size * 2, num_workers, device)
+        return make_loader(ds, cfg.eval_batch_size or cfg.batch_size * 2, num_workers, device)
 
     valid_dl = eval_loader(data.valid_ids, data.valid_meta if fusion else None)
     hold_ids = [i for i, h in zip(data.train_ids, held) if h]
