@@ -190,7 +190,8 @@ def _metrics(workdir: Path) -> dict[str, Any]:
 
 
 def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Path = Path("params.scale.yaml"),
-                predict_workers: int = 1, predict_batch: int = 256, out: Path | None = None) -> dict[str, Any]:
+                predict_workers: int = 1, predict_batch: int = 256, out: Path | None = None,
+                predict_only: bool = False) -> dict[str, Any]:
     """Run the pipeline on `data` in `workdir` stage by stage, then `lesion predict` on every image.
 
     Args:
@@ -200,6 +201,8 @@ def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Pa
             reported as such ("ran": false), so a failed run can be continued.
         overrides: the scale profile merged into params.yaml.
         out: the JSON written after every stage (figures so far survive a failure).
+        predict_only: keep the stage figures of `out` from an earlier run in `workdir` and run
+            only `lesion predict` again (with the repository's current code).
 
     Raises:
         RuntimeError: a stage failed; its log is named.
@@ -217,9 +220,15 @@ def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Pa
         "data": {"path": str(data), "lesions": len(meta), "patients": int(meta["patient_id"].nunique()),
                  "malignant": int(meta["target"].sum())},
         "overrides": yaml.safe_load(overrides.read_text()), "machine": {"cpus": os.cpu_count()},
-        "stages": {}}
+        "stages": []}  # in pipeline order (a list: the JSON file's keys are sorted)
     stages = subprocess.run([str(bindir / "dvc"), "stage", "list", "--name-only"], cwd=workdir, env=env,
                             capture_output=True, text=True, check=True).stdout.split()
+    if predict_only:
+        earlier = json.loads(out.read_text()) if out is not None and out.is_file() else {}
+        if [s["stage"] for s in earlier.get("stages", [])] != stages or not (workdir / "models/final/manifest.json").is_file():
+            raise ValueError(f"--predict-only needs a finished run in {workdir} and its figures in {out}")
+        result["stages"], result["predict_rerun"] = earlier["stages"], True
+        stages = []
 
     def save() -> None:
         if out is not None:
@@ -233,12 +242,12 @@ def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Pa
         print(f"stage {stage} ...", end=" ", flush=True)
         r = run_measured([str(bindir / "dvc"), "repro", "--single-item", stage], workdir, log, env)
         r["ran"] = "didn't change, skipping" not in log.read_text(errors="replace")
-        result["stages"][stage] = r
+        result["stages"].append({"stage": stage, **r})
         print(f"{r['seconds']:.0f} s, {r['peak_rss_gib']:.2f} GiB" + ("" if r["ran"] else " (unchanged)"), flush=True)
         save()
         if r["returncode"] != 0:
             raise RuntimeError(f"stage {stage} failed (exit {r['returncode']}); see {log}")
-    result["dvc_repro_seconds"] = round(sum(s["seconds"] for s in result["stages"].values()), 1)
+    result["dvc_repro_seconds"] = round(sum(s["seconds"] for s in result["stages"]), 1)
     result["oof_inference"] = _oof_inference(workdir, params)
     result["metrics"] = _metrics(workdir)
     save()
@@ -270,8 +279,8 @@ def format_scale_table(r: dict[str, Any]) -> str:
     d = r["data"]
     lines = [f"lesion bench scale: {d['lesions']:,} lesions, {d['patients']:,} patients, {d['malignant']} malignant",
              f"  {'stage':<28}{'wall':>10}{'peak RSS':>11}{'tree RSS':>11}"]
-    for name, s in r["stages"].items():
-        lines.append(f"  {name:<28}{s['seconds']:>9.0f}s{s['peak_rss_gib']:>9.2f}GiB{s['peak_rss_tree_gib']:>8.2f}GiB"
+    for s in r["stages"]:
+        lines.append(f"  {s['stage']:<28}{s['seconds']:>9.0f}s{s['peak_rss_gib']:>9.2f}GiB{s['peak_rss_tree_gib']:>8.2f}GiB"
                      + ("" if s.get("ran", True) else "  (unchanged, not rerun)"))
     if "dvc_repro_seconds" in r:
         lines.append(f"  {'whole dvc repro':<28}{r['dvc_repro_seconds']:>9.0f}s  ({r['dvc_repro_seconds'] / 60:.1f} min)")

@@ -128,7 +128,7 @@ def _bench_scale(args: argparse.Namespace) -> int:
     if not overrides.is_file():
         raise ValueError(f"{overrides}: no such scale profile (--overrides)")
     result = bench_scale(data, Path(args.workdir), Path(args.repo), overrides, args.predict_workers,
-                         args.predict_batch, Path(args.json))
+                         args.predict_batch, Path(args.json), args.predict_only)
     print(format_scale_table(result))
     print(f"wrote {args.json}")
     return 0
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--predict-workers", type=int, default=1, help="lesion predict --workers (default 1)")
     sc.add_argument("--predict-batch", type=int, default=256, help="lesion predict --batch-size (default 256)")
     sc.add_argument("--json", default="reports/scale.json", help="figures (default reports/scale.json)")
+    sc.add_argument("--predict-only", action="store_true", help="keep the stage figures of --json from a "
+                    "finished run in --workdir; run only lesion predict again")
     sc.set_defaults(func=_bench_scale)
     met = sub.add_parser("metrics", help="a compact table of reports/metrics.json (out-of-fold, every model)")
     met.add_argument("path", nargs="?", default="reports/metrics.json")

@@ -159,25 +159,45 @@ def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
+def score_components(model: FinalModel, components: list[str], store: ImageStore, ids: list[str],
+                     meta: np.ndarray | None, device: torch.device, batch_size: int = 64, tta: bool = False,
+                     num_workers: int = 0, skip_bad: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Probabilities of each image model in `components` for `ids` (mean over the 8 dihedral
+    views with `tta`), and per image an error text ("" when it was read). Models that take the
+    same image size and resize policy share one pass over the images: each image is read and
+    decoded once for all of them (a stack of two 32 px models costs one decode, not two)."""
+    device = torch.device(device)
+    groups: dict[tuple[int, str], list[str]] = {}
+    for c in components:
+        cfg = model.cnns[c].config
+        groups.setdefault((cfg.image_size, cfg.resize), []).append(c)
+    probs: dict[str, list[np.ndarray]] = {c: [] for c in components}
+    errors = [""] * len(ids)
+    for (size, resize), names in groups.items():
+        needs_meta = any(model.cnns[c].n_meta for c in names)
+        ds = _SafeImages(store, ids, None, create_transforms(size, False, resize=resize),
+                         meta if needs_meta else None, size, skip_bad=skip_bad)
+        nets = {c: model.cnns[c].net.to(device).to(memory_format=torch.channels_last).eval() for c in names}
+        seen = []
+        for batch in tqdm(make_loader(ds, batch_size, num_workers, device), desc=f"predict {'+'.join(names)}",
+                          disable=None, mininterval=5):
+            views = _dihedral(batch["image"]) if tta else [batch["image"]]
+            for c, net in nets.items():
+                inputs = batch if model.cnns[c].n_meta else {k: v for k, v in batch.items() if k != "meta"}
+                p = torch.stack([torch.sigmoid(_forward(net, {**inputs, "image": v}, device)) for v in views]).mean(0)
+                probs[c].append(p.cpu().numpy())
+            seen += list(batch["error"])
+        errors = [a or b for a, b in zip(errors, seen)]
+    return {c: (np.concatenate(v) if v else np.zeros(0)) for c, v in probs.items()}, errors
+
+
 def score_images(model: FinalModel, component: str, store: ImageStore, ids: list[str], meta: np.ndarray | None,
                  device: torch.device, batch_size: int = 64, tta: bool = False, num_workers: int = 0,
                  skip_bad: bool = False) -> tuple[np.ndarray, list[str]]:
-    """One image model's probabilities for `ids` (mean over the 8 dihedral views with `tta`),
-    and per image an error text ("" when it was read)."""
-    device = torch.device(device)
-    comp = model.cnns[component]
-    cfg = comp.config
-    tf = create_transforms(cfg.image_size, False, resize=cfg.resize)
-    ds = _SafeImages(store, ids, None, tf, meta if comp.n_meta else None, cfg.image_size, skip_bad=skip_bad)
-    loader = make_loader(ds, batch_size, num_workers, device)
-    net = comp.net.to(device).to(memory_format=torch.channels_last).eval()
-    probs, errors = [], []
-    for batch in tqdm(loader, desc=f"predict {component}", disable=None, mininterval=5):
-        views = _dihedral(batch["image"]) if tta else [batch["image"]]
-        p = torch.stack([torch.sigmoid(_forward(net, {**batch, "image": v}, device)) for v in views]).mean(0)
-        probs.append(p.cpu().numpy())
-        errors += list(batch["error"])
-    return (np.concatenate(probs) if probs else np.zeros(0)), errors
+    """One image model's probabilities for `ids` and per image an error text (see `score_components`)."""
+    scores, errors = score_components(model, [component], store, ids, meta, device, batch_size, tta, num_workers,
+                                      skip_bad)
+    return scores[component], errors
 
 
 def predict_cases(model: FinalModel, inputs: Inputs, device: torch.device | str = "cpu", batch_size: int = 64,
@@ -187,20 +207,22 @@ def predict_cases(model: FinalModel, inputs: Inputs, device: torch.device | str 
     device = torch.device(device)
     ids = inputs.image_ids
     with_meta = [] if inputs.features is None else list(inputs.features.index)
-    without = [i for i in ids if i not in set(with_meta)] if model.needs_metadata else []
+    has_meta = set(with_meta)
+    without = [i for i in ids if i not in has_meta] if model.needs_metadata else []
     main_ids = with_meta if model.needs_metadata else ids
     rows = []
     if main_ids:
         feats = inputs.features.loc[main_ids] if model.needs_metadata else None
         parts, errors = {}, [""] * len(main_ids)
-        for comp in model.manifest["components"]:
-            if comp == "gbdt":
-                parts[comp] = model.score_gbdt(feats)
-            else:
-                meta = feats.to_numpy(np.float32) if model.cnns[comp].n_meta else None
-                parts[comp], errs = score_images(model, comp, inputs.store, main_ids, meta, device, batch_size, tta,
-                                                 num_workers, skip_bad)
-                errors = [a or b for a, b in zip(errors, errs)]
+        images = [c for c in model.manifest["components"] if c != "gbdt"]
+        if "gbdt" in model.manifest["components"]:
+            parts["gbdt"] = model.score_gbdt(feats)
+        if images:
+            meta = feats.to_numpy(np.float32) if any(model.cnns[c].n_meta for c in images) else None
+            scores, errors = score_components(model, images, inputs.store, main_ids, meta, device, batch_size, tta,
+                                              num_workers, skip_bad)
+            parts.update(scores)
+        parts = {c: parts[c] for c in model.manifest["components"]}  # the bundle's order
         p, decision = model.finish(model.combine(parts, feats))
         rows.append(_frame(main_ids, p, decision, model.manifest["threshold"], model.manifest["model"], errors))
     if without:

@@ -1,0 +1,86 @@
+"""`lesion bench scale`: its measurements, its work folder, and a small-scale run of the same code."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY
+from lesion_ml.bench_scale import format_scale_table, prepare_workdir, run_measured
+
+CHILD = """
+import subprocess, sys, time
+a = bytearray(300 * 2**20)  # touched: resident
+for i in range(0, len(a), 4096): a[i] = 1
+kid = subprocess.Popen([sys.executable, "-c", "b = b'x' * (200 * 2**20); import time; time.sleep(1.5)"])
+time.sleep(1.2)
+kid.wait()
+sys.exit(3)
+"""
+
+
+def test_run_measured_reports_the_largest_process_and_the_whole_tree(tmp_path):
+    r = run_measured([sys.executable, "-c", CHILD], tmp_path, tmp_path / "logs/child.log", interval=0.1)
+    assert r["returncode"] == 3 and r["seconds"] >= 1.2
+    assert 0.28 <= r["peak_rss_gib"] < 0.45  # the 300 MiB parent, not the sum
+    assert r["peak_rss_tree_gib"] >= 0.46  # parent and child at once
+    assert (tmp_path / "logs/child.log").exists()
+
+
+def test_prepare_workdir_links_the_data_and_merges_the_profile(tmp_path):
+    data = tmp_path / "full"
+    data.mkdir()
+    overrides = tmp_path / "profile.yaml"
+    overrides.write_text(yaml.safe_dump({"data": {"source": "isic2024"}, "evaluate": {"bootstrap": 7},
+                                         "train_cnn": {"models": {"only": {"backbone": "resnet18"}}}}))
+    work = tmp_path / "work"
+    work.mkdir()
+    params = prepare_workdir(REPO, work, data, overrides)
+    written = yaml.safe_load((work / "params.yaml").read_text())
+    assert written == params
+    assert list(params["train_cnn"]["models"]) == ["only"]  # the model list is replaced, not merged
+    assert params["evaluate"]["bootstrap"] == 7 and params["evaluate"]["select_metric"] == "pauc_80"
+    assert (work / "data/raw/isic2024").resolve() == data.resolve() and params["data"]["path"] == "data/raw/isic2024"
+    assert (work / "dvc.yaml").is_file() and (work / ".git").is_dir()
+    assert not (work / "tests").exists() and not (work / "dvc.lock").exists()
+    prepare_workdir(REPO, work, data, overrides)  # again over the same folder (a continued run)
+
+
+@pytest.mark.slow
+@pytest.mark.flow
+def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path):
+    from lesion_ml.bench_scale import bench_scale
+    from lesion_ml.data.synthetic import generate_synthetic
+
+    data = tmp_path / "data"
+    generate_synthetic(data, TINY.model_copy(update={"n_patients": 16, "n_lesions": 90, "n_malignant": 14}))
+    overrides = tmp_path / "profile.yaml"
+    model = {"backbone": "resnet18", "image_size": 16, "epochs": 1, "batch_size": 8, "eval_batch_size": 32}
+    overrides.write_text(yaml.safe_dump({
+        "data": {"source": "isic2024"}, "split": {"n_folds": 2},
+        "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1, "seeds": [1]},
+        "evaluate": {"bootstrap": 20},
+        "train_cnn": {"threads": 1, "models": {"small": model, "small_fusion": {**model, "fusion": {"enabled": True}}}}}))
+    out = tmp_path / "scale.json"
+    result = bench_scale(data, tmp_path / "work", REPO, overrides, predict_workers=0, predict_batch=16, out=out)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    stages = ["ingest", "split", "prepare", "train_gbdt", "minority_set", "train_cnn@small", "train_cnn@small_fusion",
+              "evaluate", "final"]
+    assert [s["stage"] for s in result["stages"]] == stages
+    assert all(s["returncode"] == 0 and s["ran"] and s["seconds"] > 0 and s["peak_rss_gib"] > 0.1
+               for s in result["stages"])
+    assert result["data"] == {"path": str(data), "lesions": 90, "patients": 16, "malignant": 14}
+    for name in ("small", "small_fusion"):
+        oof = result["oof_inference"][name]
+        assert oof["images"] == 90 and oof["batch_size"] == 32 and oof["bare_forward_per_s"] > 0
+    p = result["predict"]
+    assert p["images"] == 90 and p["returncode"] == 0 and p["ratio_vs_bare"] > 0
+    assert len((tmp_path / "work/predictions.csv").read_text().splitlines()) == 91
+    assert {"cnn_small", "cnn_small_fusion", "gbdt"} <= set(result["metrics"]["models"])
+    table = format_scale_table(result)
+    assert all(s in table for s in stages) and "lesion predict" in table and "OOF inference small_fusion" in table
+    again = bench_scale(data, tmp_path / "work", REPO, overrides, predict_workers=0, predict_batch=16, out=out,
+                        predict_only=True)  # the stage figures kept, predict measured again
+    assert again["stages"] == result["stages"] and again["predict_rerun"] and again["predict"]["images"] == 90
