@@ -61,7 +61,7 @@ def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path):
     overrides.write_text(yaml.safe_dump({
         "data": {"source": "isic2024"}, "split": {"n_folds": 2},
         "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1, "seeds": [1]},
-        "evaluate": {"bootstrap": 20},
+        "evaluate": {"bootstrap": 20}, "final": {"fallback": "small"},
         "train_cnn": {"threads": 1, "models": {"small": model, "small_fusion": {**model, "fusion": {"enabled": True}}}}}))
     out = tmp_path / "scale.json"
     result = bench_scale(data, tmp_path / "work", REPO, overrides, predict_workers=0, predict_batch=16, out=out)
