@@ -169,14 +169,14 @@ def _oof_inference(workdir: Path, params: dict) -> dict[str, Any]:
     return out
 
 
-def _predict_bare(model_dir: Path, batch_size: int) -> float:
+def _predict_bare(model_dir: Path, batch_size: int) -> float | None:
     """Bare forward images/s of the final model's image networks used on an image with metadata."""
     from lesion_ml.bundle import FinalModel
 
     model = FinalModel.load(model_dir, "cpu")
     used = [c for c in model.manifest["components"] if c in model.cnns]
     if not used:
-        return float("nan")
+        return None
     seconds_per_image = sum(1 / bare_forward_rate(model.cnns[c].net, model.cnns[c].config.image_size, batch_size,
                                                   model.cnns[c].n_meta) for c in used)
     return 1 / seconds_per_image
@@ -264,10 +264,12 @@ def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Pa
         save()
         raise RuntimeError(f"lesion predict failed (exit {r['returncode']}); see {log}")
     n = len(meta)
-    bare = _predict_bare(workdir / "models/final", predict_batch)
+    bare = _predict_bare(workdir / "models/final", predict_batch)  # None: the final model uses no image network
     r.update(images=n, workers=predict_workers, batch_size=predict_batch, images_per_s=round(n / r["seconds"], 1),
-             bare_forward_per_s=round(bare, 1), ratio_vs_bare=round(n / r["seconds"] / bare, 3))
-    print(f"{r['seconds']:.0f} s, {r['images_per_s']:.0f} images/s ({r['ratio_vs_bare']:.2f} x bare forward)")
+             bare_forward_per_s=round(bare, 1) if bare else None,
+             ratio_vs_bare=round(n / r["seconds"] / bare, 3) if bare else None)
+    print(f"{r['seconds']:.0f} s, {r['images_per_s']:.0f} images/s"
+          + (f" ({r['ratio_vs_bare']:.2f} x bare forward)" if bare else " (no image network)"))
     result["predict"] = r
     result["total_seconds"] = round(time.perf_counter() - total, 1)
     save()
@@ -286,9 +288,10 @@ def format_scale_table(r: dict[str, Any]) -> str:
         lines.append(f"  {'whole dvc repro':<28}{r['dvc_repro_seconds']:>9.0f}s  ({r['dvc_repro_seconds'] / 60:.1f} min)")
     p = r.get("predict")
     if p and "images_per_s" in p:
+        vs = (f" = {p['ratio_vs_bare']:.2f} x bare forward ({p['bare_forward_per_s']:,.0f}/s)"
+              if p["ratio_vs_bare"] is not None else " (no image network in the final model)")
         lines.append(f"  {'lesion predict':<28}{p['seconds']:>9.0f}s{p['peak_rss_gib']:>9.2f}GiB"
-                     f"{p['peak_rss_tree_gib']:>8.2f}GiB  {p['images_per_s']:,.0f} images/s = "
-                     f"{p['ratio_vs_bare']:.2f} x bare forward ({p['bare_forward_per_s']:,.0f}/s)")
+                     f"{p['peak_rss_tree_gib']:>8.2f}GiB  {p['images_per_s']:,.0f} images/s{vs}")
     for name, o in r.get("oof_inference", {}).items():
         lines.append(f"  OOF inference {name}: {o['images_per_s']:,.0f} images/s = {o['ratio_vs_bare']:.2f} x bare "
                      f"forward ({o['bare_forward_per_s']:,.0f}/s, batch {o['batch_size']})")

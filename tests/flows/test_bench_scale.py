@@ -61,7 +61,7 @@ def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path):
     overrides.write_text(yaml.safe_dump({
         "data": {"source": "isic2024"}, "split": {"n_folds": 2},
         "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1, "seeds": [1]},
-        "evaluate": {"bootstrap": 20}, "final": {"fallback": "small"},
+        "evaluate": {"bootstrap": 20}, "final": {"model": "stack_gbdt_images", "fallback": "small"},
         "train_cnn": {"threads": 1, "models": {"small": model, "small_fusion": {**model, "fusion": {"enabled": True}}}}}))
     out = tmp_path / "scale.json"
     result = bench_scale(data, tmp_path / "work", REPO, overrides, predict_workers=0, predict_batch=16, out=out)
@@ -76,7 +76,7 @@ def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path):
         oof = result["oof_inference"][name]
         assert oof["images"] == 90 and oof["batch_size"] == 32 and oof["bare_forward_per_s"] > 0
     p = result["predict"]
-    assert p["images"] == 90 and p["returncode"] == 0 and p["ratio_vs_bare"] > 0
+    assert p["images"] == 90 and p["returncode"] == 0 and p["ratio_vs_bare"] > 0  # both CNNs, one decode pass
     assert len((tmp_path / "work/predictions.csv").read_text().splitlines()) == 91
     assert {"cnn_small", "cnn_small_fusion", "gbdt"} <= set(result["metrics"]["models"])
     table = format_scale_table(result)
