@@ -172,6 +172,30 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from lesion_ml.validate import run_validation
+
+    if args.export and not args.recalibrate:
+        raise ValueError("--export writes a copy of the model with a local threshold: add --recalibrate")
+    res = run_validation(args.model, args.images, args.labels, args.out, args.metadata, args.format,
+                         args.ignore_unlabelled, args.tta, args.bootstrap, args.device, args.batch_size, args.workers,
+                         args.target_sensitivity if args.recalibrate else None, args.export)
+    ci, tt = res["ci95"], res["threshold_transfer"]
+    print(f"{res['model']} on {res['n_scored']} images ({res['n_malignant']} malignant): ROC-AUC {res['roc_auc']:.3f} "
+          f"[{ci['roc_auc'][0]:.3f}, {ci['roc_auc'][1]:.3f}], pAUC80 {res['pauc_80']:.3f}, PR-AUC {res['pr_auc']:.3f}; "
+          f"at the exported threshold {res['threshold']:.4g}: sensitivity {tt['external']['sensitivity']:.3f} "
+          f"(out of fold {tt['out_of_fold']['sensitivity'] or float('nan'):.3f}), specificity "
+          f"{tt['external']['specificity']:.3f} (out of fold {tt['out_of_fold']['specificity'] or float('nan'):.3f}); "
+          f"calibration slope {res['calibration']['slope']:.2f}")
+    if "local_threshold" in res:
+        lt = res["local_threshold"]
+        print(f"local threshold for sensitivity >= {lt['target_sensitivity']}: {lt.get('threshold', res['threshold']):.4g} "
+              f"(sensitivity {lt['overall']['sensitivity']:.3f}, specificity {lt['overall']['specificity']:.3f} here)"
+              + (f"; recalibrated model written to {res['exported']}" if "exported" in res else ""))
+    print(f"wrote {args.out}/report.html, validation.json, predictions.csv")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -317,6 +341,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--skip-bad", action="store_true",
                     help="report unreadable images in the output (status column) instead of stopping")
     pr.set_defaults(func=_predict)
+    va = sub.add_parser("validate", help="score a labelled external set: metrics with intervals, threshold "
+                        "transfer, calibration, subgroups, a gallery of errors (HTML + JSON)")
+    va.add_argument("--model", default="models/final", help="the model folder (default models/final)")
+    va.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                    help="one HDF5 file, one folder (searched recursively) or image files (as for predict)")
+    va.add_argument("--labels", required=True, help="labels CSV: generic (image_file or image_id/isic_id, target "
+                    "0/1), HAM10000 (image_id, dx), ISIC 2019 (one-hot) or ISIC 2020 (image_name, target)")
+    va.add_argument("--format", default="auto", choices=["auto", "generic", "ham10000", "isic2019", "isic2020"],
+                    help="the labels CSV format (default: detected from its columns)")
+    va.add_argument("--metadata", help="metadata CSV for models that use it (default: the labels CSV)")
+    va.add_argument("--out", required=True, help="output folder: report.html, validation.json, predictions.csv")
+    va.add_argument("--ignore-unlabelled", action="store_true",
+                    help="score only the labelled images (unlabelled ones are listed in the report)")
+    va.add_argument("--tta", action="store_true", help="average the 8 flips/quarter turns of each image")
+    va.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    va.add_argument("--recalibrate", action="store_true",
+                    help="also choose a local threshold on this set (see --target-sensitivity, --export)")
+    va.add_argument("--target-sensitivity", type=float, default=0.95,
+                    help="sensitivity the local threshold reaches on this set (default 0.95)")
+    va.add_argument("--export", help="with --recalibrate: write a copy of the model folder with the local threshold "
+                                     "(a new folder; the original is never changed)")
+    va.add_argument("--batch-size", type=int, default=64)
+    va.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    va.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    va.set_defaults(func=_validate)
     ex = sub.add_parser("explain", help="Grad-CAM heat maps and metadata feature contributions")
     ex.add_argument("--model", default="models/final")
     ex.add_argument("--images", nargs="+", required=True, metavar="PATH")

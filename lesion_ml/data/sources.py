@@ -118,10 +118,10 @@ def detect_format(columns: pd.Index) -> str:
                     "a generic file with target and image_file/image_id (params.yaml data.folder.format)")
 
 
-def read_folder(root: Path, cfg: FolderConfig) -> Ingested:
-    """Read a folder of images plus a labels CSV into the canonical table."""
-    csv = root / cfg.csv
-    meta = read_csv(csv, dtype={"target": "string"})
+def parse_labels(meta: pd.DataFrame, cfg: FolderConfig, csv: Path) -> tuple[pd.DataFrame, str]:
+    """A labels table of any folder format (HAM10000, ISIC 2019/2020, generic) with `image_id`,
+    a 0/1-mappable `target` and, when the format groups lesions, `patient_id`; and the format.
+    Image paths are not resolved here (`image_file` is kept when the CSV has it)."""
     fmt = detect_format(meta.columns) if cfg.format == "auto" else cfg.format
     malignant = {m.lower() for m in cfg.malignant}
     if fmt == "ham10000":
@@ -157,6 +157,13 @@ def read_folder(root: Path, cfg: FolderConfig) -> Ingested:
         _require(table, [group], csv)
         log.info("%s: grouping folds by %s (one group per %s)", csv, group, group)
         table["patient_id"] = table[group].astype("object")
+    return table, fmt
+
+
+def read_folder(root: Path, cfg: FolderConfig) -> Ingested:
+    """Read a folder of images plus a labels CSV into the canonical table."""
+    csv = root / cfg.csv
+    table, fmt = parse_labels(read_csv(csv, dtype={"target": "string"}), cfg, csv)
     images_dir = root / cfg.images
     files = _folder_files(table, images_dir, root, csv)
     table = table.rename(columns=RENAMES).drop(columns=["image_file"], errors="ignore")

@@ -46,7 +46,7 @@ def bootstrap_intervals(y: np.ndarray, p: np.ndarray, groups: np.ndarray, thresh
     tail = (1 - level) / 2 * 100
     out = {}
     for k, parts in draws.items():
-        v = np.concatenate(parts)
+        v = np.concatenate(parts) if parts else np.zeros(0)  # n_boot 0: no interval
         out[k] = ([round(float(np.percentile(v, tail)), 4), round(float(np.percentile(v, 100 - tail)), 4)]
                   if v.size else [float("nan"), float("nan")])
     return out

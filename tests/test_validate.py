@@ -1,0 +1,229 @@
+"""`lesion validate`: external-set figures, the report, the recalibrated copy and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from lesion_ml.bundle import write_bundle
+from lesion_ml.cli import main
+from lesion_ml.config import CnnModelConfig, to_plain
+from lesion_ml.data.sources import DataError
+from lesion_ml.models.net import LesionNet
+from lesion_ml.validate import LabelledSet, calibration_fit, read_labelled_set, validate_external
+from tests.conftest import shared_dataset
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _bundle(path, threshold=0.5, seed=0):
+    """An image-only model folder: an untrained resnet18 at 32 px (its scores are arbitrary but fixed)."""
+    torch.manual_seed(seed)
+    cfg = CnnModelConfig(backbone="resnet18", image_size=32)
+    net = LesionNet("resnet18", "false", 0)
+    import io
+
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    manifest = {"model": "cnn_x", "combine": "single", "components": ["cnn_x"], "needs_metadata": False,
+                "cnn": {"cnn_x": {"weights": "cnn_x.pt", "config": to_plain(cfg), "n_meta": 0}},
+                "threshold": threshold, "threshold_rule": "test rule", "calibration": None,
+                "metrics": {"recall": 0.95, "specificity": 0.4}}
+    return write_bundle(path, manifest, {"cnn_x.pt": buf.getvalue()}, "# card\n")
+
+
+def _images(folder, n=40, seed=0):
+    """`n` small JPEGs and a generic labels table (half malignant, with sex and age)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        img = rng.integers(0, 255, (48 + i % 7, 64, 3), dtype=np.uint8)
+        cv2.imwrite(str(folder / f"IMG_{i:03d}.jpg"), img)
+        rows.append({"image_file": f"images/IMG_{i:03d}.jpg", "target": i % 2, "sex": ["male", "female"][i % 3 > 0],
+                     "age_approx": 20 + 2 * i})
+    return pd.DataFrame(rows)
+
+
+class _Model:
+    def __init__(self, manifest, path="m"):
+        self.manifest, self.path = manifest, path
+
+
+def test_figures_match_scikit_learn_and_the_threshold_transfer_counts_each_class():
+    rng = np.random.default_rng(1)
+    n = 300
+    y = (rng.random(n) < 0.3).astype(int)
+    p = 1 / (1 + np.exp(-(1.5 * y - 0.8 + rng.normal(0, 1, n))))
+    ids = [f"I{i}" for i in range(n)]
+    table = pd.DataFrame({"image_id": ids, "target": y, "patient_id": [f"P{i // 3}" for i in range(n)],
+                          "sex": np.where(rng.random(n) < 0.5, "male", "female")})
+    pred = pd.DataFrame({"image_id": ids[::-1], "probability": p[::-1], "decision": (p[::-1] >= 0.4).astype(int),
+                         "model": "m", "status": "ok"})  # another order than the labels
+    model = _Model({"model": "m", "threshold": 0.4, "threshold_rule": "r",
+                    "metrics": {"recall": 0.95, "specificity": 0.5}})
+    res = validate_external(model, LabelledSet(table, "x.csv", True, []), pred, n_boot=50,
+                            target_sensitivity=0.9)
+    assert res["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    ext = res["threshold_transfer"]["external"]
+    assert ext["sensitivity"] == pytest.approx((p[y == 1] >= 0.4).mean(), abs=1e-4)
+    assert ext["specificity"] == pytest.approx((p[y == 0] < 0.4).mean(), abs=1e-4)
+    assert res["threshold_transfer"]["out_of_fold"] == {"sensitivity": 0.95, "specificity": 0.5}
+    assert res["bootstrap"]["unit"] == "patient"
+    lo, hi = res["ci95"]["roc_auc"]
+    assert lo < res["roc_auc"] < hi
+    lt = res["local_threshold"]
+    assert lt["sensitivity"] >= 0.9 and (p[y == 1] >= lt["threshold"]).mean() == pytest.approx(lt["sensitivity"],
+                                                                                              abs=1e-4)
+    assert {g["attribute"] for g in res["subgroups"]} >= {"sex"}
+    # an unreadable image is left out of every figure, and named
+    pred.loc[pred["image_id"] == "I0", ["status", "probability"]] = ["unreadable: x", np.nan]
+    res2 = validate_external(model, LabelledSet(table, "x.csv", False, []), pred, n_boot=0)
+    assert res2["n_scored"] == n - 1 and res2["unreadable"] == ["I0"] and res2["bootstrap"]["unit"] == "image"
+    assert res2["roc_auc"] == pytest.approx(roc_auc_score(y[1:], p[1:]))
+
+
+def test_calibration_slope_sees_overconfident_scores():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1.5, 20_000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)
+    good = calibration_fit(y, 1 / (1 + np.exp(-z)))
+    extreme = calibration_fit(y, 1 / (1 + np.exp(-2 * z)))
+    shifted = calibration_fit(y, 1 / (1 + np.exp(-(z - 1))))
+    assert abs(good["slope"] - 1) < 0.06 and abs(good["in_the_large"]) < 0.02
+    assert abs(extreme["slope"] - 0.5) < 0.05
+    assert shifted["in_the_large"] > 0.1  # predictions too low: observed above predicted
+
+
+def test_labels_are_matched_to_images_and_mismatches_are_named(tmp_path):
+    csv = tmp_path / "labels.csv"
+    table = _images(tmp_path / "images", n=6)
+    table.to_csv(csv, index=False)
+    ids = [f"IMG_{i:03d}" for i in range(6)]
+    got = read_labelled_set(csv, ids)
+    assert list(got.table["image_id"]) == ids and not got.by_patient
+    with pytest.raises(DataError, match=r"2 of 6 labelled images are not among --images: \['IMG_004', 'IMG_005'\]"):
+        read_labelled_set(csv, ids[:4])
+    with pytest.raises(DataError, match=r"2 of 8 images under --images have no row .*\['EXTRA_1', 'EXTRA_2'\].*"
+                                        r"--ignore-unlabelled"):
+        read_labelled_set(csv, ids + ["EXTRA_1", "EXTRA_2"])
+    got = read_labelled_set(csv, ids + ["EXTRA_1"], ignore_unlabelled=True)
+    assert got.unlabelled == ["EXTRA_1"]
+    table.assign(target=1).to_csv(csv, index=False)
+    with pytest.raises(DataError, match="all 6 images have target=1; validation needs both"):
+        read_labelled_set(csv, ids)
+    # HAM10000 format: dx mapped to malignancy, folds by lesion -> bootstrap by lesion
+    pd.DataFrame({"image_id": ids, "lesion_id": ["L1", "L1", "L2", "L3", "L4", "L5"],
+                  "dx": ["mel", "nv", "bcc", "bkl", "nv", "nv"]}).to_csv(csv, index=False)
+    got = read_labelled_set(csv, ids)
+    assert list(got.table["target"]) == [1, 0, 1, 0, 0, 0] and got.by_patient
+
+
+@pytest.fixture
+def external(tmp_path):
+    table = _images(tmp_path / "ext" / "images")
+    table.to_csv(tmp_path / "ext" / "labels.csv", index=False)
+    return tmp_path / "ext", _bundle(tmp_path / "model")
+
+
+def test_validate_cli_writes_report_json_and_predictions_that_agree(tmp_path, external, capsys):
+    ext, model = external
+    out = tmp_path / "val"
+    assert main(["validate", "--model", str(model), "--images", str(ext / "images"), "--labels",
+                 str(ext / "labels.csv"), "--out", str(out), "--bootstrap", "100"]) == 0
+    res = json.loads((out / "validation.json").read_text())
+    pred = pd.read_csv(out / "predictions.csv")
+    assert len(pred) == 40 and res["n_scored"] == 40 and res["n_malignant"] == 20
+    assert res["roc_auc"] == pytest.approx(roc_auc_score(pred["target"], pred["probability"]), abs=1e-6)
+    cm = np.array(res["confusion_matrix"])
+    assert cm[1, 1] == ((pred["target"] == 1) & (pred["decision"] == 1)).sum()
+    page = (out / "report.html").read_text()
+    # one thumbnail per missed cancer / false alarm shown (16 at most each)
+    shown = min(16, int(cm[1, 0])) + min(16, int(cm[0, 1]))
+    assert page.count("data:image/jpeg;base64,") == shown
+    assert "Threshold transfer" in page and "calibration slope" in page
+    assert "ROC-AUC" in capsys.readouterr().out
+
+
+def test_recalibrated_copy_reaches_the_target_and_leaves_the_original_alone(tmp_path, external):
+    ext, model = external
+    before = {f.name: f.read_bytes() for f in model.iterdir()}
+    args = ["validate", "--model", str(model), "--images", str(ext / "images"), "--labels", str(ext / "labels.csv"),
+            "--bootstrap", "0"]
+    assert main(args + ["--out", str(tmp_path / "v1"), "--recalibrate", "--target-sensitivity", "0.9",
+                        "--export", str(tmp_path / "site")]) == 0
+    assert {f.name: f.read_bytes() for f in model.iterdir()} == before
+    man = json.loads((tmp_path / "site" / "manifest.json").read_text())
+    site = man["site_threshold"]
+    assert site["n_images"] == 40 and site["original_threshold"] == 0.5 and man["threshold"] == site["threshold"]
+    assert "Site-specific threshold" in (tmp_path / "site" / "MODEL_CARD.md").read_text()
+    # the copy, validated on the same set, meets the target there
+    assert main(args + ["--model", str(tmp_path / "site"), "--out", str(tmp_path / "v2")]) == 0
+    res = json.loads((tmp_path / "v2" / "validation.json").read_text())
+    assert res["threshold"] == man["threshold"] and res["threshold_transfer"]["external"]["sensitivity"] >= 0.9
+    # never over the original, never over an existing folder
+    assert main(args + ["--out", str(tmp_path / "v3"), "--recalibrate", "--export", str(model)]) == 2
+    assert main(args + ["--out", str(tmp_path / "v3"), "--recalibrate", "--export", str(tmp_path / "site")]) == 2
+    assert main(args + ["--out", str(tmp_path / "v3"), "--export", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_bad_input_is_named_and_nothing_is_written(tmp_path, external, capsys):
+    ext, model = external
+    out = tmp_path / "val"
+    base = ["validate", "--model", str(model), "--images", str(ext / "images"), "--out", str(out)]
+    labels = pd.read_csv(ext / "labels.csv")
+    bad = tmp_path / "bad.csv"
+    pd.concat([labels, pd.DataFrame([{"image_file": "images/GONE.jpg", "target": 1}])]).to_csv(bad, index=False)
+    assert main(base + ["--labels", str(bad)]) == 2
+    assert "1 of 41 labelled images are not among --images: ['GONE']" in capsys.readouterr().err
+    labels.iloc[:-3].to_csv(bad, index=False)
+    assert main(base + ["--labels", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "3 of 40 images under --images have no row" in err and "IMG_039" in err and "--ignore-unlabelled" in err
+    labels[labels["target"] == 0].to_csv(bad, index=False)
+    assert main(base + ["--labels", str(bad), "--ignore-unlabelled"]) == 2
+    assert "all 20 images have target=0" in capsys.readouterr().err
+    man = json.loads((model / "manifest.json").read_text())
+    (model / "manifest.json").write_text(json.dumps({**man, "format": "lesion-ml-model/0"}))
+    assert main(base + ["--labels", str(ext / "labels.csv")]) == 2
+    assert "format 'lesion-ml-model/0', expected 'lesion-ml-model/1'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_validate_on_the_real_external_set_is_fast_and_its_report_renders(tmp_path):
+    ext = shared_dataset("isic-uda1-555")
+    model = _bundle(tmp_path / "model")
+    out = tmp_path / "val"
+    start = time.perf_counter()
+    assert main(["validate", "--model", str(model), "--images", str(ext / "images"), "--labels",
+                 str(ext / "labels.csv"), "--out", str(out)]) == 0
+    took = time.perf_counter() - start
+    res = json.loads((out / "validation.json").read_text())
+    assert res["n_scored"] == 555 and res["n_malignant"] == 159, res
+    assert {g["attribute"] for g in res["subgroups"]} >= {"sex", "age_band"}
+    assert took < 120, took
+    if CHROMIUM is None:
+        pytest.skip("needs headless Chromium to render the report (apt-get install chromium; .ci/run does)")
+    shot = tmp_path / "shot.png"
+    page = (out / "report.html").as_uri()
+    run = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          f"--screenshot={shot}", "--window-size=1200,3000", page], capture_output=True, text=True,
+                         timeout=120)
+    assert shot.is_file(), run.stderr[-2000:]
+    img = cv2.imread(str(shot))[..., ::-1].astype(int)
+    blue = (np.abs(img - [31, 119, 180]).sum(axis=2) < 40).sum()  # matplotlib's tab:blue: the plots rendered
+    assert blue > 500, blue
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page],
+                         capture_output=True, text=True, timeout=120).stdout
+    shown = min(16, res["confusion_matrix"][1][0]) + min(16, res["confusion_matrix"][0][1])
+    assert "<h2>Threshold transfer</h2>" in dom and dom.count("<img") == 3 + shown
