@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from lesion_ml.config import AugmentConfig
+from lesion_ml.config import AugmentConfig, CnnModelConfig
 
 NO_AUGMENT = AugmentConfig(flip=0, rotate90=0, affine=0, brightness_contrast=0, hue_saturation=0,
                            blur_noise=0, dropout=0, hair=0)
@@ -76,6 +76,30 @@ def reseed(transform: A.BaseCompose, seed: int) -> None:
 
 
 RESIZE_POLICIES = ("squash", "pad", "crop")
+COLOUR_CONSTANCY = ("none", "shades_of_grey")
+
+
+def shades_of_grey(img: np.ndarray, power: int = 6) -> np.ndarray:
+    """Colour constancy by Shades of Grey (Finlayson and Trezzi 2004; Barata et al. 2015 for
+    dermoscopy): estimate the illuminant as the per-channel Minkowski `power`-norm mean of the
+    image and scale the channels so that it becomes grey. Different dermatoscopes and lighting
+    then give images of similar colour balance; only the ratio between the channels changes, so a
+    grey-lit image is left as it is and black padding does not move the estimate."""
+    x = img.astype(np.float32)
+    illuminant = np.power(np.mean(np.power(x, power), axis=(0, 1)), 1.0 / power)
+    norm = float(np.sqrt((illuminant ** 2).sum()))
+    if norm < 1e-6:  # an all-black image has no illuminant to correct
+        return img
+    gain = norm / (np.sqrt(3.0) * np.maximum(illuminant, 1e-6))
+    return np.clip(x * gain + 0.5, 0, 255).astype(np.uint8)
+
+
+def _constancy(img: np.ndarray, method: str) -> np.ndarray:
+    if method == "none":
+        return img
+    if method == "shades_of_grey":
+        return shades_of_grey(img)
+    raise ValueError(f"unknown colour constancy {method!r}; allowed: {', '.join(COLOUR_CONSTANCY)}")
 
 
 def fit_image(img: np.ndarray, size: int, policy: str) -> np.ndarray:
@@ -112,37 +136,42 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 class Fit(A.ImageOnlyTransform):
-    """The resize policy as one albumentations step (`fit_image`)."""
+    """The resize policy, then the colour constancy, as one albumentations step (`fit_image`,
+    `shades_of_grey`). Constancy runs on the model-size image: its cost does not grow with the
+    original's size, and training, prediction and explanation all see it the same way."""
 
-    def __init__(self, size: int, policy: str = "squash"):
+    def __init__(self, size: int, policy: str = "squash", constancy: str = "none"):
         super().__init__(p=1.0)
         if policy not in RESIZE_POLICIES:
             raise ValueError(f"unknown resize policy {policy!r}; allowed: {', '.join(RESIZE_POLICIES)}")
-        self.size, self.policy = size, policy
+        if constancy not in COLOUR_CONSTANCY:
+            raise ValueError(f"unknown colour constancy {constancy!r}; allowed: {', '.join(COLOUR_CONSTANCY)}")
+        self.size, self.policy, self.constancy = size, policy, constancy
 
     def apply(self, img: np.ndarray, **_: Any) -> np.ndarray:
-        return fit_image(img, self.size, self.policy)
+        return _constancy(fit_image(img, self.size, self.policy), self.constancy)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("size", "policy")
+        return ("size", "policy", "constancy")
 
 
 class EvalTransform:
-    """The evaluation pipeline (resize policy, then a CHW uint8 tensor) called like an
-    albumentations Compose (``t(image=img)["image"]``) without its per-call bookkeeping, which
-    costs more than the resize of a small tile."""
+    """The evaluation pipeline (resize policy and colour constancy, then a CHW uint8 tensor) called
+    like an albumentations Compose (``t(image=img)["image"]``) without its per-call bookkeeping,
+    which costs more than the resize of a small tile."""
 
-    def __init__(self, size: int, policy: str = "squash"):
-        self.fit = Fit(size, policy)
+    def __init__(self, size: int, policy: str = "squash", constancy: str = "none"):
+        self.fit = Fit(size, policy, constancy)
 
     def __call__(self, *, image: np.ndarray) -> dict[str, torch.Tensor]:
-        return {"image": torch.from_numpy(fit_image(image, self.fit.size, self.fit.policy).transpose(2, 0, 1))}
+        return {"image": torch.from_numpy(self.fit.apply(image).transpose(2, 0, 1))}
 
 
-def resize_steps(size: int, policy: str) -> list[A.BasicTransform]:
+def resize_steps(size: int, policy: str, constancy: str = "none") -> list[A.BasicTransform]:
     """Bring any image to `size` x `size`: "squash" resizes (aspect not kept), "pad" fits the long
-    side and pads the short one with black, "crop" fits the short side and takes the centre."""
-    return [Fit(size, policy)]
+    side and pads the short one with black, "crop" fits the short side and takes the centre; then
+    apply the colour constancy (`COLOUR_CONSTANCY`)."""
+    return [Fit(size, policy, constancy)]
 
 
 def augment_steps(cfg: AugmentConfig) -> list[A.BasicTransform]:
@@ -170,9 +199,15 @@ def augment_steps(cfg: AugmentConfig) -> list[A.BasicTransform]:
     return steps
 
 
+def model_transforms(cfg: CnnModelConfig, train: bool) -> A.Compose | EvalTransform:
+    """The input pipeline of an image model, from its config: the one place training, prediction,
+    validation and explanation get it from."""
+    return create_transforms(cfg.image_size, train, cfg.augment if train else None, cfg.resize, cfg.colour_constancy)
+
+
 def create_transforms(image_size: int, train: bool, augment: AugmentConfig | None = None,
-                      resize: str = "squash") -> A.Compose | EvalTransform:
-    """Resize by `resize` policy, augment (when `train`) by `augment` (default: AugmentConfig()),
+                      resize: str = "squash", constancy: str = "none") -> A.Compose | EvalTransform:
+    """Resize by `resize` policy, correct the colour by `constancy`, augment (when `train`) by `augment` (default: AugmentConfig()),
     then convert to a CHW uint8 tensor.
 
     Augmentation runs after the resize, on `image_size` pixels, so its cost does not grow with
@@ -181,8 +216,8 @@ def create_transforms(image_size: int, train: bool, augment: AugmentConfig | Non
     between loader workers and to copy to a GPU, and the CPU saves a float pass per image.
     """
     if not train:
-        return EvalTransform(image_size, resize)
-    steps = resize_steps(image_size, resize) + augment_steps(augment if augment is not None else AugmentConfig())
+        return EvalTransform(image_size, resize, constancy)
+    steps = resize_steps(image_size, resize, constancy) + augment_steps(augment if augment is not None else AugmentConfig())
     steps.append(ToTensorV2())
     return A.Compose(steps)
 

@@ -179,6 +179,9 @@ class CnnModelConfig(_Section):
     image_size: int = Field(64, ge=16)
     resize: Literal["squash", "pad", "crop"] = Field("squash", description="squash: resize to a square; pad: "
                                                      "keep the aspect, pad the short side; crop: centre square")
+    colour_constancy: Literal["none", "shades_of_grey"] = Field(
+        "none", description="shades_of_grey: Shades of Grey colour normalisation (Minkowski p=6) of every image, "
+        "in training, prediction and explanation alike")
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=2, description="at least 2: BatchNorm layers cannot train on one image")
     eval_batch_size: int | None = Field(None, ge=1, description="images per batch when predicting (holdout, "

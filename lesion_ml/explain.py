@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lesion_ml.augment import create_transforms, resize_steps
+from lesion_ml.augment import model_transforms, resize_steps
 from lesion_ml.bundle import FinalModel
 from lesion_ml.data.images import ImageStore
 from lesion_ml.io import atomic_path, write_csv
@@ -126,9 +126,9 @@ def explain_images(model: FinalModel, store: ImageStore, ids: list[str], feature
         jobs.append((model.fallback["component"], lacking))  # what predict scores these images with
     for comp, comp_ids in jobs:
         c = model.cnns[comp]
-        tf = create_transforms(c.config.image_size, False, resize=c.config.resize)
+        tf = model_transforms(c.config, False)
         side = max(DISPLAY_PX, c.config.image_size)  # readable whatever the model's input size
-        view_tf = A.Compose(resize_steps(side, c.config.resize))
+        view_tf = A.Compose(resize_steps(side, c.config.resize, c.config.colour_constancy))  # as the model sees it
         net = c.net.cpu().float()
         for image_id in comp_ids:
             meta = torch.tensor(features.loc[image_id].to_numpy(np.float32)) if c.n_meta else None

@@ -43,7 +43,8 @@ def model_card(manifest: dict[str, Any], data: dict[str, Any], subgroups: list[d
              ]
     for name, spec in manifest.get("cnn", {}).items():
         cfg = spec["config"]
-        lines.append(f"- Image model `{name}`: {cfg['backbone']} at {cfg['image_size']} px ({cfg['resize']}), "
+        constancy = ", Shades of Grey colour constancy" if cfg.get("colour_constancy", "none") != "none" else ""
+        lines.append(f"- Image model `{name}`: {cfg['backbone']} at {cfg['image_size']} px ({cfg['resize']}{constancy}), "
                      f"{cfg['epochs']} epochs, " + (f"fusion with {spec['n_meta']} metadata features"
                                                      if spec["n_meta"] else "image only") + ".")
     if manifest.get("preprocess_features"):

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lesion_ml.augment import create_transforms
+from lesion_ml.augment import model_transforms
 from lesion_ml.bundle import FinalModel
 from lesion_ml.data.images import IMAGE_SUFFIXES, BadImageError, ImageStore
 from lesion_ml.data.sources import RENAMES, DataError, _index_folder, read_csv
@@ -164,18 +164,18 @@ def score_components(model: FinalModel, components: list[str], store: ImageStore
                      num_workers: int = 0, skip_bad: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     """Probabilities of each image model in `components` for `ids` (mean over the 8 dihedral
     views with `tta`), and per image an error text ("" when it was read). Models that take the
-    same image size and resize policy share one pass over the images: each image is read and
+    same image size, resize policy and colour constancy share one pass over the images: each image is read and
     decoded once for all of them (a stack of two 32 px models costs one decode, not two)."""
     device = torch.device(device)
-    groups: dict[tuple[int, str], list[str]] = {}
+    groups: dict[tuple[int, str, str], list[str]] = {}
     for c in components:
         cfg = model.cnns[c].config
-        groups.setdefault((cfg.image_size, cfg.resize), []).append(c)
+        groups.setdefault((cfg.image_size, cfg.resize, cfg.colour_constancy), []).append(c)
     probs: dict[str, list[np.ndarray]] = {c: [] for c in components}
     errors = [""] * len(ids)
-    for (size, resize), names in groups.items():
+    for (size, _, _), names in groups.items():
         needs_meta = any(model.cnns[c].n_meta for c in names)
-        ds = _SafeImages(store, ids, None, create_transforms(size, False, resize=resize),
+        ds = _SafeImages(store, ids, None, model_transforms(model.cnns[names[0]].config, False),
                          meta if needs_meta else None, size, skip_bad=skip_bad)
         nets = {c: model.cnns[c].net.to(device).to(memory_format=torch.channels_last).eval() for c in names}
         seen = []

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from lesion_ml.augment import create_transforms, reseed
+from lesion_ml.augment import create_transforms, model_transforms, reseed
 from lesion_ml.balance import EpochSampler, make_loss
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.evaluate.metrics import partial_auc
@@ -359,8 +359,7 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
             parts.append(data.extra_meta[keep_extra])
         fit_meta = np.concatenate(parts).astype(np.float32)
 
-    train_tf = create_transforms(cfg.image_size, True, cfg.augment, cfg.resize)
-    eval_tf = create_transforms(cfg.image_size, False, resize=cfg.resize)
+    train_tf, eval_tf = model_transforms(cfg, True), model_transforms(cfg, False)
     train_ds = LesionImages(store, fit_ids, fit_y, train_tf, fit_meta, cfg.image_size)
     sampler = SeededSampler(EpochSampler(fit_y, cfg.balance.sampler, cfg.balance.neg_per_pos, seed), seed)
     if len(sampler) < 2:  # BatchNorm cannot train on a batch of one

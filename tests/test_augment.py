@@ -153,3 +153,27 @@ def test_jpeg_size_reads_the_frame_header_of_baseline_progressive_and_exif_files
         assert jpeg_size(data[:20]) is None  # cut before the frame header
     assert jpeg_size(cv2.imencode(".png", img)[1].tobytes()) is None
     assert jpeg_size(b"") is None and jpeg_size(b"\xff\xd8\x00\x00garbage") is None
+
+
+def test_shades_of_grey_removes_a_colour_cast_and_is_applied_alike_everywhere():
+    from lesion_ml.augment import NO_AUGMENT, model_transforms, shades_of_grey
+    from lesion_ml.config import CnnModelConfig
+
+    img = _image(80, 100)
+    cast = np.clip(img.astype(float) * [1.25, 1.0, 0.7], 0, 255).astype(np.uint8)  # warm light, another camera
+    a, b = shades_of_grey(img).astype(float), shades_of_grey(cast).astype(float)
+    assert np.abs(a - b).mean() < 3 < np.abs(img.astype(float) - cast).mean()
+    ratio = b.reshape(-1, 3).mean(0)
+    assert ratio.max() / ratio.min() < 1.15  # channels balanced
+    grey = np.repeat(img[..., :1], 3, axis=2)
+    assert np.abs(shades_of_grey(grey).astype(int) - grey).max() <= 1  # a grey-lit image stays as it is
+    black = np.zeros((8, 8, 3), np.uint8)
+    assert np.array_equal(shades_of_grey(black), black)
+    cfg = CnnModelConfig(image_size=48, colour_constancy="shades_of_grey", augment=NO_AUGMENT)
+    ev = model_transforms(cfg, False)(image=cast)["image"]
+    tr = model_transforms(cfg, True)(image=cast)["image"]
+    plain = model_transforms(cfg.model_copy(update={"colour_constancy": "none"}), False)(image=cast)["image"]
+    assert torch.equal(ev, tr) and not torch.equal(ev, plain)
+    assert torch.equal(ev, create_transforms(48, False, constancy="shades_of_grey")(image=cast)["image"])
+    with pytest.raises(ValueError, match="unknown colour constancy 'grey'"):
+        create_transforms(48, False, constancy="grey")
