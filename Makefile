@@ -28,6 +28,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: $(STAMP)
 	@test -d .git || (git init -q && echo "initialised a git repository (DVC needs one)")
+	$(if $(PARAMS),$(BIN)/lesion params --merge $(PARAMS))
 	$(BIN)/dvc repro
 	@echo "out-of-fold metrics (reports/metrics.json; all figures: dvc metrics show):"; $(BIN)/lesion metrics
 

@@ -20,6 +20,7 @@ from flows.prepare import prepare_flow
 from flows.split import split_flow
 from flows.train_cnn import fold_calls, train_cnn_flow
 from flows.train_gbdt import train_gbdt_flow
+from flows.validate import validate_flow
 from lesion_ml.config import load_params
 from tasks import paths
 from tasks.runner import run_all, visible_gpus
@@ -29,7 +30,7 @@ from tasks.train import combine_oof, train_cnn_fold
 @flow(name="pipeline")
 def pipeline_flow(params: str = str(paths.PARAMS)) -> dict:
     """ingest -> split -> prepare -> train_gbdt -> minority_set -> train_cnn@<each model> ->
-    evaluate -> final. Returns what each stage flow returned, by stage name."""
+    evaluate -> final -> validate@<each external set>. Returns what each stage flow returned, by stage name."""
     p = load_params(params)  # validated before any work starts
     models = list(p.train_cnn.models)
     out = {"ingest": ingest_flow(params), "split": split_flow(params), "prepare": prepare_flow(params),
@@ -45,6 +46,8 @@ def pipeline_flow(params: str = str(paths.PARAMS)) -> dict:
             out[f"train_cnn@{name}"] = train_cnn_flow(name, params)
     out["evaluate"] = evaluate_flow(params)
     out["final"] = final_flow(params)
+    for name in p.external.sets:
+        out[f"validate@{name}"] = validate_flow(name, params)
     return out
 
 

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lesion_ml.config import merge_params
+
 GIB = 2**30
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -85,13 +87,6 @@ def run_measured(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | Non
             "peak_rss_tree_gib": round(peak[0] / GIB, 2)}  # the whole tree at once
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "models" else v
-    return out
-
-
 def prepare_workdir(repo: Path, workdir: Path, data: Path, overrides: Path) -> dict:
     """The pipeline in `workdir` (a git repository) with `data` as data/raw/isic2024 and the
     repository's params.yaml merged with `overrides` (whose train_cnn.models replace the list)."""
@@ -108,7 +103,7 @@ def prepare_workdir(repo: Path, workdir: Path, data: Path, overrides: Path) -> d
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(data.resolve(), target_is_directory=True)
-    params = _merge(yaml.safe_load((repo / "params.yaml").read_text()), yaml.safe_load(overrides.read_text()))
+    params = merge_params(yaml.safe_load((repo / "params.yaml").read_text()), yaml.safe_load(overrides.read_text()))
     params["data"]["path"] = "data/raw/isic2024"
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if not (workdir / ".git").exists():

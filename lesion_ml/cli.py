@@ -172,6 +172,16 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _params(args: argparse.Namespace) -> int:
+    from lesion_ml.config import apply_override
+
+    p = apply_override(args.merge, args.params)
+    models = ", ".join(f"{n} ({c.backbone}, {c.image_size} px)" for n, c in p.train_cnn.models.items())
+    print(f"merged {args.merge} into {args.params}: data.source {p.data.source} ({p.data.path}), image models: "
+          f"{models}; run `dvc repro` (make run)")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from lesion_ml.validate import run_validation
 
@@ -341,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--skip-bad", action="store_true",
                     help="report unreadable images in the output (status column) instead of stopping")
     pr.set_defaults(func=_predict)
+    pa = sub.add_parser("params", help="merge an override file (e.g. examples/ham10000-400.yaml) into params.yaml")
+    pa.add_argument("--merge", required=True, metavar="YAML", help="sections to merge in; its train_cnn.models and "
+                    "external.sets replace the current ones")
+    pa.add_argument("--params", default="params.yaml", help="the params file to update (default params.yaml)")
+    pa.set_defaults(func=_params)
     va = sub.add_parser("validate", help="score a labelled external set: metrics with intervals, threshold "
                         "transfer, calibration, subgroups, a gallery of errors (HTML + JSON)")
     va.add_argument("--model", default="models/final", help="the model folder (default models/final)")

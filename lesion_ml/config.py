@@ -272,6 +272,38 @@ class OrchestrationConfig(_Section):
     dask_workers: int = Field(2, ge=1, description="LocalCluster worker processes (without dask_address)")
 
 
+class ExternalSetConfig(_Section):
+    """A labelled image set from elsewhere (another clinic, camera or collection), scored by
+    models/final in stage `validate@<name>`; never trained on."""
+
+    images: str = Field(description="a folder of images (searched recursively) or an ISIC 2024 HDF5 file")
+    labels: str = Field(description="labels CSV: generic, HAM10000, ISIC 2019 or ISIC 2020 (as data.folder)")
+    metadata: str | None = Field(None, description="metadata CSV for models that use it (null: the labels CSV)")
+    format: FolderFormat = "auto"
+    ignore_unlabelled: bool = Field(False, description="score only the labelled images under `images`")
+
+
+class ValidateConfig(_Section):
+    """External validation sets (params section `external`; stage `validate@<name>`, one per set): metrics in reports/external/<name>.json."""
+
+    sets: dict[str, ExternalSetConfig] = Field(default_factory=dict, description="name -> external set; "
+                                               "none by default")
+    tta: bool = Field(False, description="average the 8 flips/quarter turns of each image")
+    bootstrap: int = Field(1000, ge=0, description="resamples for the 95% intervals")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("sets")
+    @classmethod
+    def _names(cls, v: dict[str, ExternalSetConfig]) -> dict[str, ExternalSetConfig]:
+        import re
+
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z0-9_.-]+", k)]
+        if bad:
+            raise ValueError(f"set names {bad} may only use letters, digits, '_', '.' and '-' (they name files "
+                             "in reports/external/)")
+        return v
+
+
 class Params(_Section):
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
@@ -280,6 +312,7 @@ class Params(_Section):
     train_cnn: TrainCnnConfig = TrainCnnConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     final: FinalConfig = FinalConfig()
+    external: ValidateConfig = ValidateConfig()
     retrain: RetrainConfig = RetrainConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
@@ -315,6 +348,42 @@ def load_params(path: Path | str = Path("params.yaml")) -> Params:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, found {type(raw).__name__}")
     return validate_params(raw, str(path))
+
+
+REPLACED_WHOLE = ("models", "sets")  # named collections an override replaces instead of merging into
+
+
+def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` merged in section by section, key by key; a named collection
+    (train_cnn.models, external.sets) in `override` replaces the one in `base` as a whole, so an
+    example lists exactly the models it trains."""
+    out = dict(base)
+    for key, value in override.items():
+        merge = isinstance(value, dict) and isinstance(out.get(key), dict) and key not in REPLACED_WHOLE
+        out[key] = merge_params(out[key], value) if merge else value
+    return out
+
+
+def apply_override(override: Path | str, base: Path | str = Path("params.yaml"),
+                   out: Path | str | None = None) -> Params:
+    """Merge the override file into `base` (see `merge_params`), validate the result (errors name
+    the override file) and write it to `out` (default: `base`), atomically."""
+    from lesion_ml.io import write_text
+
+    override, base = Path(override), Path(base)
+    try:
+        over = yaml.safe_load(override.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{override}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{override}: not valid YAML: {err}") from None
+    if not isinstance(over, dict):
+        raise ConfigError(f"{override}: expected a mapping of params.yaml sections, found {type(over).__name__}")
+    merged = merge_params(yaml.safe_load(base.read_text(encoding="utf-8")) or {}, over)
+    params = validate_params(merged, f"{base} merged with {override}")
+    write_text(f"# params.yaml merged with {override} (lesion params --merge); `git checkout params.yaml` "
+               "returns to the shipped settings\n" + yaml.safe_dump(merged, sort_keys=False), out or base)
+    return params
 
 
 def to_plain(model: BaseModel) -> dict[str, Any]:

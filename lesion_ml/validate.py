@@ -456,3 +456,15 @@ def run_validation(model_dir: Path | str, images: list[Path | str], labels: Path
         write_json(res, Path(out) / "validation.json")
     inputs.store.close()
     return res
+
+
+def summary(res: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a validation (what `dvc metrics` compares between runs)."""
+    tt = res["threshold_transfer"]
+    return {"n_images": res["n_scored"], "n_malignant": res["n_malignant"], "roc_auc": res["roc_auc"],
+            "roc_auc_ci95": res["ci95"]["roc_auc"], "pauc_80": res["pauc_80"], "pr_auc": res["pr_auc"],
+            "threshold": res["threshold"], "sensitivity": tt["external"]["sensitivity"],
+            "specificity": tt["external"]["specificity"], "oof_sensitivity": tt["out_of_fold"]["sensitivity"],
+            "oof_specificity": tt["out_of_fold"]["specificity"],
+            "calibration_slope": res["calibration"]["slope"],
+            "calibration_in_the_large": res["calibration"]["in_the_large"], "ece": res["calibration"]["ece"]}

@@ -21,6 +21,7 @@ CHECKPOINTS = STATE / "checkpoints"
 OOF_SCORES = MODELS / "oof_scores.parquet"  # every evaluated model's out-of-fold scores
 CURVES = REPORTS / "curves"  # ROC and PR points per model (DVC plots)
 FINAL = MODELS / "final"  # the exported model bundle (`lesion predict --model models/final`)
+EXTERNAL = REPORTS / "external"  # external validation: <name>/ (report, scores) and <name>.json (metrics)
 
 
 def features_path(fold: int) -> Path:

@@ -1,6 +1,7 @@
 """Smoke runs of the stage flows (in-process, one shared Prefect server) and of `dvc repro`."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -25,6 +26,9 @@ TINY_PARAMS = {
     "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1},
     "evaluate": {"bootstrap": 50},
     "final": {"model": "stack_gbdt_images", "fallback": "tiny"},
+    # the plumbing of stage validate: the demo set itself stands in for an external one
+    "external": {"bootstrap": 20, "sets": {"demo": {"images": "data/interim/demo/train-image.hdf5",
+                                                    "labels": "data/interim/demo/train-metadata.csv"}}},
     "train_cnn": {"threads": 1, "minority_set": {"copies": 1, "max_side": 48},
                   "models": {"tiny": {"backbone": "resnet18", "image_size": 32, "epochs": 1, "batch_size": 8,
                                       "balance": {"minority_set": True}},
@@ -59,7 +63,8 @@ def _copy_repo(dest, params: dict) -> None:
 
 def _tiny_params() -> dict:
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
-    params["train_cnn"]["models"] = TINY_PARAMS["train_cnn"]["models"]
+    params["train_cnn"]["models"] = copy.deepcopy(TINY_PARAMS["train_cnn"]["models"])
+    params["external"]["sets"] = copy.deepcopy(TINY_PARAMS["external"]["sets"])
     return params
 
 
@@ -91,7 +96,10 @@ def pipeline(tmp_path_factory, prefect_harness):
 def test_stage_flows_in_process(pipeline):
     workdir, out = pipeline
     assert list(out) == ["ingest", "split", "prepare", "train_gbdt", "minority_set", "train_cnn@tiny",
-                         "train_cnn@tiny_fusion", "evaluate", "final"]
+                         "train_cnn@tiny_fusion", "evaluate", "final", "validate@demo"]
+    ext = json.loads((workdir / "reports/external/demo.json").read_text())
+    assert out["validate@demo"] == ext and ext["n_images"] == out["ingest"]["n_images"]
+    assert (workdir / "reports/external/demo/report.html").is_file()
     assert out["ingest"]["n_images"] == len(pd.read_parquet(workdir / "data/interim/lesions.parquet"))
     folds = pd.read_parquet(workdir / "data/processed/folds.parquet")
     assert folds.groupby("patient_id")["fold"].nunique().max() == 1
@@ -326,6 +334,10 @@ def test_dvc_repro_end_to_end_then_noop(reproduced):
     changed = json.loads(diff.stdout)["reports/metrics.json"]
     after = json.loads((workdir / "reports/metrics.json").read_text())["models"]["gbdt"]["threshold"]
     assert after >= before and "models.gbdt.threshold" in changed
+    # the external set's figures are DVC metrics too, rescored with the new final model's threshold
+    external = json.loads(_dvc("metrics", "diff", "--all", "--json", cwd=workdir).stdout)["reports/external/demo.json"]
+    assert external["threshold"]["new"] == json.loads((workdir / "models/final/manifest.json").read_text())["threshold"]
+    assert {"roc_auc", "sensitivity", "oof_sensitivity", "calibration_slope"} <= set(external)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
