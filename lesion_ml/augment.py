@@ -19,7 +19,7 @@ from albumentations.pytorch import ToTensorV2
 from lesion_ml.config import AugmentConfig, CnnModelConfig
 
 NO_AUGMENT = AugmentConfig(flip=0, rotate90=0, affine=0, brightness_contrast=0, hue_saturation=0,
-                           blur_noise=0, dropout=0, hair=0)
+                           blur_noise=0, dropout=0, hair=0, zoom_out=0, frame=0)
 
 
 class HairArtefacts(A.ImageOnlyTransform):
@@ -50,6 +50,58 @@ class HairArtefacts(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("max_hairs",)
+
+
+class ZoomOut(A.ImageOnlyTransform):
+    """Shrink the image by a factor in `scale` and place it at a random position on a canvas of
+    the colour of its border (the median of its outermost pixels, nearly always skin): the same
+    lesion framed from further away, as another dermatoscope or photographer would frame it."""
+
+    def __init__(self, scale: tuple[float, float] = (0.5, 0.9), p: float = 0.5):
+        super().__init__(p=p)
+        self.scale = scale
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        rng = self.random_generator
+        return {"s": float(rng.uniform(*self.scale)), "dx": float(rng.uniform()), "dy": float(rng.uniform())}
+
+    def apply(self, img: np.ndarray, s: float, dx: float, dy: float, **_: Any) -> np.ndarray:
+        h, w = img.shape[:2]
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+        ring = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+        out = np.empty_like(img)
+        out[:] = np.median(ring, axis=0).astype(img.dtype)
+        top, left = int(dy * (h - nh)), int(dx * (w - nw))
+        out[top:top + nh, left:left + nw] = small
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("scale",)
+
+
+class DermoscopeFrame(A.ImageOnlyTransform):
+    """Black outside a circle of radius `radius` x the image side, centred near the middle: the
+    round field of view that contact dermatoscopes leave in the corners (or all around) of an image."""
+
+    def __init__(self, radius: tuple[float, float] = (0.42, 0.65), p: float = 0.5):
+        super().__init__(p=p)
+        self.radius = radius
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        rng = self.random_generator
+        return {"r": float(rng.uniform(*self.radius)), "shift": rng.uniform(-0.05, 0.05, size=2)}
+
+    def apply(self, img: np.ndarray, r: float, shift: np.ndarray, **_: Any) -> np.ndarray:
+        h, w = img.shape[:2]
+        side = min(h, w)
+        mask = np.zeros((h, w), np.uint8)
+        centre = (round(w / 2 + shift[0] * side), round(h / 2 + shift[1] * side))
+        cv2.circle(mask, centre, round(r * side), 255, -1, lineType=cv2.LINE_AA)
+        return (img.astype(np.uint16) * mask[..., None] // 255).astype(img.dtype)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("radius",)
 
 
 def reseed(transform: A.BaseCompose, seed: int) -> None:
@@ -184,6 +236,8 @@ def augment_steps(cfg: AugmentConfig) -> list[A.BasicTransform]:
     if cfg.affine:
         steps.append(A.Affine(scale=(0.85, 1.15), translate_percent=(-0.06, 0.06), rotate=(-45, 45),
                               border_mode=cv2.BORDER_REFLECT_101, p=cfg.affine))
+    if cfg.zoom_out:
+        steps.append(ZoomOut(p=cfg.zoom_out))
     if cfg.brightness_contrast:
         steps.append(A.RandomBrightnessContrast(0.2, 0.2, p=cfg.brightness_contrast))
     if cfg.hue_saturation:
@@ -193,6 +247,8 @@ def augment_steps(cfg: AugmentConfig) -> list[A.BasicTransform]:
                               A.GaussNoise(std_range=(0.02, 0.06))], p=cfg.blur_noise))
     if cfg.hair:
         steps.append(HairArtefacts(p=cfg.hair))
+    if cfg.frame:
+        steps.append(DermoscopeFrame(p=cfg.frame))
     if cfg.dropout:
         steps.append(A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15),
                                      hole_width_range=(0.05, 0.15), fill=0, p=cfg.dropout))

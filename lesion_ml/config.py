@@ -130,6 +130,10 @@ class AugmentConfig(_Section):
     blur_noise: float = Field(0.2, ge=0, le=1, description="Gaussian/motion blur or Gaussian noise")
     dropout: float = Field(0.2, ge=0, le=1, description="coarse dropout: 1-4 black rectangles")
     hair: float = Field(0.0, ge=0, le=1, description="dark hair-like curves drawn over the lesion")
+    zoom_out: float = Field(0.0, ge=0, le=1, description="shrink the image to 50-90% on a canvas of its border "
+                            "colour: the lesion seen from further away, as other dermatoscopes frame it")
+    frame: float = Field(0.0, ge=0, le=1, description="black outside a circle: the round field of view of "
+                         "contact dermatoscopes")
 
 
 class BalanceConfig(_Section):

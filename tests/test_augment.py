@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from lesion_ml.config import AugmentConfig
 from lesion_ml.data.images import decode_image
 
 EVERYTHING = AugmentConfig(flip=1, rotate90=1, affine=1, brightness_contrast=1, hue_saturation=1, blur_noise=1,
-                           dropout=1, hair=1)
+                           dropout=1, hair=1, zoom_out=1, frame=1)
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -177,3 +178,23 @@ def test_shades_of_grey_removes_a_colour_cast_and_is_applied_alike_everywhere():
     assert torch.equal(ev, create_transforms(48, False, constancy="shades_of_grey")(image=cast)["image"])
     with pytest.raises(ValueError, match="unknown colour constancy 'grey'"):
         create_transforms(48, False, constancy="grey")
+
+
+def test_zoom_out_keeps_the_lesion_smaller_on_skin_and_the_frame_blackens_the_corners():
+    from lesion_ml.augment import DermoscopeFrame, ZoomOut, reseed
+
+    img = np.full((100, 100, 3), (200, 160, 150), np.uint8)  # skin
+    cv2.circle(img, (50, 50), 30, (60, 30, 20), -1)  # the lesion
+    dark = lambda a: (a.sum(axis=2) < 200).sum()  # noqa: E731
+    for seed in range(5):
+        z = A.Compose([ZoomOut(p=1)])
+        reseed(z, seed)
+        out = z(image=img)["image"]
+        assert out.shape == img.shape and 0.2 * dark(img) < dark(out) < 0.85 * dark(img)
+        assert tuple(out[0, 0]) == (200, 160, 150) or tuple(out[-1, -1]) == (200, 160, 150)  # skin around it
+        f = A.Compose([DermoscopeFrame(p=1)])
+        reseed(f, seed)
+        framed = f(image=img)["image"]
+        corners = [framed[0, 0], framed[0, -1], framed[-1, 0], framed[-1, -1]]
+        assert sum(c.sum() == 0 for c in corners) >= 3  # corners outside the field of view
+        assert np.array_equal(framed[50, 50], img[50, 50])  # the centre is untouched
