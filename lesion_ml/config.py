@@ -199,6 +199,8 @@ class CnnModelConfig(_Section):
     balance: BalanceConfig = BalanceConfig()
     fusion: FusionConfig = FusionConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    tta: bool = Field(False, description="score the validation fold (so the out-of-fold metrics and threshold) and "
+                      "new images as the mean over the 8 flips and quarter turns of each image")
     monitor_valid: bool = Field(False, description="also score the validation fold after every epoch "
                                                    "(for the plots only; never used to choose anything)")
     seed: int = 42

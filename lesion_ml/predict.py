@@ -21,7 +21,7 @@ from lesion_ml.data.images import IMAGE_SUFFIXES, BadImageError, ImageStore
 from lesion_ml.data.sources import RENAMES, DataError, _index_folder, read_csv
 from lesion_ml.tabular.export import apply_preprocessor
 from lesion_ml.tabular.prepare import clean_metadata
-from lesion_ml.train import LesionImages, _forward, make_loader
+from lesion_ml.train import LesionImages, forward_prob, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +149,12 @@ class _SafeImages(LesionImages):
         return sample
 
 
-def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 flips and quarter turns of a batch (lesions have no orientation)."""
-    out = []
-    for k in range(4):
-        r = torch.rot90(x, k, dims=(2, 3))
-        out += [r, torch.flip(r, dims=(3,))]
-    return out
-
-
 @torch.no_grad()
 def score_components(model: FinalModel, components: list[str], store: ImageStore, ids: list[str],
                      meta: np.ndarray | None, device: torch.device, batch_size: int = 64, tta: bool = False,
                      num_workers: int = 0, skip_bad: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     """Probabilities of each image model in `components` for `ids` (mean over the 8 dihedral
-    views with `tta`), and per image an error text ("" when it was read). Models that take the
+    views with `tta` or the model's own `tta`), and per image an error text ("" when it was read). Models that take the
     same image size, resize policy and colour constancy share one pass over the images: each image is read and
     decoded once for all of them (a stack of two 32 px models costs one decode, not two)."""
     device = torch.device(device)
@@ -181,10 +172,9 @@ def score_components(model: FinalModel, components: list[str], store: ImageStore
         seen = []
         for batch in tqdm(make_loader(ds, batch_size, num_workers, device), desc=f"predict {'+'.join(names)}",
                           disable=None, mininterval=5):
-            views = _dihedral(batch["image"]) if tta else [batch["image"]]
             for c, net in nets.items():
                 inputs = batch if model.cnns[c].n_meta else {k: v for k, v in batch.items() if k != "meta"}
-                p = torch.stack([torch.sigmoid(_forward(net, {**inputs, "image": v}, device)) for v in views]).mean(0)
+                p = forward_prob(net, inputs, device, tta or model.cnns[c].config.tta)
                 probs[c].append(p.cpu().numpy())
             seen += list(batch["error"])
         errors = [a or b for a, b in zip(errors, seen)]

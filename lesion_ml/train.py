@@ -122,10 +122,28 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Malignancy probabilities for every sample of `loader`, in order."""
+def dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips and quarter turns of an image batch (lesions have no orientation)."""
+    out = []
+    for k in range(4):
+        r = torch.rot90(x, k, dims=(2, 3))
+        out += [r, torch.flip(r, dims=(3,))]
+    return out
+
+
+def forward_prob(model: nn.Module, batch: dict, device: torch.device, tta: bool = False) -> torch.Tensor:
+    """Malignancy probabilities of a batch; with `tta` the mean over its 8 dihedral views."""
+    if not tta:
+        return torch.sigmoid(_forward(model, batch, device))
+    return torch.stack([torch.sigmoid(_forward(model, {**batch, "image": v}, device))
+                        for v in dihedral(batch["image"])]).mean(0)
+
+
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, tta: bool = False) -> np.ndarray:
+    """Malignancy probabilities for every sample of `loader`, in order (see `forward_prob`)."""
     model.eval()
-    out = [torch.sigmoid(_forward(model, batch, device)).cpu().numpy() for batch in loader]
+    with torch.no_grad():
+        out = [forward_prob(model, batch, device, tta).cpu().numpy() for batch in loader]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -458,5 +476,5 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
         model.load_state_dict(best["state"])
     best_epoch = best["epoch"] if metric != "none" and best["epoch"] else len(history)
     start = time.perf_counter()
-    valid_pred = predict(model, valid_dl, device)
+    valid_pred = predict(model, valid_dl, device, cfg.tta)  # the out-of-fold scores, as predict scores
     return FoldResult(model, valid_pred, history, best_epoch, resumed, round(time.perf_counter() - start, 3))

@@ -379,3 +379,23 @@ def test_an_image_model_learns_real_lesions_and_unlearns_with_flipped_labels():
     flipped = _ham_cv(True)
     assert learned > 0.65, learned
     assert flipped < 0.45, flipped
+
+
+def test_test_time_augmentation_averages_the_eight_views_exactly():
+    from lesion_ml.train import dihedral, forward_prob
+
+    class Corner(torch.nn.Module):  # looks only at the top-left pixel: anything but rotation-invariant
+        def forward(self, x):
+            return x[:, :1, 0, 0].float() / 50
+
+    x = torch.zeros(2, 3, 6, 6, dtype=torch.uint8)
+    x[0, :, 0, 0] = 200
+    x[1, :, 0, 5] = 100
+    batch = {"image": x}
+    plain = forward_prob(Corner(), batch, torch.device("cpu"))
+    tta = forward_prob(Corner(), batch, torch.device("cpu"), tta=True)
+    views = dihedral(x)
+    assert len(views) == 8 and len({tuple(v[0, 0].flatten().tolist()) for v in views}) == 4  # 4 corners, twice
+    want = torch.stack([torch.sigmoid(v[:, 0, 0, 0].float() / 50) for v in views]).mean(0)
+    assert torch.allclose(tta, want) and torch.allclose(plain, torch.sigmoid(torch.tensor([4.0, 0.0])))
+    assert not torch.allclose(tta, plain)
