@@ -159,7 +159,7 @@ def validate_external(model: FinalModel, labelled: LabelledSet, predictions: pd.
         "confusion_matrix": m["confusion_matrix"],
         "precision": m["precision"], "f1": m["f1"], "accuracy": m["accuracy"],
         "calibration": {**calibration_fit(y, p), **calibration(y, p, bins)},
-        "subgroups": subgroup_table(table[scored].reset_index().assign(source="external"), p, threshold),
+        "subgroups": subgroup_table(table[scored].reset_index().drop(columns="source", errors="ignore"), p, threshold),
     }
     if target_sensitivity is not None:
         result["local_threshold"] = _local_thresholds(y, p, pred.loc[scored, "model"].to_numpy(), man["model"],
