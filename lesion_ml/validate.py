@@ -433,9 +433,16 @@ def run_validation(model_dir: Path | str, images: list[Path | str], labels: Path
     model = FinalModel.load(model_dir, dev)
     _, image_ids = open_images(images)
     labelled = read_labelled_set(Path(labels), image_ids, fmt, ignore_unlabelled=ignore_unlabelled)
-    if metadata is None and model.needs_metadata:
+    from_labels = metadata is None and model.needs_metadata
+    if from_labels:
         metadata = labels
-    inputs = prepare_inputs(model, images, Path(metadata) if metadata else None)
+    try:
+        inputs = prepare_inputs(model, images, Path(metadata) if metadata else None)
+    except DataError as err:
+        if not from_labels:
+            raise
+        raise DataError(f"{err} (model {model.manifest['model']!r} uses metadata, read from --labels since no "
+                        "--metadata was given: pass --metadata CSV with those columns, empty values allowed)") from None
     keep = set(labelled.table["image_id"])
     inputs.image_ids = [i for i in inputs.image_ids if i in keep]
     if inputs.features is not None:
