@@ -95,8 +95,9 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
     once on batches of random tensors already in memory ("bare": the model alone), once
     through the real input path ("end_to_end": the image store's JPEG decode, the training
     augmentation, collation). Rounds alternate the two so that machine noise hits both alike;
-    the medians are reported. Also times the input path alone and inference (eval transforms,
-    no gradients).
+    the medians are reported. Also times the input path alone (one pass of at least 32
+    batches, `input_images`: a loader's steady rate, not its queues filling and draining) and
+    inference (eval transforms, no gradients).
 
     Args:
         data_dir: an ISIC 2024-format folder (train-image.hdf5 + metadata); default: a demo
@@ -119,18 +120,23 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
 
     dev = select_device(device)
     n_images = batch_size * steps
+    # the input path alone is timed over one longer pass (at least 32 batches): a loader's rate
+    # at the start and end of a pass (workers filling and draining their queues) is not its rate
+    n_input = max(n_images, batch_size * 32)
     cv2_threads = cv2.getNumThreads()
     with tempfile.TemporaryDirectory(prefix="lesion-bench-") as tmp:
         if data_dir is None:
             data_dir = Path(tmp)
-            n_patients = max(8, n_images // 8 + 4)
+            n_patients = max(8, n_input // 8 + 4)
             generate_synthetic(data_dir, SyntheticConfig(n_patients=n_patients, lesions_per_patient=(8, 10), seed=seed))
         ing = ingest(DataConfig(source="isic2024", path=str(data_dir)), data_dir)
         ids = ing.table["image_id"].tolist()
         if len(ids) < n_images:
             raise ValueError(f"{data_dir}: {len(ids)} images, the benchmark needs batch_size x steps = {n_images}")
+        input_ids = ids[:n_input]
+        input_labels = ing.table["target"].to_numpy()[:len(input_ids)].astype(np.float32)
         ids = ids[:n_images]
-        labels = ing.table["target"].to_numpy()[:n_images].astype(np.float32)
+        labels = input_labels[:n_images]
         train_tf = create_transforms(size, True)
         eval_tf = create_transforms(size, False)
         # the loaders training builds: persistent workers, per-sample augmentation seeds
@@ -138,9 +144,12 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
         train_dl = make_loader(LesionImages(ing.store, ids, labels, train_tf, min_side=size), batch_size,
                                num_workers, dev, sampler, drop_last=True)
         eval_dl = make_loader(LesionImages(ing.store, ids, labels, eval_tf, min_side=size), batch_size, num_workers, dev)
+        input_sampler = SeededSampler(EpochSampler(input_labels, "none", seed=seed), seed)
+        input_dl = make_loader(LesionImages(ing.store, input_ids, input_labels, train_tf, min_side=size), batch_size,
+                               num_workers, dev, input_sampler, drop_last=True)
         # with workers, the same input path in this process too: their gain, measured side by side
-        serial_dl = make_loader(LesionImages(ing.store, ids, labels, train_tf, min_side=size), batch_size, 0, dev,
-                                sampler, drop_last=True) if num_workers else None
+        serial_dl = make_loader(LesionImages(ing.store, input_ids, input_labels, train_tf, min_side=size), batch_size,
+                                0, dev, input_sampler, drop_last=True) if num_workers else None
         gen = torch.Generator().manual_seed(seed)
         bare = [{"image": torch.randint(0, 256, (batch_size, 3, size, size), generator=gen, dtype=torch.uint8),
                  "label": (torch.rand(batch_size, generator=gen) < 0.5).float()} for _ in range(steps)]
@@ -165,8 +174,9 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
             sampler.set_epoch(r)
             rates["bare"].append(train_rate(bare))
             rates["end_to_end"].append(train_rate(train_dl))
+            input_sampler.set_epoch(r)
             start = time.perf_counter()
-            n = sum(len(b["label"]) for b in train_dl)
+            n = sum(len(b["label"]) for b in input_dl)
             rates["input_only"].append(n / (time.perf_counter() - start))
             if serial_dl is not None:  # as a 0-worker run decodes: OpenCV with its own default threads
                 cv2.setNumThreads(cv2_threads)
@@ -180,9 +190,13 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
         ing.store.close()
     med = {k: round(float(np.median(v)), 2) for k, v in rates.items()}
     return {"backbone": backbone, "size": size, "batch_size": batch_size, "steps": steps, "rounds": rounds,
+            "input_images": n_input,
             "device": str(dev), "threads": torch.get_num_threads(), "num_workers": num_workers,
             "images_per_s": med, "ratio_end_to_end_vs_bare": round(med["end_to_end"] / med["bare"], 3),
-            **({"input_gain_vs_0_workers": round(med["input_only"] / med["input_only_0_workers"], 3)}
+            # the gain: the median of each round's ratio (both passes back to back, so noise that
+            # lasts a round hits both alike)
+            **({"input_gain_vs_0_workers": round(float(np.median(np.divide(rates["input_only"],
+                                                                           rates["input_only_0_workers"]))), 3)}
                if serial_dl is not None else {}),
             "per_round": {k: [round(x, 2) for x in v] for k, v in rates.items()}}
 
@@ -203,6 +217,13 @@ def bench_loader(size: int = 128, batch_size: int = 32, n_images: int = 512, wor
     batch), the first pass and the later passes in images/s; and the same loader without
     persistent workers (start-up paid on every pass, as every epoch and evaluation pass paid it
     before), for comparison.
+
+    Side by side: the machine's own ceiling for w workers. w plain processes (forked, one OpenCV
+    and one torch thread each, no DataLoader, no batches) each run the per-sample path (read,
+    decode, transform) over all the images at once; their combined rate against one such
+    process alone, in the same run (`epochs` alternating rounds, medians). A loader cannot beat this; where it falls short of
+    w x, the parts themselves slow down when w of them run at once (shared caches, memory
+    bandwidth, the host's other tenants), which `per_image_us_side_by_side` shows part by part.
 
     Args:
         data_dir: an ISIC 2024-format folder; default: a demo set generated into a temporary folder.
@@ -276,6 +297,14 @@ def bench_loader(size: int = 128, batch_size: int = 32, n_images: int = 512, wor
                 rates.append(n / (time.perf_counter() - start))
             return startup, rates
 
+        counts = sorted({1, *workers} - {0})
+        rounds = [{str(w): _side_by_side(ing.store, ids, size, w, seed) for w in counts} for _ in range(epochs)]
+        side_by_side = {str(w): {"images_per_s": round(float(np.median([r[str(w)]["images_per_s"] for r in rounds])), 1),
+                                 "per_image_us": {k: round(float(np.median([r[str(w)]["per_image_us"][k]
+                                                                            for r in rounds])), 1)
+                                                  for k in rounds[0][str(w)]["per_image_us"]}}
+                        for w in counts}
+
         loaders = {}
         for w in workers:
             smp = sampler()
@@ -290,9 +319,69 @@ def bench_loader(size: int = 128, batch_size: int = 32, n_images: int = 512, wor
                                "without_persistent_workers": round(float(np.median(fresh)), 1)}
         ing.store.close()
     serial = sum(per_image_us[k] for k in ("read", "decode", "transform", "collate"))
+    one = side_by_side["1"]["images_per_s"] if side_by_side else None
+    for v in side_by_side.values():
+        v["gain_vs_1"] = round(v["images_per_s"] / one, 3)
     return {"size": size, "batch_size": batch_size, "images": len(ids), "device": str(dev), "epochs": epochs,
             "threads": torch.get_num_threads(), "per_image_us": per_image_us,
-            "serial_images_per_s": round(1e6 / serial, 1), "loaders": loaders}
+            "serial_images_per_s": round(1e6 / serial, 1), "loaders": loaders, "side_by_side": side_by_side}
+
+
+def _sample_parts(store, ids: list[str], size: int, seed: int, out) -> None:
+    """One side-by-side process: read, decode and transform every image of `ids` (a warm-up pass
+    first), then put (seconds, microseconds per image by part) on `out`. OpenCV was set to one
+    thread before the fork (resizing its pool in a forked child hangs)."""
+    import torch
+
+    from lesion_ml.augment import create_transforms, reseed
+    from lesion_ml.data.images import decode_image
+
+    torch.set_num_threads(1)
+    transform = create_transforms(size, True)
+    for i in ids:  # opens the store in this process and finds each image's extent, as a
+        store.read_bytes(i)  # persistent loader worker has after its first pass
+    for i in ids[:32]:  # first-call overheads
+        transform(image=decode_image(store.read_bytes(i), i, size))
+    parts = {"read": 0.0, "decode": 0.0, "transform": 0.0}
+    start = time.perf_counter()
+    for k, i in enumerate(ids):
+        t0 = time.perf_counter()
+        data = store.read_bytes(i)
+        t1 = time.perf_counter()
+        image = decode_image(data, i, size)
+        t2 = time.perf_counter()
+        reseed(transform, seed + k)
+        transform(image=image)
+        t3 = time.perf_counter()
+        parts["read"] += t1 - t0
+        parts["decode"] += t2 - t1
+        parts["transform"] += t3 - t2
+    out.put((time.perf_counter() - start, {k: v / len(ids) * 1e6 for k, v in parts.items()}))
+
+
+def _side_by_side(store, ids: list[str], size: int, processes: int, seed: int) -> dict[str, Any]:
+    """`processes` forked processes run `_sample_parts` over all of `ids` at once: their combined
+    images/s (each image counted once per process) and the mean microseconds per image by part."""
+    import multiprocessing as mp
+
+    import cv2
+
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    procs = [ctx.Process(target=_sample_parts, args=(store, ids, size, seed, out)) for _ in range(processes)]
+    try:
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=600) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+        cv2.setNumThreads(threads)
+    seconds = max(r[0] for r in results)
+    parts = {k: round(float(np.mean([r[1][k] for r in results])), 1) for k in results[0][1]}
+    return {"images_per_s": round(processes * len(ids) / seconds, 1), "per_image_us": parts}
 
 
 def format_loader_table(r: dict[str, Any]) -> str:
@@ -305,6 +394,14 @@ def format_loader_table(r: dict[str, Any]) -> str:
     for w, v in r["loaders"].items():
         lines.append(f"  {w:>8}{v['startup_s']:>12.3f}{v['first_pass']:>10.1f}{v['later_passes']:>10.1f}"
                      f"{v['without_persistent_workers']:>16.1f}")
+    if r.get("side_by_side"):
+        lines.append("  side by side: w plain processes running read + decode + transform at once (the ceiling "
+                     "for w workers)")
+        lines.append(f"  {'processes':>9}{'images/s':>10}{'vs 1':>7}   us/image read / decode / transform")
+        for w, v in r["side_by_side"].items():
+            us = v["per_image_us"]
+            lines.append(f"  {w:>9}{v['images_per_s']:>10.1f}{v['gain_vs_1']:>7.2f}   "
+                         f"{us['read']:.1f} / {us['decode']:.1f} / {us['transform']:.1f}")
     return "\n".join(lines)
 
 
@@ -317,7 +414,8 @@ def format_train_table(r: dict[str, Any]) -> str:
         f"  {'bare train step':<26}{ips['bare']:>10.1f} images/s",
         f"  {'end-to-end train step':<26}{ips['end_to_end']:>10.1f} images/s",
         f"  {'ratio end-to-end / bare':<26}{r['ratio_end_to_end_vs_bare']:>10.3f}",
-        f"  {'input path alone':<26}{ips['input_only']:>10.1f} images/s (decode + augment + collate)",
+        f"  {'input path alone':<26}{ips['input_only']:>10.1f} images/s (decode + augment + collate; a pass of "
+        f"{r.get('input_images', r['batch_size'] * r['steps'])} images)",
         f"  {'inference':<26}{ips['inference']:>10.1f} images/s",
     ] + ([f"  {'input path, 0 workers':<26}{ips['input_only_0_workers']:>10.1f} images/s (same run; "
           f"{r['num_workers']} workers give {r['input_gain_vs_0_workers']:.2f} x)"] if "input_gain_vs_0_workers" in r else []))

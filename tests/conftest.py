@@ -49,3 +49,15 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The session server's API URL, for subprocesses (stage flows under `dvc repro`): given as
+    PREFECT_API_URL they report there instead of each starting a temporary server (5-10 s per
+    stage). The temporary-server path stays covered by tests/test_faults.py, whose stage
+    subprocesses are given no URL."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+

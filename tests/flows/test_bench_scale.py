@@ -50,7 +50,7 @@ def test_prepare_workdir_links_the_data_and_merges_the_profile(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.flow
-def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path):
+def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path, monkeypatch, prefect_api_url):
     from lesion_ml.bench_scale import bench_scale
     from lesion_ml.data.synthetic import generate_synthetic
 
@@ -64,6 +64,7 @@ def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path):
         "evaluate": {"bootstrap": 20}, "final": {"model": "stack_gbdt_images", "fallback": "small"},
         "train_cnn": {"threads": 1, "models": {"small": model, "small_fusion": {**model, "fusion": {"enabled": True}}}}}))
     out = tmp_path / "scale.json"
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)  # the stages report to the session's server
     result = bench_scale(data, tmp_path / "work", REPO, overrides, predict_workers=0, predict_batch=16, out=out)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     stages = ["ingest", "split", "prepare", "train_gbdt", "minority_set", "train_cnn@small", "train_cnn@small_fusion",

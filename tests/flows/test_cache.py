@@ -24,14 +24,8 @@ def _run(root, api_url: str) -> list[str]:
     return [] if line.group(1) == "0" else line.group(2).split(", ")
 
 
-@pytest.fixture(scope="module")
-def api_url(prefect_harness):
-    from prefect.settings import PREFECT_API_URL
-
-    return PREFECT_API_URL.value()
-
-
-def test_reruns_only_what_changed(tmp_path, api_url):
+def test_reruns_only_what_changed(tmp_path, prefect_api_url):
+    api_url = prefect_api_url
     params = _tiny_params()
     _copy_repo(tmp_path, params)
     cold = _run(tmp_path, api_url)

@@ -282,23 +282,27 @@ def test_explain_writes_gradcam_overlays_and_metadata_contributions(pipeline, tm
     assert (out / "feature_importance.png").stat().st_size > 1000
 
 
-def _dvc(*args: str, cwd) -> subprocess.CompletedProcess:
+def _dvc(*args: str, cwd, api_url: str | None = None) -> subprocess.CompletedProcess:
+    """`dvc` in `cwd`; its stage flows report to the Prefect API at `api_url` (the session's
+    server) when given, else each starts a temporary server as a user's run without one does."""
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return subprocess.run([os.path.join(os.path.dirname(sys.executable), "dvc"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
+def reproduced(tmp_path_factory, prefect_api_url):
     """A tiny copy of the repository after `dvc repro`."""
     root = tmp_path_factory.mktemp("reproduced")
     _copy_repo(root, _tiny_params())
-    run = _dvc("repro", cwd=root)
+    run = _dvc("repro", cwd=root, api_url=prefect_api_url)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return root
 
 
-def test_dvc_repro_end_to_end_then_noop(reproduced):
+def test_dvc_repro_end_to_end_then_noop(reproduced, prefect_api_url):
     workdir = reproduced
     metrics = json.loads((workdir / "reports/metrics.json").read_text())["models"]
     assert set(metrics) == MODELS
@@ -325,7 +329,7 @@ def test_dvc_repro_end_to_end_then_noop(reproduced):
     subprocess.run(["git", "add", "-A"], cwd=workdir, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "baseline"], cwd=workdir, check=True)
     before = json.loads((workdir / "reports/metrics.json").read_text())["models"]["gbdt"]["threshold"]
-    exp = _dvc("exp", "run", "-S", "evaluate.target_sensitivity=0.8", cwd=workdir)
+    exp = _dvc("exp", "run", "-S", "evaluate.target_sensitivity=0.8", cwd=workdir, api_url=prefect_api_url)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
     assert "train_cnn" not in exp.stdout.split("Running stage 'evaluate'")[-1]  # only evaluate, final reran
     params = _dvc("params", "diff", cwd=workdir)
@@ -412,46 +416,3 @@ def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_
 
     with pytest.raises(urllib.error.URLError):
         _api(f"{api}/health")
-
-
-def _write_competition_files(sample: Path, dest: Path) -> int:
-    """The real ISIC 2024 sample as the competition ships it: train-image.hdf5 with one scalar
-    fixed-length bytes dataset (dtype |S<n>) per isic_id, and train-metadata.csv."""
-    import h5py
-    import numpy as np
-
-    dest.mkdir(parents=True, exist_ok=True)
-    files = sorted((sample / "images").glob("*.jpg"))
-    with h5py.File(dest / "train-image.hdf5", "w") as h5:
-        for f in files:
-            data = f.read_bytes()
-            h5.create_dataset(f.stem, data=np.array(data, dtype=f"S{len(data)}"))
-    shutil.copy(sample / "sample_metadata.csv", dest / "train-metadata.csv")
-    return len(files)
-
-
-@pytest.mark.slow
-def test_dvc_repro_on_the_real_isic2024_sample_with_default_params(tmp_path):
-    sample = shared_dataset("isic2024-sample")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["source"] = "isic2024"  # every other param as shipped
-    _copy_repo(tmp_path, params)
-    n = _write_competition_files(sample, tmp_path / params["data"]["path"])
-    import h5py
-
-    with h5py.File(tmp_path / params["data"]["path"] / "train-image.hdf5") as h5:
-        first = h5[next(iter(h5))]
-        assert first.shape == () and first.dtype.kind == "S"  # the competition's layout
-    run = _dvc("repro", cwd=tmp_path)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())["models"]
-    image_models = {f"cnn_{name}" for name in params["train_cnn"]["models"]}
-    assert set(metrics) == {"gbdt", "ensemble_mean", "ensemble_rank", "stack_gbdt_images"} | image_models
-    for name, m in metrics.items():
-        assert m["n"] == n and 0 <= m["roc_auc"] <= 1 and 0 <= m["pauc_80"] <= 0.2, name
-        assert sum(map(sum, m["confusion_matrix"])) == n
-    manifest = json.loads((tmp_path / "models/final/manifest.json").read_text())
-    card = (tmp_path / "models/final/MODEL_CARD.md").read_text()
-    positives = int(pd.read_csv(sample / "sample_metadata.csv", usecols=["target"])["target"].sum())
-    assert manifest["model"] in metrics and f"Source: isic2024; {n} images, {positives} malignant" in card
-    assert "GENERATED DEMO DATA" not in card
