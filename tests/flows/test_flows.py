@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -331,7 +332,8 @@ def test_dvc_repro_end_to_end_then_noop(reproduced, prefect_api_url):
     before = json.loads((workdir / "reports/metrics.json").read_text())["models"]["gbdt"]["threshold"]
     exp = _dvc("exp", "run", "-S", "evaluate.target_sensitivity=0.8", cwd=workdir, api_url=prefect_api_url)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
-    assert "train_cnn" not in exp.stdout.split("Running stage 'evaluate'")[-1]  # only evaluate, final reran
+    ran = set(re.findall(r"^Running stage '([^']+)'", exp.stdout, re.M))
+    assert ran == {"evaluate", "final", "validate@demo"}, exp.stdout[-3000:]  # the threshold's stage and after
     params = _dvc("params", "diff", cwd=workdir)
     assert "evaluate.target_sensitivity" in params.stdout and "0.95" in params.stdout and "0.8" in params.stdout
     diff = _dvc("metrics", "diff", "--json", cwd=workdir)
@@ -416,3 +418,33 @@ def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_
 
     with pytest.raises(urllib.error.URLError):
         _api(f"{api}/health")
+
+
+def test_predict_tta_is_the_mean_over_the_eight_views(pipeline, tmp_path):
+    """`--tta` scores each image as the mean of its 8 flips and quarter turns: the same as scoring
+    the 8 views, written as lossless files, without it (and not the same as one view)."""
+    import cv2
+    import numpy as np
+
+    sample = shared_dataset("isic2024-sample")
+    originals, views = tmp_path / "originals", tmp_path / "views"
+    originals.mkdir()
+    views.mkdir()
+    for f in sorted((sample / "images").glob("*.jpg"))[:4]:
+        image = cv2.imread(str(f))
+        side = min(image.shape[:2])
+        image = np.ascontiguousarray(image[:side, :side])  # square: every view has the same shape
+        cv2.imwrite(str(originals / f"{f.stem}.png"), image)
+        for k in range(4):
+            turned = np.rot90(image, k)
+            cv2.imwrite(str(views / f"{f.stem}_r{k}.png"), turned)
+            cv2.imwrite(str(views / f"{f.stem}_r{k}f.png"), turned[:, ::-1])
+    bundle = str(pipeline[0] / "models/final")
+    for name, folder, extra in [("plain", originals, []), ("tta", originals, ["--tta"]), ("views", views, [])]:
+        assert _predict("--model", bundle, "--images", str(folder), *extra, "--out", str(tmp_path / f"{name}.csv")) == 0
+    plain, tta = (pd.read_csv(tmp_path / f"{n}.csv").set_index("image_id")["probability"] for n in ("plain", "tta"))
+    by_view = pd.read_csv(tmp_path / "views.csv")
+    mean = by_view.groupby(by_view["image_id"].str.rsplit("_r", n=1).str[0])["probability"].mean()
+    assert (by_view.groupby(by_view["image_id"].str.rsplit("_r", n=1).str[0]).size() == 8).all()
+    np.testing.assert_allclose(tta.sort_index(), mean.sort_index(), atol=2e-3)
+    assert (tta - plain).abs().max() > 1e-4  # the flag changed the scores
