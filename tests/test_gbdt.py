@@ -40,3 +40,17 @@ def test_balancing_options_learn_the_signal():
         p = predict_gbdt(model, X)
         assert p[y == 1].mean() > p[y == 0].mean(), balance
         assert len(model.feature_importances_) == 4 and model.feature_importances_[0] == model.feature_importances_.max()
+
+
+def test_balance_changes_what_the_model_sees():
+    """`balance` is not ignored: the prior the model learns moves with what it was shown. Without
+    balancing its mean probability is the base rate; downsampling to 2 negatives per positive
+    shows it a third positives, and class weights count the positives as often as the negatives."""
+    X, y = _data(3000, seed=3)
+    base = y.mean()
+    assert 0.03 < base < 0.2
+    mean = {b: predict_gbdt(fit_gbdt(X, y, TrainGbdtConfig(**{**SMALL, "n_estimators": 20}, balance=b,
+                                                           neg_per_pos=2)), X).mean()
+            for b in ("none", "downsample", "class_weight")}
+    assert abs(mean["none"] - base) < 0.02
+    assert 0.25 < mean["downsample"] < 0.45 and mean["class_weight"] > 0.3, (base, mean)

@@ -187,6 +187,26 @@ def test_downsampling_run_logs_the_ratio_it_trained_on_and_early_stops_on_a_pati
     assert result.best_epoch == best["epoch"]
 
 
+@pytest.mark.slow
+def test_early_stopping_on_pauc_predicts_the_validation_fold_with_the_best_epochs_weights(tiny_demo):
+    from sklearn.metrics import roc_auc_score
+
+    from lesion_ml.evaluate.metrics import partial_auc
+
+    store, ids, y, groups = _tiny(tiny_demo)
+    cfg = CnnModelConfig(image_size=32, epochs=4, batch_size=4, lr=0.01,
+                         early_stopping={"metric": "pauc", "patience": 4, "holdout": 0.25}, monitor_valid=True)
+    data = FoldData(ids[:36], y[:36], ids[36:], valid_y=y[36:], train_groups=groups[:36])
+    result = train_fold(store, data, cfg, torch.device("cpu"), seed=1)
+    scores = [row["holdout_pauc"] for row in result.history]
+    assert len(scores) == 4 and result.best_epoch == 1 + int(np.argmax(scores))  # the first best, on pauc
+    logged = [(round(row["valid_auc"], 9), round(row["valid_pauc"], 9)) for row in result.history]
+    # the validation fold is scored by the best epoch's weights: its AUC and pAUC are that epoch's, logged then
+    got = (round(roc_auc_score(data.valid_y, result.valid_pred), 9), round(partial_auc(data.valid_y, result.valid_pred), 9))
+    assert got == logged[result.best_epoch - 1]
+    assert result.best_epoch < 4 and logged[result.best_epoch - 1] != logged[-1]  # not the last epoch's
+
+
 def test_fusion_without_metadata_is_a_clear_error(tiny_demo):
     store, ids, y, _ = _tiny(tiny_demo)
     with pytest.raises(ValueError, match="fusion.enabled needs metadata"):

@@ -448,3 +448,30 @@ def test_predict_tta_is_the_mean_over_the_eight_views(pipeline, tmp_path):
     assert (by_view.groupby(by_view["image_id"].str.rsplit("_r", n=1).str[0]).size() == 8).all()
     np.testing.assert_allclose(tta.sort_index(), mean.sort_index(), atol=2e-3)
     assert (tta - plain).abs().max() > 1e-4  # the flag changed the scores
+
+
+def test_predict_mixed_scores_rows_with_metadata_by_the_model_and_the_rest_by_the_fallback(pipeline, tmp_path):
+    """Metadata for half the images: those get the bundle's model and the same scores as when every
+    image has its row; the others the image-only fallback and the same scores as without metadata."""
+    sample = shared_dataset("isic2024-sample")
+    bundle = str(pipeline[0] / "models/final")
+    meta = pd.read_csv(sample / "sample_metadata.csv")
+    half = meta.iloc[: len(meta) // 2]
+    half.to_csv(tmp_path / "half.csv", index=False)
+    runs = {"all": ["--metadata", str(sample / "sample_metadata.csv")], "half": ["--metadata", str(tmp_path / "half.csv")],
+            "none": []}
+    out = {}
+    for name, extra in runs.items():
+        assert _predict("--model", bundle, "--images", str(sample / "images"), *extra,
+                        "--out", str(tmp_path / f"{name}.csv")) == 0
+        out[name] = pd.read_csv(tmp_path / f"{name}.csv").set_index("image_id")
+    mixed = out["half"]
+    with_row = mixed.index.isin(half["isic_id"])
+    assert with_row.sum() == len(half) and (~with_row).sum() == len(meta) - len(half)
+    assert (mixed.loc[with_row, "model"] == "stack_gbdt_images").all()
+    assert (mixed.loc[~with_row, "model"] == "cnn_tiny (image-only fallback)").all()
+    for rows, ref in [(with_row, out["all"]), (~with_row, out["none"])]:
+        ids = mixed.index[rows]
+        pd.testing.assert_series_equal(mixed.loc[ids, "probability"], ref.loc[ids, "probability"], atol=1e-6)
+        assert (mixed.loc[ids, "threshold"] == ref.loc[ids, "threshold"]).all()
+    assert mixed.loc[with_row, "threshold"].iloc[0] != mixed.loc[~with_row, "threshold"].iloc[0]  # two thresholds
