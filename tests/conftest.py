@@ -61,3 +61,20 @@ def prefect_api_url(prefect_harness) -> str:
 
     return PREFECT_API_URL.value()
 
+
+def write_competition_files(sample: Path, dest: Path) -> int:
+    """The real ISIC 2024 sample as the competition ships it: train-image.hdf5 with one scalar
+    fixed-length bytes dataset (dtype |S<n>) per isic_id, and train-metadata.csv."""
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    dest.mkdir(parents=True, exist_ok=True)
+    files = sorted((sample / "images").glob("*.jpg"))
+    with h5py.File(dest / "train-image.hdf5", "w") as h5:
+        for f in files:
+            data = f.read_bytes()
+            h5.create_dataset(f.stem, data=np.array(data, dtype=f"S{len(data)}"))
+    shutil.copy(sample / "sample_metadata.csv", dest / "train-metadata.csv")
+    return len(files)

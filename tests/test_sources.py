@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import shared_dataset
+from conftest import shared_dataset, write_competition_files
 from lesion_ml.config import DataConfig, FolderConfig
 from lesion_ml.data.images import BadImageError
 from lesion_ml.data.sources import DataError, ingest, read_isic2024
@@ -39,6 +39,21 @@ def test_isic2024_reader_on_real_sample():
     assert ing.table["source"].unique().tolist() == ["isic2024"]
     img = ing.store.get(ing.table["image_id"][0])
     assert img.dtype == np.uint8 and img.shape[2] == 3 and 89 <= img.shape[0] <= 171
+
+
+def test_isic2024_reader_on_the_competition_hdf5_built_from_the_real_sample(tmp_path):
+    """The HDF5 branch (one scalar |S<n> dataset per isic_id, as the competition ships it) reads
+    the same table and the same pixels as the JPEG folder of the same images."""
+    root = shared_dataset("isic2024-sample")
+    n = write_competition_files(root, tmp_path)
+    h5 = ingest(DataConfig(source="isic2024", path=str(tmp_path)))
+    jpg = ingest(DataConfig(source="isic2024", path=str(root), metadata_csv="sample_metadata.csv"))
+    assert n == 50 and len(h5.table) == 50
+    pd.testing.assert_frame_equal(h5.table.reset_index(drop=True), jpg.table.reset_index(drop=True))
+    for image_id in h5.table["image_id"]:
+        np.testing.assert_array_equal(h5.store.get(image_id), jpg.store.get(image_id))
+        assert h5.store.get(image_id, 32).shape[0] >= 32  # the reduced-scale decode keeps the requested side
+    h5.store.close()
 
 
 def test_folder_reader_on_ham10000_sample_groups_by_lesion():

@@ -4,33 +4,15 @@ workers, and this run is one of the longest."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, shared_dataset
+from conftest import REPO, shared_dataset, write_competition_files
 from test_flows import _copy_repo, _dvc
 
 pytestmark = pytest.mark.flow
-
-
-def _write_competition_files(sample: Path, dest: Path) -> int:
-    """The real ISIC 2024 sample as the competition ships it: train-image.hdf5 with one scalar
-    fixed-length bytes dataset (dtype |S<n>) per isic_id, and train-metadata.csv."""
-    import h5py
-    import numpy as np
-
-    dest.mkdir(parents=True, exist_ok=True)
-    files = sorted((sample / "images").glob("*.jpg"))
-    with h5py.File(dest / "train-image.hdf5", "w") as h5:
-        for f in files:
-            data = f.read_bytes()
-            h5.create_dataset(f.stem, data=np.array(data, dtype=f"S{len(data)}"))
-    shutil.copy(sample / "sample_metadata.csv", dest / "train-metadata.csv")
-    return len(files)
 
 
 @pytest.mark.slow
@@ -39,7 +21,7 @@ def test_dvc_repro_on_the_real_isic2024_sample_with_default_params(tmp_path, pre
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["source"] = "isic2024"  # every other param as shipped
     _copy_repo(tmp_path, params)
-    n = _write_competition_files(sample, tmp_path / params["data"]["path"])
+    n = write_competition_files(sample, tmp_path / params["data"]["path"])
     import h5py
 
     with h5py.File(tmp_path / params["data"]["path"] / "train-image.hdf5") as h5:
