@@ -360,6 +360,43 @@ def test_36_minority_set_requested_but_empty(tmp_path):
                    None, tmp_path / "minority")
 
 
-def test_catalogue_lists_at_least_30_cases():
-    cases = [name for name in globals() if name.startswith("test_") and name[5:7].isdigit()]
-    assert len(cases) >= 30
+# The README's catalogue ("Bad input"), behaviour by behaviour, and the tests here that check each.
+CATALOGUE = {
+    "malformed CSV": ["test_01_malformed_csv", "test_04_empty_csv_file", "test_05_header_only_csv"],
+    "wrong delimiter": ["test_02_wrong_delimiter"],
+    "non-UTF-8 text": ["test_03_non_utf8_csv"],
+    "missing or unexpected columns": ["test_06_missing_required_column", "test_07_unexpected_columns_are_reported",
+                                      "test_08_unknown_csv_format"],
+    "text in numeric columns": ["test_09_text_in_a_numeric_column"],
+    "unknown category spellings": ["test_10_unknown_category_spelling", "test_15_unmapped_diagnosis"],
+    "text/NaN/out-of-range targets": ["test_11_text_or_out_of_range_target", "test_12_empty_target"],
+    "duplicated ids": ["test_13_duplicated_ids"],
+    "one class": ["test_14_single_class", "test_16_one_hot_ground_truth_with_two_classes"],
+    "fewer patients than folds": ["test_17_fewer_patients_than_folds", "test_33_one_fold"],
+    "HDF5 keys without rows and rows without keys": ["test_18_hdf5_key_without_a_row_is_counted_and_reported",
+                                                     "test_19_row_without_an_hdf5_key"],
+    "truncated or non-image files": ["test_20_truncated_jpeg", "test_21_not_an_image",
+                                     "test_25_hdf5_value_that_is_not_image_bytes"],
+    "missing image folders": ["test_22_empty_image_folder", "test_23_missing_image_folder",
+                              "test_24_no_hdf5_and_no_image_folder"],
+    "alpha/grayscale/16-bit/1 px images": ["test_26_unusual_but_valid_images_become_rgb_uint8"],
+    "10,000 px JPEGs": ["test_27_ten_thousand_pixel_jpeg_decodes_in_bounded_memory"],
+    "paths escaping the data folder": ["test_28_image_path_escaping_the_data_folder"],
+    "params typos and bad values": ["test_29_params_typo", "test_30_negative_learning_rate",
+                                    "test_34_warmup_not_below_epochs", "test_35_params_file_not_a_mapping",
+                                    "test_36_minority_set_requested_but_empty"],
+    "unknown backbones": ["test_31_unknown_backbone"],
+    "missing pretrained weights": ["test_32_missing_pretrained_weight_file"],
+}
+
+
+def test_every_catalogued_behaviour_is_in_the_readme_and_tested_here():
+    """Behaviours, not test functions: each one the README lists has its tests in this file, and
+    every numbered case here belongs to a listed behaviour."""
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    for behaviour, tests in CATALOGUE.items():
+        assert behaviour in readme, f"the README's bad-input catalogue no longer lists {behaviour!r}"
+        for name in tests:
+            assert callable(globals().get(name)), f"{behaviour!r}: no test {name} in this file"
+    numbered = {name for name in globals() if name.startswith("test_") and name[5:7].isdigit()}
+    assert numbered == {name for tests in CATALOGUE.values() for name in tests}
