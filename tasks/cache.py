@@ -5,7 +5,8 @@ A task's cache key is a hash of
     in it; an image-store manifest also by the images it points to), never by the path text;
   * its other arguments (params sections as JSON);
   * the source of the task function and of every lesion_ml module it uses, followed through the
-    imports (editing lesion_ml/models/gbdt.py reruns the LightGBM tasks, not ingest).
+    imports, function-local ones included (editing lesion_ml/models/gbdt.py reruns the LightGBM
+    tasks, not ingest).
 Prefect's own INPUTS policy hashes a Path as text and TASK_SOURCE sees only the wrapper's lines,
 so neither notices new data or edited library code.
 
@@ -147,19 +148,63 @@ def _is_ours(module_name: str | None) -> bool:
     return bool(module_name) and module_name.split(".")[0] in ("lesion_ml", "tasks")
 
 
+def _imported_modules(file: str) -> set[str]:
+    """The lesion_ml/tasks modules that a source file imports anywhere: at module level or inside
+    a function, which module-level references miss."""
+    import ast
+    import importlib.util
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(Path(file).read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if _is_ours(name) and name not in found:
+                try:
+                    if importlib.util.find_spec(name) is not None:
+                        found.add(name)
+                except (ImportError, ValueError):  # a name imported from a module, not a module
+                    pass
+    return found
+
+
+def _module_file(name: str) -> str | None:
+    import importlib.util
+
+    module = sys.modules.get(name)
+    if module is not None:
+        return getattr(module, "__file__", None)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
 def _module_closure(start: Iterable[str]) -> set[str]:
-    """lesion_ml/tasks modules reachable from `start` through module-level references."""
+    """lesion_ml/tasks modules reachable from `start` through module-level references and
+    through import statements anywhere in their source (a function-local import included)."""
     seen: set[str] = set()
     todo = [m for m in start if _is_ours(m)]
     while todo:
         name = todo.pop()
-        if name in seen or name not in sys.modules:
+        if name in seen:
+            continue
+        file = _module_file(name)
+        if file is None:
             continue
         seen.add(name)
-        for obj in vars(sys.modules[name]).values():
-            ref = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
-            if _is_ours(ref) and ref not in seen:
-                todo.append(ref)
+        refs = _imported_modules(file)
+        if name in sys.modules:
+            for obj in vars(sys.modules[name]).values():
+                ref = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+                if _is_ours(ref):
+                    refs.add(ref)
+        todo.extend(r for r in refs if r not in seen)
     return seen
 
 
@@ -191,7 +236,7 @@ def code_digest(fn: Callable) -> str:
             elif mod.startswith("lesion_ml") or isinstance(obj, types.ModuleType):
                 start.add(mod)
     for name in sorted(_module_closure(start)):
-        file = getattr(sys.modules[name], "__file__", None)
+        file = _module_file(name)
         if file:
             h.update(f"{name}\n".encode() + Path(file).read_bytes())
     return h.hexdigest()
