@@ -221,9 +221,10 @@ def bench_loader(size: int = 128, batch_size: int = 32, n_images: int = 512, wor
     Side by side: the machine's own ceiling for w workers. w plain processes (forked, one OpenCV
     and one torch thread each, no DataLoader, no batches) each run the per-sample path (read,
     decode, transform) over all the images at once; their combined rate against one such
-    process alone, in the same run (`epochs` alternating rounds, medians). A loader cannot beat this; where it falls short of
-    w x, the parts themselves slow down when w of them run at once (shared caches, memory
-    bandwidth, the host's other tenants), which `per_image_us_side_by_side` shows part by part.
+    process alone, in the same run (`epochs` alternating rounds, medians). A loader cannot beat
+    this; where it falls short of w x, the parts themselves slow down when w of them run at once
+    (shared caches, memory bandwidth, the host's other tenants), which each entry's
+    `per_image_us` shows part by part.
 
     Args:
         data_dir: an ISIC 2024-format folder; default: a demo set generated into a temporary folder.
@@ -319,9 +320,8 @@ def bench_loader(size: int = 128, batch_size: int = 32, n_images: int = 512, wor
                                "without_persistent_workers": round(float(np.median(fresh)), 1)}
         ing.store.close()
     serial = sum(per_image_us[k] for k in ("read", "decode", "transform", "collate"))
-    one = side_by_side["1"]["images_per_s"] if side_by_side else None
     for v in side_by_side.values():
-        v["gain_vs_1"] = round(v["images_per_s"] / one, 3)
+        v["gain_vs_1"] = round(v["images_per_s"] / side_by_side["1"]["images_per_s"], 3)
     return {"size": size, "batch_size": batch_size, "images": len(ids), "device": str(dev), "epochs": epochs,
             "threads": torch.get_num_threads(), "per_image_us": per_image_us,
             "serial_images_per_s": round(1e6 / serial, 1), "loaders": loaders, "side_by_side": side_by_side}
