@@ -26,3 +26,4 @@ EXTERNAL = REPORTS / "external"  # external validation: <name>/ (report, scores)
 
 def features_path(fold: int) -> Path:
     return FEATURES / f"fold{fold}.parquet"
+TUNE = REPORTS / "tune"  # tuning studies: <name>/ (report, trials, best.yaml) and <name>.json (metrics)

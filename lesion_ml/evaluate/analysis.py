@@ -38,18 +38,49 @@ def bootstrap_intervals(y: np.ndarray, p: np.ndarray, groups: np.ndarray, thresh
     curve = _PatientCurves(y, p, codes, n_groups, threshold)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[np.ndarray]] = {k: [] for k in (*RANKING, "sensitivity", "specificity")}
-    for start in range(0, n_boot, 100):  # resamples in blocks: bounded memory
-        counts = np.stack([np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
-                           for _ in range(min(100, n_boot - start))]).astype(float)
+    for counts in _resample_counts(rng, n_groups, n_boot):
         for name, values in curve.metrics(counts).items():
             draws[name].append(values[np.isfinite(values)])
-    tail = (1 - level) / 2 * 100
+    return {k: _percentiles(parts, level) for k, parts in draws.items()}
+
+
+def paired_bootstrap(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> dict[str, dict[str, float | list[float]]]:
+    """How much model b's ranking metrics exceed model a's on the same rows: the point difference,
+    its percentile interval over patient-level resamples (both models scored on the same resample)
+    and the share of resamples in which b is better. An interval that spans 0 means the data do not
+    tell the two apart."""
+    y = np.asarray(y).astype(int)
+    codes, uniques = pd.factorize(pd.Series(groups).astype(str))
+    n_groups = len(uniques)
+    curves = [_PatientCurves(y, np.asarray(p, dtype=float), codes, n_groups, 0.5) for p in (p_a, p_b)]
+    draws: dict[str, list[np.ndarray]] = {k: [] for k in RANKING}
+    for counts in _resample_counts(np.random.default_rng(seed), n_groups, n_boot):
+        a, b = (c.metrics(counts) for c in curves)
+        for k in RANKING:
+            d = b[k] - a[k]
+            draws[k].append(d[np.isfinite(d)])
     out = {}
-    for k, parts in draws.items():
-        v = np.concatenate(parts) if parts else np.zeros(0)  # n_boot 0: no interval
-        out[k] = ([round(float(np.percentile(v, tail)), 4), round(float(np.percentile(v, 100 - tail)), 4)]
-                  if v.size else [float("nan"), float("nan")])
+    for k, fn in RANKING.items():
+        v = np.concatenate(draws[k]) if draws[k] else np.zeros(0)
+        out[k] = {"difference": round(fn(y, np.asarray(p_b, float)) - fn(y, np.asarray(p_a, float)), 4),
+                  "ci95": _percentiles(draws[k], level),
+                  "share_better": round(float((v > 0).mean()), 4) if v.size else float("nan")}
     return out
+
+
+def _resample_counts(rng: np.random.Generator, n_groups: int, n_boot: int):
+    """Patient-level resamples as draw counts per patient, in blocks of 100 (bounded memory)."""
+    for start in range(0, n_boot, 100):
+        yield np.stack([np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+                        for _ in range(min(100, n_boot - start))]).astype(float)
+
+
+def _percentiles(parts: list[np.ndarray], level: float) -> list[float]:
+    v = np.concatenate(parts) if parts else np.zeros(0)  # n_boot 0: no interval
+    tail = (1 - level) / 2 * 100
+    return ([round(float(np.percentile(v, tail)), 4), round(float(np.percentile(v, 100 - tail)), 4)]
+            if v.size else [float("nan"), float("nan")])
 
 
 class _PatientCurves:

@@ -83,13 +83,21 @@ def _folds(models: dict[str, dict]) -> str:
     return _png(fig)
 
 
-def _importance(imp: dict[str, float], top: int = 20) -> str:
+def _importance(imp: dict[str, float], top: int = 20, xlabel: str = "mean gain importance over folds",
+                title: str = "LightGBM metadata model: top features") -> str:
     items = sorted(imp.items(), key=lambda kv: kv[1])[-top:]
     fig, ax = plt.subplots(figsize=(6, 0.28 * len(items) + 1))
     ax.barh([k for k, _ in items], [v for _, v in items])
-    ax.set(xlabel="mean gain importance over folds", title="LightGBM metadata model: top features")
+    ax.set(xlabel=xlabel, title=title)
     ax.tick_params(labelsize=7)
     return _png(fig)
+
+
+def _head(title: str) -> str:
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+            "font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+            "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>")
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -124,10 +132,7 @@ def build_report(y: np.ndarray, scores: dict[str, np.ndarray], models: dict[str,
                   for n in order]
     best = order[0]
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lesion-ml model comparison</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
-        "font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
+        _head("lesion-ml model comparison"),
         "<h1>lesion-ml: model comparison</h1>",
         f"<p>{meta['n']:,} lesions ({meta['n_malignant']:,} malignant) from {meta['n_patients']:,} patients, "
         f"{meta['n_folds']} patient-grouped folds. Every number is out of fold: each lesion is scored by models "
@@ -150,5 +155,61 @@ def build_report(y: np.ndarray, scores: dict[str, np.ndarray], models: dict[str,
         parts += [f"<details><summary>Subgroups: {html.escape(n)}</summary>",
                   _table(subgroups.get(n, []), ["attribute", "group", "n", "n_malignant", "roc_auc", "sensitivity",
                                                 "specificity"]), "</details>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _history(histories: dict[str, Any], metric: str) -> str:
+    """Each study's trial values and best-so-far line against the trial number."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for i, (label, table) in enumerate(histories.items()):
+        done = table[table["state"] == "COMPLETE"].sort_values("number")
+        if done.empty:
+            continue
+        colour = f"C{i % 10}"
+        ax.scatter(done["number"], done["value"], s=9, color=colour, alpha=0.5)
+        ax.step(done["number"], done["value"].cummax(), where="post", color=colour, lw=1.4, label=label)
+    ax.set(xlabel="trial", ylabel=f"inner-CV {metric}", title="Optimisation history (dots: trials; line: best so far)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def build_tune_report(summary: dict[str, Any], histories: dict[str, Any], importances: dict[str, float]) -> str:
+    """The HTML text of a tuning study: default vs tuned out of fold (with patient-bootstrap
+    intervals and the paired difference), the best parameters, the optimisation history of every
+    study (`histories`: label -> trials table of lesion_ml.tune.trials_table) and the parameter
+    importances of the study whose parameters are exported."""
+    keys = [("roc_auc", "ROC-AUC"), ("pauc_80", "pAUC80"), ("pr_auc", "PR-AUC")]
+    rows = [{"parameters": label, **{f"{title} [95% CI]": _ci(summary[label], k) for k, title in keys}}
+            for label in ("default", "tuned")]
+    diff = summary.get("difference", {})
+    rows.append({"parameters": "tuned - default", **{
+        f"{title} [95% CI]": (f"{diff[k]['difference']:+.4f} [{diff[k]['ci95'][0]:+.4f}, {diff[k]['ci95'][1]:+.4f}]"
+                              f", better in {diff[k]['share_better']:.0%} of resamples") if k in diff else "n/a"
+        for k, title in keys}})
+    best = [{"key": k, "default": summary["default_values"].get(k), "tuned (all folds)": v,
+             **{f"fold {f}": summary["per_fold"][f]["values"].get(k) for f in summary["per_fold"]}}
+            for k, v in summary["best_values"].items()]
+    parts = [
+        _head(f"lesion-ml tuning: {summary['study']}"),
+        f"<h1>lesion-ml: tuning study {html.escape(summary['study'])}</h1>",
+        f"<p>Model <b>{html.escape(summary['model'])}</b>, objective {html.escape(summary['metric'])}, "
+        f"{summary['n_trials']} trials per study, {summary['inner_folds']} patient-grouped inner folds. "
+        "Each outer fold has its own study, whose trials only see that fold's training patients; its best "
+        "parameters are refitted on those patients and predict the fold. So the tuned row below is an "
+        "out-of-fold estimate of tuning and training together, on the same rows as the default row. "
+        f"Intervals: 95% patient-level bootstrap ({summary['n_boot']} resamples); the difference row "
+        "resamples both models together. An interval spanning 0 means the data cannot tell the two apart.</p>",
+        "<h2>Default vs tuned, out of fold</h2>", _table(rows, list(rows[0])),
+        "<h2>Best parameters</h2>",
+        "<p>The 'all folds' column comes from a study scored on the outer folds themselves; it is what the "
+        f"override file applies: <code>{html.escape(summary['apply'])}</code>.</p>",
+        _table(best, list(best[0]) if best else ["key"]),
+        "<h2>Optimisation history</h2>", _history(histories, summary["metric"]),
+    ]
+    if importances:
+        parts += ["<h2>Parameter importance (fANOVA, study 'all folds')</h2>",
+                  _importance(importances, xlabel="share of the objective's variance",
+                              title="Which parameters mattered")]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -1,0 +1,330 @@
+"""Hyper-parameter tuning that does not fool itself: Optuna studies scored by patient-grouped inner
+cross-validation inside each outer training fold.
+
+A study of params.yaml `tune.studies.<name>` with K outer folds (split.n_folds) is K + 1 Optuna
+studies in one database:
+
+* `<base>-fold<k>` for each outer fold k: every trial fits on inner folds of fold k's training
+  rows and is scored on the inner validation rows, so fold k's validation patients are never seen.
+  Its best parameters are refitted on all of fold k's training rows and predict fold k. The K
+  predictions form the tuned model's out-of-fold scores: an honest estimate of "tune, then train",
+  on the same rows as every other model, comparable with the default parameters' scores.
+* `<base>-all`: trials scored on the outer folds themselves; its best parameters are the ones a
+  user applies (the params override file).
+
+Feature preparation (clipping, imputation, encoding, selection) is refitted on every inner
+training set, as the prepare stage fits it on every outer one. `<base>` holds a digest of the
+search space, the metric, the inner folds, the untuned params and the data, so a rerun with the
+same inputs continues the stored trials and a changed input starts fresh studies.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from lesion_ml.config import Params, PrepareConfig, SearchParam, StudyConfig, TuneConfig, set_dotted, validate_params
+from lesion_ml.evaluate.analysis import RANKING, bootstrap_intervals, paired_bootstrap
+
+log = logging.getLogger("lesion_ml.tune")
+
+STORAGE_ENV = "LESION_TUNE_STORAGE"
+DEFAULT_STORAGE = "sqlite:///.lesion/optuna.db"  # relative to the repository root; outside every DVC out
+FINISHED = ("COMPLETE", "PRUNED")  # trial states that count towards n_trials
+
+
+def storage_url(cfg: TuneConfig) -> str:
+    """The Optuna database: $LESION_TUNE_STORAGE, else params.yaml tune.storage, else a SQLite file."""
+    url = os.environ.get(STORAGE_ENV) or cfg.storage or DEFAULT_STORAGE
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def open_storage(url: str):
+    """An Optuna RDB storage with heartbeats, so that trials of a killed run are marked failed (and
+    not counted) instead of staying "running" for ever; SQLite waits for its lock instead of failing
+    when several workers write at once."""
+    import optuna
+
+    import warnings
+
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resumption needs
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=90)
+
+
+@dataclass
+class TuneData:
+    """The cleaned metadata (prepare stage's clean.parquet) aligned with the outer folds."""
+
+    ids: np.ndarray
+    features: pd.DataFrame
+    y: np.ndarray
+    groups: np.ndarray
+    fold: np.ndarray
+
+    @classmethod
+    def load(cls, clean: Path, folds: Path) -> TuneData:
+        features = pd.read_parquet(clean)
+        ids, y = features.pop("image_id").to_numpy(), features.pop("target").to_numpy().astype(int)
+        f = pd.read_parquet(folds).set_index("image_id").reindex(ids)
+        if f["fold"].isna().any():
+            missing = ids[f["fold"].isna().to_numpy()][:5].tolist()
+            raise ValueError(f"{folds}: no fold for images {missing} of {clean}; rerun the split and prepare stages")
+        return cls(ids, features, y, f["patient_id"].astype(str).to_numpy(), f["fold"].to_numpy().astype(int))
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.ids.astype(str), self.y, self.fold):
+            h.update(np.ascontiguousarray(a).tobytes() if a.dtype != object else "\n".join(a).encode())
+        h.update(pd.util.hash_pandas_object(self.features, index=False).to_numpy().tobytes())
+        return h.hexdigest()
+
+
+def inner_folds(data: TuneData, outer: int | None, n_inner: int, seed: int) -> np.ndarray:
+    """The inner fold of every row: patient-grouped, class-stratified folds of outer fold `outer`'s
+    training rows, and -1 for its validation rows (never used by a trial). `outer` None: the outer
+    folds themselves (the study whose best parameters are exported)."""
+    if outer is None:
+        return data.fold.copy()
+    out = np.full(len(data.y), -1, dtype=np.int64)
+    rows = np.flatnonzero(data.fold != outer)
+    n_patients = len(np.unique(data.groups[rows]))
+    if n_patients < n_inner:
+        raise ValueError(f"outer fold {outer} leaves {n_patients} training patients, fewer than the "
+                         f"{n_inner} inner folds; lower params.yaml tune.studies.<name>.inner_folds")
+    sgkf = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed)
+    for j, (_, valid) in enumerate(sgkf.split(rows, data.y[rows], data.groups[rows])):
+        out[rows[valid]] = j
+    return out
+
+
+def suggest(trial, space: dict[str, SearchParam]) -> dict[str, Any]:
+    """One value per key of the search space, drawn by the trial (the Optuna parameter name is the
+    params.yaml key)."""
+    values = {}
+    for key, d in space.items():
+        if d.type == "categorical":
+            values[key] = trial.suggest_categorical(key, list(d.choices))
+        elif d.type == "int":
+            values[key] = trial.suggest_int(key, int(d.low), int(d.high), log=d.log)
+        else:
+            values[key] = trial.suggest_float(key, d.low, d.high, log=d.log)
+    return values
+
+
+def with_values(base: Params, values: dict[str, Any]) -> Params:
+    """`base` with the dotted keys of `values` set, validated."""
+    return validate_params(set_dotted(base.model_dump(mode="json", exclude={"tune"}), values), "a tuning trial")
+
+
+def override(values: dict[str, Any]) -> dict[str, Any]:
+    """The nested params.yaml override that sets `values` (for `lesion params --merge`)."""
+    return set_dotted({}, values)
+
+
+class GbdtFitter:
+    """Fits the metadata track (prepare's preprocessing + LightGBM) on some rows and predicts others.
+
+    It keeps the prepared features of recent (preprocessing params, rows) pairs, so trials that do
+    not tune a prepare key reuse them. They are kept before the k-best cut, with the selector's
+    scores: trials that tune only `prepare.select.k` take the top k of the same scores, exactly
+    what the prepare stage's selector would keep."""
+
+    def __init__(self, data: TuneData, cache_size: int = 24):
+        self.data = data
+        self._cache: OrderedDict[str, tuple[pd.DataFrame, np.ndarray]] = OrderedDict()
+        self._size = cache_size
+
+    def _features(self, prepare: PrepareConfig, scope: np.ndarray, train: np.ndarray) -> pd.DataFrame:
+        from lesion_ml.tabular.prepare import fit_transform_fold
+
+        every = prepare.model_copy(update={"select": prepare.select.model_copy(update={"k": 10**9})})
+        key = hashlib.sha256(every.model_dump_json().encode() + np.packbits(scope).tobytes()
+                             + np.packbits(train).tobytes()).hexdigest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
+            rows = np.flatnonzero(scope)
+            X, _, pipe = fit_transform_fold(self.data.features.iloc[rows], pd.Series(self.data.y[rows]),  # noqa: N806
+                                            train[rows], every)
+            scores = pipe.named_steps["select"].scores_[pipe.named_steps["select"].support_]
+            self._cache[key] = (X, np.lexsort((np.arange(X.shape[1]), -scores)))  # best first; ties: earlier
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        X, order = self._cache[key]  # noqa: N806
+        return X.iloc[:, np.sort(order[:prepare.select.k])]
+
+    def fit_predict(self, params: Params, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        """Fit on the rows of mask `train` (preprocessing too), predict the rows of mask `test`."""
+        from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
+
+        scope = train | test
+        X = self._features(params.prepare, scope, train)  # noqa: N806 - rows of `scope`, in order
+        local_train, local_test = train[scope], test[scope]
+        model = fit_gbdt(X[local_train], self.data.y[train], params.train_gbdt)
+        return predict_gbdt(model, X[local_test])
+
+
+def _score(metric: str, y: np.ndarray, p: np.ndarray) -> float:
+    return RANKING[metric](y, p) if 0 < y.sum() < len(y) else float("nan")
+
+
+def objective(fitter: GbdtFitter, base: Params, study: StudyConfig, inner: np.ndarray) -> Callable:
+    """The Optuna objective: a trial's parameters fitted on each inner training set and scored on
+    the pooled inner validation predictions. After each inner fold it reports the mean metric so
+    far, so the pruner can stop a trial that falls behind."""
+    import optuna
+
+    y, scope = fitter.data.y, inner >= 0
+    n_inner = int(inner.max()) + 1
+
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def run(trial) -> float:
+        trial.set_user_attr("worker", worker)  # which process ran it (trials of parallel tasks interleave)
+        params = with_values(base, suggest(trial, study.space))
+        pooled, running = np.full(len(y), np.nan), []
+        for j in range(n_inner):
+            valid = inner == j
+            pooled[valid] = fitter.fit_predict(params, scope & ~valid, valid)
+            running.append(_score(study.metric, y[valid], pooled[valid]))
+            trial.report(float(np.nanmean(running)), j)
+            if j < n_inner - 1 and trial.should_prune():
+                raise optuna.TrialPruned()
+        return _score(study.metric, y[scope], pooled[scope])
+
+    return run
+
+
+def study_base(name: str, study: StudyConfig, base: Params, data_digest: str) -> str:
+    """`<name>-<digest>`: the digest covers everything a stored trial's value depends on."""
+    untuned = set_dotted(base.model_dump(mode="json", include={"prepare", "train_gbdt", "train_cnn"}),
+                         {k: None for k in study.space})
+    key = json.dumps({"model": study.model, "space": {k: v.model_dump(mode="json") for k, v in study.space.items()},
+                      "metric": study.metric, "inner_folds": study.inner_folds, "seed": study.seed,
+                      "params": untuned, "data": data_digest}, sort_keys=True)
+    return f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def study_names(base_name: str, n_folds: int) -> dict[int | None, str]:
+    """Outer fold (None: all folds) -> Optuna study name."""
+    return {**{k: f"{base_name}-fold{k}" for k in range(n_folds)}, None: f"{base_name}-all"}
+
+
+def _sampler(study: StudyConfig, salt: int):
+    import optuna
+
+    seed = study.seed * 1_000_003 + salt
+    return optuna.samplers.TPESampler(seed=seed) if study.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
+
+
+def _pruner(study: StudyConfig):
+    import optuna
+
+    if study.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    if study.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(study.inner_folds, 2))
+    return optuna.pruners.NopPruner()
+
+
+def load_study(storage, name: str, study: StudyConfig, salt: int = 0):
+    """The Optuna study `name` (created when new), maximising the metric."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial would drown the flow's log
+    return optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+                               sampler=_sampler(study, salt), pruner=_pruner(study))
+
+
+def finished(opt_study) -> int:
+    """Trials that count towards n_trials (complete or pruned); failed and running ones do not."""
+    import optuna
+
+    states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
+    return len(opt_study.get_trials(deepcopy=False, states=states))
+
+
+def shares(remaining: int, workers: int) -> list[int]:
+    """`remaining` trials split over at most `workers` tasks (no empty task)."""
+    n = min(workers, remaining)
+    return [remaining // n + (i < remaining % n) for i in range(n)] if n else []
+
+
+def run_trials(storage_url_: str, name: str, study: StudyConfig, base: Params, data: TuneData, outer: int | None,
+               n_trials: int, salt: int = 0, fitter: GbdtFitter | None = None) -> int:
+    """Run `n_trials` more trials of study `name` (outer fold `outer`); returns how many finished."""
+    if study.model != "gbdt":
+        raise ValueError(f"tuning model {study.model!r}: only the gbdt metadata model can be tuned so far; "
+                         "set params.yaml tune.studies.<name>.model: gbdt")
+    opt_study = load_study(open_storage(storage_url_), name, study, salt)
+    before = finished(opt_study)
+    inner = inner_folds(data, outer, study.inner_folds, study.seed)
+    opt_study.optimize(objective(fitter or GbdtFitter(data), base, study, inner), n_trials=n_trials,
+                       timeout=study.timeout_s, gc_after_trial=False)
+    return finished(opt_study) - before
+
+
+def best_values(opt_study) -> dict[str, Any]:
+    """The best complete trial's parameters (params.yaml keys -> values)."""
+    return dict(opt_study.best_trial.params)
+
+
+def outer_scores(data: TuneData, base: Params, values_per_fold: dict[int, dict[str, Any]],
+                 fitter: GbdtFitter | None = None) -> np.ndarray:
+    """Out-of-fold scores: each outer fold predicted by a model fitted on its training rows with the
+    parameters `values_per_fold[k]` (an empty dict: the untuned params)."""
+    fitter = fitter or GbdtFitter(data)
+    oof = np.full(len(data.y), np.nan)
+    for k, values in values_per_fold.items():
+        valid = data.fold == k
+        oof[valid] = fitter.fit_predict(with_values(base, values), ~valid, valid)
+    return oof
+
+
+def compare(data: TuneData, default: np.ndarray, tuned: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, Any]:
+    """Default vs tuned on the same out-of-fold rows: each model's ranking metrics with patient-level
+    bootstrap intervals, and the paired difference (tuned - default) with its interval."""
+    out: dict[str, Any] = {}
+    for label, p in (("default", default), ("tuned", tuned)):
+        ci = bootstrap_intervals(data.y, p, data.groups, 0.5, n_boot, seed) if n_boot else {}
+        out[label] = {k: round(fn(data.y, p), 4) for k, fn in RANKING.items()}
+        out[label]["ci95"] = {k: ci[k] for k in RANKING} if ci else {}
+    out["difference"] = paired_bootstrap(data.y, default, tuned, data.groups, n_boot, seed) if n_boot else {}
+    return out
+
+
+def trials_table(opt_study) -> pd.DataFrame:
+    """One row per trial: number, state, value, the parameters, duration in seconds."""
+    rows = []
+    for t in opt_study.get_trials(deepcopy=False):
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
+            if t.datetime_complete and t.datetime_start else None
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value, **t.params,
+                     "seconds": seconds, "worker": t.user_attrs.get("worker")})
+    return pd.DataFrame(rows)
+
+
+def importances(opt_study) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA) over the complete trials; empty with fewer than two
+    trials or a single parameter that never varied."""
+    import optuna
+
+    try:
+        return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(opt_study).items()}
+    except (RuntimeError, ValueError):
+        return {}
