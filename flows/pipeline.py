@@ -20,6 +20,7 @@ from flows.prepare import prepare_flow
 from flows.split import split_flow
 from flows.train_cnn import fold_calls, train_cnn_flow
 from flows.train_gbdt import train_gbdt_flow
+from flows.tune import tune_flow
 from flows.validate import validate_flow
 from lesion_ml.config import load_params
 from tasks import paths
@@ -30,7 +31,8 @@ from tasks.train import combine_oof, train_cnn_fold
 @flow(name="pipeline")
 def pipeline_flow(params: str = str(paths.PARAMS)) -> dict:
     """ingest -> split -> prepare -> train_gbdt -> minority_set -> train_cnn@<each model> ->
-    evaluate -> final -> validate@<each external set>. Returns what each stage flow returned, by stage name."""
+    evaluate -> final -> validate@<each external set> -> tune@<each study>. Returns what each
+    stage flow returned, by stage name."""
     p = load_params(params)  # validated before any work starts
     models = list(p.train_cnn.models)
     out = {"ingest": ingest_flow(params), "split": split_flow(params), "prepare": prepare_flow(params),
@@ -48,6 +50,8 @@ def pipeline_flow(params: str = str(paths.PARAMS)) -> dict:
     out["final"] = final_flow(params)
     for name in p.external.sets:
         out[f"validate@{name}"] = validate_flow(name, params)
+    for name in p.tune.studies:
+        out[f"tune@{name}"] = tune_flow(name, params)
     return out
 
 

@@ -22,9 +22,10 @@ def tune_flow(name: str, params: str = str(paths.PARAMS)) -> dict:
         raise ConfigError(f"no study {name!r} in params.yaml tune.studies; have {sorted(p.tune.studies)}")
     study, storage = p.tune.studies[name], storage_url(p.tune)
     clean = paths.FEATURES / "clean.parquet"
-    calls = plan_trials(storage, name, study, p, clean, paths.FOLDS, p.tune.parallel)
+    images = None if study.model == "gbdt" else paths.IMAGES
+    calls = plan_trials(storage, name, study, p, clean, paths.FOLDS, images, p.tune.parallel)
     run_all(tune_trials, calls, p.orchestration, "tune-trials")
-    return report_study(storage, name, study, p, clean, paths.FOLDS, p.tune.bootstrap, paths.TUNE / name,
+    return report_study(storage, name, study, p, clean, paths.FOLDS, images, p.tune.bootstrap, paths.TUNE / name,
                         paths.TUNE / f"{name}.json")
 
 

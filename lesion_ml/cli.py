@@ -134,6 +134,24 @@ def _bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_tune(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from lesion_ml.bench_tune import bench_tune, format_tune_table
+    from lesion_ml.config import ConfigError, apply_override, load_params
+
+    params = load_params(args.params)
+    if args.override:
+        with tempfile.TemporaryDirectory() as tmp:
+            params = apply_override(args.override, args.params, Path(tmp) / "params.yaml")
+    if args.study not in params.tune.studies:
+        raise ConfigError(f"no study {args.study!r} in tune.studies of {args.params}"
+                          f"{' merged with ' + args.override if args.override else ''}; have "
+                          f"{sorted(params.tune.studies)} (--study, --override)")
+    result = bench_tune(params, args.study, args.trials, args.rows, args.patients, args.malignant, args.seed)
+    return _report(result, format_tune_table(result), args.json)
+
+
 def _metrics(args: argparse.Namespace) -> int:
     import json
 
@@ -289,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="params.yaml whose prepare/train_gbdt/split sections are used (defaults if absent)")
     tab.add_argument("--json", help="also write the figures to this JSON file")
     tab.set_defaults(func=_bench)
+    tu = bench_sub.add_parser("tune", help="a tuning study (nested patient-grouped CV) at ISIC 2024 scale, timed")
+    tu.add_argument("--rows", type=int, default=401_059, help="rows of generated metadata (default 401,059)")
+    tu.add_argument("--patients", type=int, default=1_042)
+    tu.add_argument("--malignant", type=int, default=393, help="number of malignant rows")
+    tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--params", default="params.yaml", help="params.yaml (prepare, train_gbdt, split, tune)")
+    tu.add_argument("--override", default="examples/tune-gbdt.yaml",
+                    help="merged over --params first (default: the example study); '' for none")
+    tu.add_argument("--study", default="gbdt", help="the study of tune.studies to run")
+    tu.add_argument("--trials", type=int, help="trials per study (default: the study's n_trials)")
+    tu.add_argument("--json", help="also write the figures to this JSON file")
+    tu.set_defaults(func=_bench_tune)
     sc = bench_sub.add_parser("scale", help="the whole dvc repro on an ISIC 2024-size set, stage by stage, "
                               "then lesion predict on every image")
     sc.add_argument("--data", required=True, help="ISIC 2024-format folder (lesion synth --full-size --out DIR)")

@@ -357,6 +357,9 @@ class StudyConfig(_Section):
     n_trials: int = Field(40, ge=1, description="finished trials per study (each outer fold's and the final one)")
     timeout_s: float | None = Field(None, gt=0, description="time budget of each study in seconds; null: none")
     inner_folds: int = Field(3, ge=2, description="patient-grouped folds inside each outer training fold")
+    score_negatives: int | None = Field(20_000, ge=100, description="benign rows a trial predicts per inner "
+                                        "validation fold (a fixed random sample, every malignant row kept; the "
+                                        "same rows for every trial); null: all")
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median", description="stops a trial whose intermediate values (per inner fold; per epoch for an image "

@@ -340,7 +340,7 @@ def _save(path: Path, state: dict) -> None:
 
 def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device, num_workers: int = 0,
                seed: int = 0, checkpoint: Path | None = None, on_step: Callable[[int, int], None] | None = None,
-               label: str = "") -> FoldResult:
+               label: str = "", on_epoch: Callable[[int, dict], None] | None = None) -> FoldResult:
     """Train one model on a fold's training rows and predict its validation rows.
 
     Args:
@@ -355,6 +355,8 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
             last epoch; a finished run is not trained again.
         on_step: called as on_step(epoch, step) after each optimizer step (tests).
         label: prefix for the progress bar and log lines (e.g. "resnet18 fold 2").
+        on_epoch: called as on_epoch(epoch, row) after each epoch with its history row (a tuning
+            trial reports `valid_pauc` to its pruner there; an exception it raises ends training).
     """
     key = _run_key(data, cfg, seed, store, device.type)
     backbone_spec(cfg.backbone)  # an unknown backbone fails before any image is read
@@ -448,6 +450,8 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
             row["valid_auc"], row["valid_pauc"] = _score(data.valid_y, p, "auc"), _score(data.valid_y, p, "pauc")
         row["seconds"] = round(time.perf_counter() - start, 3)
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
         stop = False
         if metric != "none":
             score = row[f"holdout_{metric}"]

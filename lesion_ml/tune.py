@@ -131,9 +131,14 @@ def with_values(base: Params, values: dict[str, Any]) -> Params:
     return validate_params(set_dotted(base.model_dump(mode="json", exclude={"tune"}), values), "a tuning trial")
 
 
-def override(values: dict[str, Any]) -> dict[str, Any]:
-    """The nested params.yaml override that sets `values` (for `lesion params --merge`)."""
-    return set_dotted({}, values)
+def override(values: dict[str, Any], base: Params) -> dict[str, Any]:
+    """The nested params.yaml override that sets `values` (for `lesion params --merge`). An override
+    replaces train_cnn.models as a whole (lesion_ml.config.merge_params), so for an image model's
+    keys it carries every model of `base`, with the tuned values set."""
+    start = {}
+    if any(k.startswith("train_cnn.models.") for k in values):
+        start = {"train_cnn": {"models": base.model_dump(mode="json")["train_cnn"]["models"]}}
+    return set_dotted(start, values)
 
 
 class GbdtFitter:
@@ -168,8 +173,9 @@ class GbdtFitter:
         X, order = self._cache[key]  # noqa: N806
         return X.iloc[:, np.sort(order[:prepare.select.k])]
 
-    def fit_predict(self, params: Params, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        """Fit on the rows of mask `train` (preprocessing too), predict the rows of mask `test`."""
+    def fit_predict(self, params: Params, train: np.ndarray, test: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Fit on the rows of mask `train` (preprocessing too), predict the rows of mask `test`.
+        `seed` is unused: the LightGBM seeds are train_gbdt.seeds."""
         from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
 
         scope = train | test
@@ -179,43 +185,112 @@ class GbdtFitter:
         return predict_gbdt(model, X[local_test])
 
 
+class CnnFitter:
+    """Trains an image model of train_cnn.models (lesion_ml.train.train_fold) on some rows and
+    predicts others; a fusion model's metadata features are prepared on the same training rows."""
+
+    def __init__(self, data: TuneData, store, model: str, device: str = "auto", num_workers: int = 0):
+        from lesion_ml.train import select_device
+
+        self.data, self.store, self.model = data, store, model
+        self.device, self.num_workers = select_device(device), num_workers
+        self._meta = GbdtFitter(data, cache_size=4)
+
+    def fit_predict(self, params: Params, train: np.ndarray, test: np.ndarray, seed: int = 0,
+                    on_epoch: Callable[[int, dict], None] | None = None) -> np.ndarray:
+        from lesion_ml.train import FoldData, train_fold
+
+        cfg = params.train_cnn.models[self.model]
+        d = self.data
+        fold = FoldData(train_ids=d.ids[train].tolist(), train_y=d.y[train].astype(np.float32),
+                        valid_ids=d.ids[test].tolist(), valid_y=d.y[test], train_groups=d.groups[train])
+        if cfg.fusion.enabled:
+            scope = train | test
+            meta = self._meta._features(params.prepare, scope, train).to_numpy(np.float32)
+            fold.train_meta, fold.valid_meta = meta[train[scope]], meta[test[scope]]
+        result = train_fold(self.store, fold, cfg, self.device, self.num_workers, seed=cfg.seed + seed,
+                            label=f"tune {self.model}", on_epoch=on_epoch)
+        return result.valid_pred
+
+
 def _score(metric: str, y: np.ndarray, p: np.ndarray) -> float:
     return RANKING[metric](y, p) if 0 < y.sum() < len(y) else float("nan")
 
 
-def objective(fitter: GbdtFitter, base: Params, study: StudyConfig, inner: np.ndarray) -> Callable:
-    """The Optuna objective: a trial's parameters fitted on each inner training set and scored on
-    the pooled inner validation predictions. After each inner fold it reports the mean metric so
-    far, so the pruner can stop a trial that falls behind."""
+def objective(fitter: GbdtFitter | CnnFitter, base: Params, study: StudyConfig, inner: np.ndarray) -> Callable:
+    """The Optuna objective.
+
+    The metadata model: a trial's parameters are fitted on each inner training set and scored on
+    the pooled inner validation predictions; after each inner fold it reports the mean metric so
+    far, so the pruner can stop a trial that falls behind. An image model (one training costs
+    minutes, not seconds): trained on the inner folds but the first and scored on the first,
+    reporting its validation score after every epoch to the pruner.
+    """
     import optuna
 
     y, scope = fitter.data.y, inner >= 0
     n_inner = int(inner.max()) + 1
-
+    scored = scored_rows(inner, y, study.score_negatives, study.seed)
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(trial) -> float:
-        trial.set_user_attr("worker", worker)  # which process ran it (trials of parallel tasks interleave)
-        params = with_values(base, suggest(trial, study.space))
+    def run_gbdt(trial, params: Params) -> float:
         pooled, running = np.full(len(y), np.nan), []
         for j in range(n_inner):
-            valid = inner == j
-            pooled[valid] = fitter.fit_predict(params, scope & ~valid, valid)
+            valid = scored & (inner == j)
+            pooled[valid] = fitter.fit_predict(params, scope & (inner != j), valid)
             running.append(_score(study.metric, y[valid], pooled[valid]))
             trial.report(float(np.nanmean(running)), j)
             if j < n_inner - 1 and trial.should_prune():
                 raise optuna.TrialPruned()
-        return _score(study.metric, y[scope], pooled[scope])
+        return _score(study.metric, y[scored], pooled[scored])
+
+    def run_cnn(trial, params: Params) -> float:
+        key = "valid_pauc" if study.metric == "pauc_80" else "valid_auc"
+
+        def on_epoch(epoch: int, row: dict) -> None:
+            trial.report(float(row[key]), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        valid = scored & (inner == 0)
+        return _score(study.metric, y[valid], fitter.fit_predict(params, scope & (inner != 0), valid, 0, on_epoch))
+
+    def run(trial) -> float:
+        trial.set_user_attr("worker", worker)  # which process ran it (trials of parallel tasks interleave)
+        values = suggest(trial, study.space)
+        if study.model == "gbdt":
+            return run_gbdt(trial, with_values(base, values))
+        monitor = {f"train_cnn.models.{study.model}.monitor_valid": True}  # the per-epoch inner validation score
+        return run_cnn(trial, with_values(base, {**values, **monitor}))
 
     return run
 
 
+def scored_rows(inner: np.ndarray, y: np.ndarray, negatives: int | None, seed: int) -> np.ndarray:
+    """The inner validation rows trials are scored on: every malignant row and at most `negatives`
+    benign rows of each inner fold, drawn once (the same rows for every trial, so trials and the
+    pruner compare like with like). Ranking metrics do not depend on how many benign rows there are,
+    only their noise does, and with a few hundred malignant rows the positives dominate it."""
+    keep = inner >= 0
+    if negatives is None:
+        return keep
+    rng = np.random.default_rng(seed)
+    for j in range(int(inner.max()) + 1):
+        benign = np.flatnonzero((inner == j) & (y != 1))
+        if len(benign) > negatives:
+            keep[rng.choice(benign, size=len(benign) - negatives, replace=False)] = False
+    return keep
+
+
 def study_base(name: str, study: StudyConfig, base: Params, data_digest: str) -> str:
     """`<name>-<digest>`: the digest covers everything a stored trial's value depends on."""
-    untuned = set_dotted(base.model_dump(mode="json", include={"prepare", "train_gbdt", "train_cnn"}),
-                         {k: None for k in study.space})
+    raw = base.model_dump(mode="json")
+    relevant = {"prepare": raw["prepare"], **({"train_gbdt": raw["train_gbdt"]} if study.model == "gbdt" else
+                                             {"cnn": raw["train_cnn"]["models"][study.model]})}
+    untuned = set_dotted(relevant, {k.replace(f"train_cnn.models.{study.model}", "cnn"): None for k in study.space})
     key = json.dumps({"model": study.model, "space": {k: v.model_dump(mode="json") for k, v in study.space.items()},
                       "metric": study.metric, "inner_folds": study.inner_folds, "seed": study.seed,
+                      "score_negatives": study.score_negatives,
                       "params": untuned, "data": data_digest}, sort_keys=True)
     return f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -265,34 +340,54 @@ def shares(remaining: int, workers: int) -> list[int]:
     return [remaining // n + (i < remaining % n) for i in range(n)] if n else []
 
 
-def run_trials(storage_url_: str, name: str, study: StudyConfig, base: Params, data: TuneData, outer: int | None,
-               n_trials: int, salt: int = 0, fitter: GbdtFitter | None = None) -> int:
+def make_fitter(data: TuneData, base: Params, model: str, images: Path | None = None) -> GbdtFitter | CnnFitter:
+    """The fitter of a study's model: the metadata track for gbdt, else the image model
+    `train_cnn.models[model]` on the images of the manifest `images` (data/interim/images.json)."""
+    if model == "gbdt":
+        return GbdtFitter(data)
+    if images is None:
+        raise ValueError(f"tuning image model {model!r} needs the image manifest (data/interim/images.json)")
+    if base.train_cnn.models[model].balance.minority_set:
+        raise ValueError(f"tuning image model {model!r}: balance.minority_set is not supported in tuning trials; "
+                         f"set params.yaml train_cnn.models.{model}.balance.minority_set: false or tune another model")
+    from lesion_ml.data.images import ImageStore
+
+    store = ImageStore.from_manifest(json.loads(Path(images).read_text()))
+    return CnnFitter(data, store, model, base.train_cnn.device, base.train_cnn.num_workers)
+
+
+def run_trials(storage_url_: str, name: str, study: StudyConfig, base: Params, fitter: GbdtFitter | CnnFitter,
+               outer: int | None, n_trials: int, salt: int = 0) -> int:
     """Run `n_trials` more trials of study `name` (outer fold `outer`); returns how many finished."""
-    if study.model != "gbdt":
-        raise ValueError(f"tuning model {study.model!r}: only the gbdt metadata model can be tuned so far; "
-                         "set params.yaml tune.studies.<name>.model: gbdt")
     opt_study = load_study(open_storage(storage_url_), name, study, salt)
     before = finished(opt_study)
-    inner = inner_folds(data, outer, study.inner_folds, study.seed)
-    opt_study.optimize(objective(fitter or GbdtFitter(data), base, study, inner), n_trials=n_trials,
-                       timeout=study.timeout_s, gc_after_trial=False)
+    inner = inner_folds(fitter.data, outer, study.inner_folds, study.seed)
+    opt_study.optimize(objective(fitter, base, study, inner), n_trials=n_trials, timeout=study.timeout_s,
+                       gc_after_trial=False)
     return finished(opt_study) - before
 
 
 def best_values(opt_study) -> dict[str, Any]:
-    """The best complete trial's parameters (params.yaml keys -> values)."""
+    """The best complete trial's parameters (params.yaml keys -> values); none (the untuned params)
+    when no trial completed (every one pruned or failed), with a warning."""
+    import optuna
+
+    if not opt_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        log.warning("study %s has no complete trial; its untuned params stand in for the best", opt_study.study_name)
+        return {}
     return dict(opt_study.best_trial.params)
 
 
-def outer_scores(data: TuneData, base: Params, values_per_fold: dict[int, dict[str, Any]],
-                 fitter: GbdtFitter | None = None) -> np.ndarray:
-    """Out-of-fold scores: each outer fold predicted by a model fitted on its training rows with the
-    parameters `values_per_fold[k]` (an empty dict: the untuned params)."""
-    fitter = fitter or GbdtFitter(data)
+def outer_scores(fitter: GbdtFitter | CnnFitter, base: Params,
+                 values_per_fold: dict[int, dict[str, Any]]) -> np.ndarray:
+    """Out-of-fold scores: each outer fold k predicted by a model fitted on its training rows with
+    the parameters `values_per_fold[k]` (an empty dict: the untuned params); an image model of
+    fold k trains with seed + k, as in the train_cnn stage."""
+    data = fitter.data
     oof = np.full(len(data.y), np.nan)
     for k, values in values_per_fold.items():
         valid = data.fold == k
-        oof[valid] = fitter.fit_predict(with_values(base, values), ~valid, valid)
+        oof[valid] = fitter.fit_predict(with_values(base, values), ~valid, valid, k)
     return oof
 
 

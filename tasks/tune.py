@@ -15,7 +15,7 @@ from prefect.cache_policies import NONE
 from lesion_ml.config import Params, StudyConfig
 from lesion_ml.evaluate.report import build_tune_report
 from lesion_ml.io import write_csv, write_json, write_parquet, write_text
-from lesion_ml.tune import (GbdtFitter, TuneData, best_values, compare, finished, importances, load_study,
+from lesion_ml.tune import (TuneData, best_values, compare, finished, importances, load_study, make_fitter,
                             open_storage, outer_scores, override, run_trials, shares, study_base, study_names,
                             trials_table)
 
@@ -32,7 +32,7 @@ def _data(clean: Path, folds: Path) -> TuneData:
 
 @task(cache_policy=NONE)
 def plan_trials(storage: str, name: str, study: StudyConfig, base: Params, clean: Path, folds: Path,
-                workers: int) -> list[dict[str, Any]]:
+                images: Path | None, workers: int) -> list[dict[str, Any]]:
     """Create (or reopen) the study of every outer fold and of all folds, and share out the trials
     each still lacks (n_trials minus those already finished) over at most `workers` tasks."""
     data = _data(clean, folds)
@@ -45,21 +45,23 @@ def plan_trials(storage: str, name: str, study: StudyConfig, base: Params, clean
             # a sampler seed per study, worker and resume point: no two tasks replay the same draws
             salt = (outer if outer is not None else 999) * 10_007 + done * 101 + w
             calls.append({"storage": storage, "study_name": study_name, "study": study, "base": base,
-                          "clean": clean, "folds": folds, "outer": outer, "n_trials": n, "salt": salt})
+                          "clean": clean, "folds": folds, "images": images, "outer": outer, "n_trials": n,
+                          "salt": salt})
     return calls
 
 
 @task(cache_policy=NONE)
 def tune_trials(storage: str, study_name: str, study: StudyConfig, base: Params, clean: Path, folds: Path,
-                outer: int | None, n_trials: int, salt: int) -> int:
+                images: Path | None, outer: int | None, n_trials: int, salt: int) -> int:
     """Run `n_trials` trials of one study (outer fold `outer`, None: all folds); they are stored as
     they finish, so a killed run loses at most the trials in flight."""
-    return run_trials(storage, study_name, study, base, _data(clean, folds), outer, n_trials, salt)
+    fitter = make_fitter(_data(clean, folds), base, study.model, images)
+    return run_trials(storage, study_name, study, base, fitter, outer, n_trials, salt)
 
 
 @task(cache_policy=NONE)
 def report_study(storage: str, name: str, study: StudyConfig, base: Params, clean: Path, folds: Path,
-                 n_boot: int, out: Path, metrics: Path) -> dict:
+                 images: Path | None, n_boot: int, out: Path, metrics: Path) -> dict:
     """Default vs tuned on the outer folds, the best parameters and the report: `out`/report.html,
     trials.csv (every study's trials), oof.parquet, best.yaml (the params override of the study
     over all folds) and the DVC metrics file `metrics`."""
@@ -68,23 +70,23 @@ def report_study(storage: str, name: str, study: StudyConfig, base: Params, clea
     storage_ = open_storage(storage)
     studies = {outer: load_study(storage_, n, study) for outer, n in names.items()}
     per_fold = {k: best_values(s) for k, s in studies.items() if k is not None}
-    fitter = GbdtFitter(data)
-    default = outer_scores(data, base, {k: {} for k in per_fold}, fitter)
-    tuned = outer_scores(data, base, per_fold, fitter)
+    fitter = make_fitter(data, base, study.model, images)
+    default = outer_scores(fitter, base, {k: {} for k in per_fold})
+    tuned = outer_scores(fitter, base, per_fold)
     result = compare(data, default, tuned, n_boot)
     best = best_values(studies[None])
     best_file = out / "best.yaml"
     apply = f"lesion params --merge {best_file}"
     write_text(f"# best parameters of tuning study {name} ({names[None]}); apply with: {apply}\n"
-               + yaml.safe_dump(override(best), sort_keys=False), best_file)
+               + yaml.safe_dump(override(best, base), sort_keys=False), best_file)
     raw = base.model_dump(mode="json")
     summary = {
         "study": name, "model": study.model, "metric": study.metric, "n_trials": study.n_trials,
         "inner_folds": study.inner_folds, "n_boot": n_boot, **result, "best_values": best,
         "default_values": {k: _get(raw, k) for k in study.space},
-        "per_fold": {str(k): {"study": names[k], "values": v, "inner_value": round(studies[k].best_value, 4),
+        "per_fold": {str(k): {"study": names[k], "values": v, "inner_value": _best_value(studies[k]),
                               "finished_trials": finished(studies[k])} for k, v in per_fold.items()},
-        "all_folds": {"study": names[None], "inner_value": round(studies[None].best_value, 4),
+        "all_folds": {"study": names[None], "inner_value": _best_value(studies[None]),
                       "finished_trials": finished(studies[None])},
         "apply": apply, "dvc_exp": "dvc exp run " + " ".join(f"-S '{k}={v}'" for k, v in best.items()),
     }
@@ -100,6 +102,13 @@ def report_study(storage: str, name: str, study: StudyConfig, base: Params, clea
     write_json({**summary, "importances": imp}, metrics)
     _publish(summary, histories["all folds"])
     return {k: summary[k] for k in ("default", "tuned", "best_values")}
+
+
+def _best_value(opt_study) -> float | None:
+    try:
+        return round(opt_study.best_value, 4)
+    except ValueError:  # no complete trial
+        return None
 
 
 def _get(raw: dict, dotted: str) -> Any:

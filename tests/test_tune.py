@@ -231,3 +231,88 @@ def test_two_dask_workers_write_one_study_without_losing_a_trial(tmp_path, prefe
     assert len(trials) == 4 * 6 and set(trials["study"]) == {"fold 0", "fold 1", "fold 2", "all folds"}
     oof = pd.read_parquet(root / "reports/tune/t/oof.parquet")
     assert oof["tuned"].notna().all() and oof["default"].notna().all() and len(oof) == 500
+
+
+# --- image models: per-epoch reports, pruning ------------------------------------------------------
+
+def _image_study(tiny_demo):
+    """A tiny image-model study on the tiny demo set: its data, fitter, params and inner folds."""
+    from lesion_ml.config import DataConfig
+    from lesion_ml.data.sources import ingest
+    from lesion_ml.tune import CnnFitter
+
+    ing = ingest(DataConfig(source="synthetic"), tiny_demo)
+    table = ing.table.reset_index(drop=True)
+    folds = assign_folds(table, SplitConfig(n_folds=3, seed=1))
+    data = TuneData(table["image_id"].to_numpy(), clean_metadata(table, PrepareConfig().features),
+                    table["target"].to_numpy().astype(int), folds["patient_id"].astype(str).to_numpy(),
+                    folds["fold"].to_numpy())
+    params = validate_params({
+        "split": {"n_folds": 3},
+        "train_cnn": {"device": "cpu", "models": {"tiny": {"image_size": 32, "epochs": 3, "batch_size": 8}}},
+        "tune": {"studies": {"img": {"model": "tiny", "inner_folds": 2, "space": {
+            "train_cnn.models.tiny.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            "train_cnn.models.tiny.augment.flip": {"low": 0.0, "high": 1.0}}}}}})
+    return data, CnnFitter(data, ing.store, "tiny", "cpu"), params, inner_folds(data, 0, 2, seed=0)
+
+
+@pytest.mark.slow
+def test_image_model_trials_report_each_epoch_and_a_pruned_trial_stops_training(tiny_demo, monkeypatch):
+    import optuna
+
+    import lesion_ml.train as train_module
+
+    data, fitter, params, inner = _image_study(tiny_demo)
+    epochs_run: list[int] = []
+    real = train_module.train_one_epoch
+    monkeypatch.setattr(train_module, "train_one_epoch", lambda *a, **k: (epochs_run.append(1), real(*a, **k))[1])
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0),
+                                pruner=optuna.pruners.NopPruner())
+    study.optimize(objective(fitter, params, params.tune.studies["img"], inner), n_trials=2)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"] and len(epochs_run) == 6
+    for t in study.trials:
+        assert sorted(t.intermediate_values) == [0, 1, 2]  # one report per epoch
+        assert 0 <= t.value <= 0.2 + 1e-9  # pAUC above 80 % TPR lies in [0, 0.2]
+        assert t.params["train_cnn.models.tiny.lr"] != params.train_cnn.models["tiny"].lr
+
+    epochs_run.clear()  # a pruner that stops every trial at its first report: training ends there
+    pruned = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.0))
+    pruned.optimize(objective(fitter, params, params.tune.studies["img"], inner), n_trials=1)
+    assert pruned.trials[0].state.name == "PRUNED" and list(pruned.trials[0].intermediate_values) == [0]
+    assert len(epochs_run) == 1
+
+
+def test_tuning_an_image_model_with_minority_copies_says_what_to_change(tmp_path):
+    from lesion_ml.tune import make_fitter
+
+    params = validate_params({"train_cnn": {"models": {"m": {"balance": {"minority_set": True}}}}})
+    with pytest.raises(ValueError, match=r"train_cnn.models.m.balance.minority_set: false"):
+        make_fitter(_data(_project(tmp_path, 1)), params, "m", tmp_path / "images.json")
+
+
+def test_the_override_of_an_image_model_keeps_the_other_models(tmp_path):
+    from lesion_ml.config import merge_params
+    from lesion_ml.tune import override
+
+    raw = {"train_cnn": {"models": {"a": {"lr": 0.002, "epochs": 6}, "b": {"backbone": "resnet34"}}}}
+    base = validate_params(raw)
+    best = override({"train_cnn.models.a.lr": 0.01, "train_gbdt.num_leaves": 7}, base)
+    merged = validate_params(merge_params(raw, best))
+    assert set(merged.train_cnn.models) == {"a", "b"} and merged.train_cnn.models["b"].backbone == "resnet34"
+    assert merged.train_cnn.models["a"].lr == 0.01 and merged.train_cnn.models["a"].epochs == 6
+    assert merged.train_gbdt.num_leaves == 7
+
+
+def test_trials_score_every_malignant_row_and_a_fixed_sample_of_benign_ones():
+    from lesion_ml.tune import scored_rows
+
+    rng = np.random.default_rng(0)
+    inner = rng.integers(-1, 3, 3000)
+    y = (rng.random(3000) < 0.05).astype(int)
+    kept = scored_rows(inner, y, 200, seed=4)
+    assert not kept[inner == -1].any()  # never an outer validation row
+    for j in range(3):
+        fold = inner == j
+        assert kept[fold & (y == 1)].all() and (kept & fold & (y == 0)).sum() == 200
+    np.testing.assert_array_equal(kept, scored_rows(inner, y, 200, seed=4))  # the same rows every trial
+    assert (scored_rows(inner, y, None, 4) == (inner >= 0)).all()
