@@ -64,7 +64,8 @@ def report_study(storage: str, name: str, study: StudyConfig, base: Params, clea
                  images: Path | None, n_boot: int, out: Path, metrics: Path) -> dict:
     """Default vs tuned on the outer folds, the best parameters and the report: `out`/report.html,
     trials.csv (every study's trials), oof.parquet, best.yaml (the params override of the study
-    over all folds) and the DVC metrics file `metrics`."""
+    over all folds), summary.json (everything, per study) and the DVC metrics file `metrics`
+    (default and tuned figures, their difference, the best parameters)."""
     data = _data(clean, folds)
     names = study_names(study_base(name, study, base, data.digest()), int(data.fold.max()) + 1)
     storage_ = open_storage(storage)
@@ -99,7 +100,8 @@ def report_study(storage: str, name: str, study: StudyConfig, base: Params, clea
                                 "default": default, "tuned": tuned}), out / "oof.parquet")
     write_text(build_tune_report({**summary, "per_fold": {int(k): v for k, v in summary["per_fold"].items()}},
                                  histories, imp), out / "report.html")
-    write_json({**summary, "importances": imp}, metrics)
+    write_json({**summary, "importances": imp}, out / "summary.json")
+    write_json({k: summary[k] for k in ("default", "tuned", "difference", "best_values", "n_trials")}, metrics)
     _publish(summary, histories["all folds"])
     return {k: summary[k] for k in ("default", "tuned", "best_values")}
 

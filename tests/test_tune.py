@@ -198,7 +198,7 @@ def test_a_killed_study_resumes_without_losing_or_repeating_a_trial(tmp_path, pr
         for number, (params, value) in before.get(name, {}).items():  # none lost, none run again
             kept = next(t for t in done if t.number == number)
             assert kept.params == params and kept.value == value
-    report = yaml.safe_load((root / "reports/tune/t.json").read_text())
+    report = yaml.safe_load((root / "reports/tune/t/summary.json").read_text())
     assert set(report["per_fold"]) == {"0", "1", "2"}
     assert all(v["finished_trials"] == 6 for v in report["per_fold"].values())
 
@@ -220,6 +220,7 @@ def test_two_dask_workers_write_one_study_without_losing_a_trial(tmp_path, prefe
     # the outputs: metrics, the override file (applied, it validates), the report, the trials
     summary = yaml.safe_load((root / "reports/tune/t.json").read_text())
     assert summary["best_values"] == result["best_values"] and set(summary["best_values"]) == set(SPACE)
+    assert set(summary) == {"default", "tuned", "difference", "best_values", "n_trials"}  # dvc metrics: figures
     for label in ("default", "tuned"):
         assert 0.5 < summary[label]["roc_auc"] <= 1 and len(summary[label]["ci95"]["pauc_80"]) == 2
     merged = apply_override(root / "reports/tune/t/best.yaml", root / "params.yaml", root / "merged.yaml")
