@@ -8,8 +8,8 @@ from typing import Any
 
 from lesion_ml.bench import peak_rss_mib
 from lesion_ml.config import Params
-from lesion_ml.tune import (GbdtFitter, TuneData, best_values, compare, finished, load_study, open_storage,
-                            outer_scores, run_trials, study_base, study_names)
+from lesion_ml.tune import (GbdtFitter, TuneData, finished, load_study, open_storage, run_trials, study_base,
+                            study_names, tuned_vs_default)
 
 
 def bench_tune(params: Params, study_name: str, n_trials: int | None = None, n_rows: int = 401_059,
@@ -50,11 +50,8 @@ def bench_tune(params: Params, study_name: str, n_trials: int | None = None, n_r
             trials[label] = finished(load_study(open_storage(url), name, study))
         t = time.perf_counter()
         storage = open_storage(url)
-        per_fold = {k: best_values(load_study(storage, n, study)) for k, n in names.items() if k is not None}
-        fitter = GbdtFitter(data, cache_size=params.split.n_folds)
-        default = outer_scores(fitter, params, {k: {} for k in per_fold})
-        tuned = outer_scores(fitter, params, per_fold)
-        result = compare(data, default, tuned, 200)
+        studies = {k: load_study(storage, n, study) for k, n in names.items()}
+        result = tuned_vs_default(studies, GbdtFitter(data, cache_size=params.split.n_folds), params, 200)[0]
         seconds["outer refit + compare"] = round(time.perf_counter() - t, 1)
     seconds["total"] = round(time.perf_counter() - start, 1)
     return {"rows": n_rows, "patients": int(len(set(data.groups))), "malignant": int(data.y.sum()),

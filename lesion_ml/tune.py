@@ -391,6 +391,17 @@ def outer_scores(fitter: GbdtFitter | CnnFitter, base: Params,
     return oof
 
 
+def tuned_vs_default(studies: dict[int | None, Any], fitter: GbdtFitter | CnnFitter, base: Params,
+                     n_boot: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
+    """Each outer fold refitted with its own study's best parameters and with the untuned params
+    (`studies`: outer fold -> Optuna study, None -> the exported one, skipped here). Returns the
+    comparison (`compare`), the default and tuned out-of-fold scores, and each fold's best values."""
+    per_fold = {k: best_values(s) for k, s in studies.items() if k is not None}
+    default = outer_scores(fitter, base, {k: {} for k in per_fold})
+    tuned = outer_scores(fitter, base, per_fold)
+    return compare(fitter.data, default, tuned, n_boot), default, tuned, per_fold
+
+
 def compare(data: TuneData, default: np.ndarray, tuned: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, Any]:
     """Default vs tuned on the same out-of-fold rows: each model's ranking metrics with patient-level
     bootstrap intervals, and the paired difference (tuned - default) with its interval."""

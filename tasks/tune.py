@@ -15,9 +15,8 @@ from prefect.cache_policies import NONE
 from lesion_ml.config import Params, StudyConfig
 from lesion_ml.evaluate.report import build_tune_report
 from lesion_ml.io import write_csv, write_json, write_parquet, write_text
-from lesion_ml.tune import (TuneData, best_values, compare, finished, importances, load_study, make_fitter,
-                            open_storage, outer_scores, override, run_trials, shares, study_base, study_names,
-                            trials_table)
+from lesion_ml.tune import (TuneData, best_values, finished, importances, load_study, make_fitter, open_storage,
+                            override, run_trials, shares, study_base, study_names, trials_table, tuned_vs_default)
 
 _DATA: dict[tuple, TuneData] = {}  # per process: trial tasks of one flow run share the loaded table
 
@@ -70,11 +69,8 @@ def report_study(storage: str, name: str, study: StudyConfig, base: Params, clea
     names = study_names(study_base(name, study, base, data.digest()), int(data.fold.max()) + 1)
     storage_ = open_storage(storage)
     studies = {outer: load_study(storage_, n, study) for outer, n in names.items()}
-    per_fold = {k: best_values(s) for k, s in studies.items() if k is not None}
-    fitter = make_fitter(data, base, study.model, images)
-    default = outer_scores(fitter, base, {k: {} for k in per_fold})
-    tuned = outer_scores(fitter, base, per_fold)
-    result = compare(data, default, tuned, n_boot)
+    result, default, tuned, per_fold = tuned_vs_default(studies, make_fitter(data, base, study.model, images), base,
+                                                        n_boot)
     best = best_values(studies[None])
     best_file = out / "best.yaml"
     apply = f"lesion params --merge {best_file}"
