@@ -213,10 +213,15 @@ def test_two_dask_workers_write_one_study_without_losing_a_trial(tmp_path, prefe
     result = tune_flow("t", params=str(root / "params.yaml"))
     studies = _studies(root)
     assert len(studies) == 4
+    per_study = {}
     for name, trials in studies.items():
         assert len(_finished(trials)) == 6 and len({t.number for t in trials}) == len(trials), name
-        workers = {t.user_attrs["worker"] for t in trials}
-        assert len(workers) == 2 and f"{os.uname().nodename}:{os.getpid()}" not in workers  # two other processes
+        per_study[name] = {t.user_attrs["worker"] for t in trials}
+    workers = set().union(*per_study.values())
+    assert len(workers) == 2 and f"{os.uname().nodename}:{os.getpid()}" not in workers  # two other processes
+    # the first study's two tasks start together, one per worker; Dask may give a later study's
+    # two tasks to the same worker one after the other, so only "some study" is certain
+    assert any(len(w) == 2 for w in per_study.values())
     # the outputs: metrics, the override file (applied, it validates), the report, the trials
     summary = yaml.safe_load((root / "reports/tune/t.json").read_text())
     assert summary["best_values"] == result["best_values"] and set(summary["best_values"]) == set(SPACE)
