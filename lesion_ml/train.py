@@ -61,6 +61,12 @@ class LesionImages(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def index_store(self) -> None:
+        """Locate every image in the store now, before loader workers fork (`ImageStore.index`)."""
+        index = getattr(self.store, "index", None)
+        if index is not None:
+            index(self.image_ids)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """Sample `key`: a row index, or (row index, augmentation seed) from `SeededSampler`."""
         i, seed = key if isinstance(key, tuple) else (key, None)
@@ -182,9 +188,14 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: tor
 
     With workers, OpenCV is set to one thread in this process before they fork (its thread pool
     cannot be resized inside a forked child: that call hangs), so each worker decodes on one core
-    instead of every worker starting a pool the size of the machine."""
+    instead of every worker starting a pool the size of the machine; and the dataset's images are
+    located in the store first (`LesionImages.index_store`), so that the workers inherit the
+    locations instead of each finding them again."""
     if num_workers:
         cv2.setNumThreads(1)
+        index = getattr(dataset, "index_store", None)
+        if index is not None:
+            index()
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
                       num_workers=num_workers, pin_memory=device.type == "cuda",
                       worker_init_fn=loader_worker_init if num_workers else None,

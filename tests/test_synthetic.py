@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import h5py
+import torch
 import pytest
 import numpy as np
 import pandas as pd
@@ -130,3 +131,66 @@ def test_direct_hdf5_reads_equal_h5py_for_every_layout(tmp_path):
     store.close()
     with pytest.raises(OSError):
         os.fstat(fd)  # closed with the store
+
+
+def _blob_file(path, blobs: dict[str, bytes], pad: int = 0) -> None:
+    with h5py.File(path, "w") as f:
+        if pad:  # shifts every later dataset's offset in the file
+            f.create_dataset("padding", data=np.zeros(pad, np.uint8))
+        for key, blob in blobs.items():
+            f.create_dataset(key, data=np.bytes_(blob))
+
+
+def test_extents_travel_to_workers_but_not_to_another_file_under_the_same_path(tmp_path):
+    """Extents found before a pickle (a DataLoader worker's copy) are reused after it; once
+    another file sits under the same path, they are dropped, not read at stale offsets."""
+    import pickle
+
+    rng = np.random.default_rng(1)
+    blobs = {f"img{i}": b"\xff\xd8" + rng.integers(1, 255, 200, dtype=np.uint8).tobytes() for i in range(3)}
+    path = tmp_path / "a.hdf5"
+    _blob_file(path, blobs)
+    store = ImageStore(hdf5=path)
+    store.index([*blobs, "absent"])
+    assert set(store._extents) == set(blobs)
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy._extents == store._extents and copy._h5 is None
+    assert all(copy.read_bytes(k) == v for k, v in blobs.items())
+    other = {k: bytes(reversed(v)) for k, v in blobs.items()}
+    _blob_file(tmp_path / "b.hdf5", other, pad=5000)
+    (tmp_path / "b.hdf5").replace(path)
+    copy = pickle.loads(pickle.dumps(store))
+    assert all(copy.read_bytes(k) == v for k, v in other.items())
+    assert {k: e[0] for k, e in copy._extents.items()} != {k: e[0] for k, e in store._extents.items()}
+
+
+class _SeenExtents(torch.utils.data.Dataset):
+    """How many images the worker's store has located when it serves its first sample."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def index_store(self):
+        self.images.index_store()
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return len(self.images.store._extents)
+
+
+def test_loader_workers_inherit_the_image_locations(tiny_demo):
+    from lesion_ml.config import DataConfig
+    from lesion_ml.data.sources import ingest
+    from lesion_ml.train import LesionImages, create_transforms, make_loader
+
+    store = ingest(DataConfig(source="isic2024", path=str(tiny_demo)), tiny_demo).store
+    store.close()  # nothing located yet
+    ids = sorted(store.ids())[:20]
+    images = LesionImages(store, ids, None, create_transforms(32, False))
+    seen = torch.cat(list(make_loader(_SeenExtents(images), 4, 1, torch.device("cpu")))).tolist()
+    assert seen == [len(ids)] * len(ids)
+    assert set(store._extents) == set(ids)
+    with_none = torch.cat(list(make_loader(_SeenExtents(images), 4, 0, torch.device("cpu")))).tolist()
+    assert with_none == [len(ids)] * len(ids)  # located by the first loader, in this process
