@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from lesion_ml.catalogue import base_models
 from lesion_ml.config import load_params
 from tasks import paths
 from tasks.evaluate import evaluate_models
@@ -12,9 +13,10 @@ from tasks.evaluate import evaluate_models
 def evaluate_flow(params: str = str(paths.PARAMS)) -> dict:
     """Compare the metadata model, each image model, their ensembles and the stack on the same folds."""
     p = load_params(params)
-    oof = {"gbdt": paths.GBDT_DIR / "oof.parquet"}
-    oof.update({f"cnn_{name}": paths.CNN_DIR / name / "oof.parquet" for name in p.train_cnn.models})
-    return evaluate_models(oof, p.evaluate, paths.LESIONS, paths.FEATURES, p.train_gbdt, paths.GBDT_DIR,
+    models = base_models(p.train_cnn.models)
+    oof = {r.name: paths.GBDT_DIR / "oof.parquet" if r.kind == "gbdt" else paths.CNN_DIR / r.cnns[0] / "oof.parquet"
+           for r in models}
+    return evaluate_models(oof, models, p.evaluate, paths.LESIONS, paths.FEATURES, p.train_gbdt, paths.GBDT_DIR,
                            paths.REPORTS / "metrics.json", paths.REPORTS / "evaluation.json",
                            paths.REPORTS / "report.html", paths.OOF_SCORES, paths.CURVES)
 

@@ -117,7 +117,7 @@ def bare_forward_rate(net, image_size: int, batch_size: int, n_meta: int, batche
     `rounds`), the way training's eval loop calls it, on the CPU."""
     import torch
 
-    from lesion_ml.train import _forward
+    from lesion_ml.inference import forward_logits
 
     dev = torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
@@ -126,11 +126,11 @@ def bare_forward_rate(net, image_size: int, batch_size: int, n_meta: int, batche
     net.eval()
     rates = []
     with torch.no_grad():
-        _forward(net, data[0], dev)  # warm-up
+        forward_logits(net, data[0], dev)  # warm-up
         for _ in range(rounds):
             start = time.perf_counter()
             for batch in data:
-                torch.sigmoid(_forward(net, batch, dev))
+                torch.sigmoid(forward_logits(net, batch, dev))
             rates.append(batch_size * batches / (time.perf_counter() - start))
     return float(np.median(rates))
 
@@ -184,6 +184,91 @@ def _metrics(workdir: Path) -> dict[str, Any]:
                        for k, v in m["models"].items()}}
 
 
+def _pipeline_env(workdir: Path) -> dict[str, str]:
+    """The environment of the stages and of `lesion predict`: this interpreter's scripts first on
+    PATH, no telemetry, the work folder's own Prefect home."""
+    bindir = Path(sys.executable).parent
+    return dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '')}", DO_NOT_TRACK="1",
+                PREFECT_SERVER_ANALYTICS_ENABLED="false", DVC_NO_ANALYTICS="1", NO_ALBUMENTATIONS_UPDATE="1",
+                PREFECT_HOME=str(workdir.resolve() / ".prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+
+
+def _new_result(data: Path, overrides: Path) -> dict[str, Any]:
+    """The result before any stage runs: the data set's size, the profile and the machine."""
+    import pandas as pd
+
+    meta = pd.read_csv(data / "train-metadata.csv", usecols=["patient_id", "target"])
+    return {
+        "data": {"path": str(data), "lesions": len(meta), "patients": int(meta["patient_id"].nunique()),
+                 "malignant": int(meta["target"].sum())},
+        "overrides": yaml.safe_load(overrides.read_text()), "machine": {"cpus": os.cpu_count()},
+        "stages": []}  # in pipeline order (a list: the JSON file's keys are sorted)
+
+
+def _stage_names(workdir: Path, env: dict[str, str]) -> list[str]:
+    """The pipeline's stages in `workdir`, in DVC's order."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    return subprocess.run([dvc, "stage", "list", "--name-only"], cwd=workdir, env=env,
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def _keep_earlier_stages(result: dict[str, Any], stages: list[str], workdir: Path, out: Path | None) -> None:
+    """--predict-only: take the stage figures of `out` from a finished run in `workdir`."""
+    earlier = json.loads(out.read_text()) if out is not None and out.is_file() else {}
+    if [s["stage"] for s in earlier.get("stages", [])] != stages or not (workdir / "models/final/manifest.json").is_file():
+        raise ValueError(f"--predict-only needs a finished run in {workdir} and its figures in {out}")
+    result["stages"], result["predict_rerun"] = earlier["stages"], True
+
+
+def _save(result: dict[str, Any], out: Path | None) -> None:
+    """Write the figures so far to `out` (if given), so that they survive a later failure."""
+    if out is not None:
+        from lesion_ml.io import write_json
+
+        write_json(result, out)
+
+
+def _run_stages(stages: list[str], workdir: Path, env: dict[str, str], result: dict[str, Any],
+                out: Path | None) -> None:
+    """Run each stage on its own, measured, appending its figures to `result` (saved after each)."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for stage in stages:
+        log = workdir / "logs" / f"{stage.replace('@', '_')}.log"
+        print(f"stage {stage} ...", end=" ", flush=True)
+        r = run_measured([dvc, "repro", "--single-item", stage], workdir, log, env)
+        r["ran"] = "didn't change, skipping" not in log.read_text(errors="replace")
+        result["stages"].append({"stage": stage, **r})
+        print(f"{r['seconds']:.0f} s, {r['peak_rss_gib']:.2f} GiB" + ("" if r["ran"] else " (unchanged)"), flush=True)
+        _save(result, out)
+        if r["returncode"] != 0:
+            raise RuntimeError(f"stage {stage} failed (exit {r['returncode']}); see {log}")
+
+
+def _run_predict(data: Path, workdir: Path, env: dict[str, str], workers: int, batch: int,
+                 result: dict[str, Any], out: Path | None) -> dict[str, Any]:
+    """`lesion predict` on every image of `data` with the final model, measured, and its rate
+    against the bare forward pass of its image networks."""
+    log = workdir / "logs" / "predict.log"
+    print("lesion predict ...", end=" ", flush=True)
+    # `python -m` from the work folder: the same lesion_ml copy as the stages ran
+    r = run_measured([sys.executable, "-m", "lesion_ml.cli", "predict", "--model", "models/final", "--images",
+                      str((data / "train-image.hdf5").resolve()), "--metadata",
+                      str((data / "train-metadata.csv").resolve()), "--out", "predictions.csv",
+                      "--workers", str(workers), "--batch-size", str(batch)], workdir, log, env)
+    if r["returncode"] != 0:
+        result["predict"] = r
+        _save(result, out)
+        raise RuntimeError(f"lesion predict failed (exit {r['returncode']}); see {log}")
+    n = result["data"]["lesions"]
+    bare = _predict_bare(workdir / "models/final", batch)  # None: the final model uses no image network
+    r.update(images=n, workers=workers, batch_size=batch, images_per_s=round(n / r["seconds"], 1),
+             bare_forward_per_s=round(bare, 1) if bare else None,
+             ratio_vs_bare=round(n / r["seconds"] / bare, 3) if bare else None)
+    print(f"{r['seconds']:.0f} s, {r['images_per_s']:.0f} images/s"
+          + (f" ({r['ratio_vs_bare']:.2f} x bare forward)" if bare else " (no image network)"))
+    return r
+
+
 def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Path = Path("params.scale.yaml"),
                 predict_workers: int = 1, predict_batch: int = 256, out: Path | None = None,
                 predict_only: bool = False) -> dict[str, Any]:
@@ -202,72 +287,23 @@ def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Pa
     Raises:
         RuntimeError: a stage failed; its log is named.
     """
-    bindir = Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '')}", DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DVC_NO_ANALYTICS="1", NO_ALBUMENTATIONS_UPDATE="1",
-               PREFECT_HOME=str(workdir.resolve() / ".prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+    env = _pipeline_env(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     params = prepare_workdir(repo.resolve(), workdir, data, overrides)
-    import pandas as pd
-
-    meta = pd.read_csv(data / "train-metadata.csv", usecols=["patient_id", "target"])
-    result: dict[str, Any] = {
-        "data": {"path": str(data), "lesions": len(meta), "patients": int(meta["patient_id"].nunique()),
-                 "malignant": int(meta["target"].sum())},
-        "overrides": yaml.safe_load(overrides.read_text()), "machine": {"cpus": os.cpu_count()},
-        "stages": []}  # in pipeline order (a list: the JSON file's keys are sorted)
-    stages = subprocess.run([str(bindir / "dvc"), "stage", "list", "--name-only"], cwd=workdir, env=env,
-                            capture_output=True, text=True, check=True).stdout.split()
+    result = _new_result(data, overrides)
+    stages = _stage_names(workdir, env)
     if predict_only:
-        earlier = json.loads(out.read_text()) if out is not None and out.is_file() else {}
-        if [s["stage"] for s in earlier.get("stages", [])] != stages or not (workdir / "models/final/manifest.json").is_file():
-            raise ValueError(f"--predict-only needs a finished run in {workdir} and its figures in {out}")
-        result["stages"], result["predict_rerun"] = earlier["stages"], True
+        _keep_earlier_stages(result, stages, workdir, out)
         stages = []
-
-    def save() -> None:
-        if out is not None:
-            from lesion_ml.io import write_json
-
-            write_json(result, out)
-
     total = time.perf_counter()
-    for stage in stages:
-        log = workdir / "logs" / f"{stage.replace('@', '_')}.log"
-        print(f"stage {stage} ...", end=" ", flush=True)
-        r = run_measured([str(bindir / "dvc"), "repro", "--single-item", stage], workdir, log, env)
-        r["ran"] = "didn't change, skipping" not in log.read_text(errors="replace")
-        result["stages"].append({"stage": stage, **r})
-        print(f"{r['seconds']:.0f} s, {r['peak_rss_gib']:.2f} GiB" + ("" if r["ran"] else " (unchanged)"), flush=True)
-        save()
-        if r["returncode"] != 0:
-            raise RuntimeError(f"stage {stage} failed (exit {r['returncode']}); see {log}")
+    _run_stages(stages, workdir, env, result, out)
     result["dvc_repro_seconds"] = round(sum(s["seconds"] for s in result["stages"]), 1)
     result["oof_inference"] = _oof_inference(workdir, params)
     result["metrics"] = _metrics(workdir)
-    save()
-
-    log = workdir / "logs" / "predict.log"
-    print("lesion predict ...", end=" ", flush=True)
-    # `python -m` from the work folder: the same lesion_ml copy as the stages ran
-    r = run_measured([sys.executable, "-m", "lesion_ml.cli", "predict", "--model", "models/final", "--images",
-                      str((data / "train-image.hdf5").resolve()), "--metadata",
-                      str((data / "train-metadata.csv").resolve()), "--out", "predictions.csv",
-                      "--workers", str(predict_workers), "--batch-size", str(predict_batch)], workdir, log, env)
-    if r["returncode"] != 0:
-        result["predict"] = r
-        save()
-        raise RuntimeError(f"lesion predict failed (exit {r['returncode']}); see {log}")
-    n = len(meta)
-    bare = _predict_bare(workdir / "models/final", predict_batch)  # None: the final model uses no image network
-    r.update(images=n, workers=predict_workers, batch_size=predict_batch, images_per_s=round(n / r["seconds"], 1),
-             bare_forward_per_s=round(bare, 1) if bare else None,
-             ratio_vs_bare=round(n / r["seconds"] / bare, 3) if bare else None)
-    print(f"{r['seconds']:.0f} s, {r['images_per_s']:.0f} images/s"
-          + (f" ({r['ratio_vs_bare']:.2f} x bare forward)" if bare else " (no image network)"))
-    result["predict"] = r
+    _save(result, out)
+    result["predict"] = _run_predict(data, workdir, env, predict_workers, predict_batch, result, out)
     result["total_seconds"] = round(time.perf_counter() - total, 1)
-    save()
+    _save(result, out)
     return result
 
 

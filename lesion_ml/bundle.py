@@ -26,65 +26,19 @@ import torch
 
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.data.sources import DataError
+from lesion_ml.evaluate.calibration import apply_calibrator
 from lesion_ml.io import _finite, record_written
 from lesion_ml.models.net import LesionNet
 
 log = logging.getLogger(__name__)
 
 FORMAT = "lesion-ml-model/1"
-COMBINERS = ("single", "mean", "rank", "stack")
-
-
-def components_of(name: str, base: list[str]) -> tuple[str, list[str]]:
-    """How the evaluated model `name` is built from the base models `base` ("gbdt", "cnn_<x>"):
-    (combiner, the base models it needs)."""
-    if name in base:
-        return "single", [name]
-    if name == "ensemble_mean":
-        return "mean", list(base)
-    if name == "ensemble_rank":
-        return "rank", list(base)
-    if name == "stack_gbdt_images":
-        return "stack", [b for b in base if b.startswith("cnn_")]
-    raise ValueError(f"unknown model {name!r}; allowed: {base + ['ensemble_mean', 'ensemble_rank', 'stack_gbdt_images']} "
-                     "(params.yaml final.model)")
 
 
 def rank_reference(scores: np.ndarray, points: int = 2001) -> list[float]:
     """Quantiles of a model's out-of-fold scores: a new score's percentile among them is
     `np.interp(s, ref, linspace(0, 1, len(ref)))` (what the rank ensemble averages)."""
     return [float(v) for v in np.quantile(np.asarray(scores, float), np.linspace(0, 1, points))]
-
-
-def fit_calibrator(method: str, y: np.ndarray, p: np.ndarray) -> dict[str, Any] | None:
-    """A calibration map fitted on out-of-fold scores, as JSON: isotonic (its step function) or
-    Platt (logistic on the logit); None for "none"."""
-    if method == "none":
-        return None
-    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
-    if method == "isotonic":
-        from sklearn.isotonic import IsotonicRegression
-
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p, y)
-        return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
-    if method == "platt":
-        from sklearn.linear_model import LogisticRegression
-
-        lr = LogisticRegression(C=1e6).fit(np.log(p / (1 - p)).reshape(-1, 1), y)
-        return {"method": "platt", "coef": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0])}
-    raise ValueError(f"unknown calibration {method!r}; allowed: none, isotonic, platt")
-
-
-def apply_calibrator(cal: dict[str, Any] | None, p: np.ndarray) -> np.ndarray:
-    """The calibrated probabilities (identical to the fitted scikit-learn objects' output)."""
-    p = np.asarray(p, float)
-    if cal is None:
-        return p
-    if cal["method"] == "isotonic":
-        return np.interp(np.clip(p, 1e-6, 1 - 1e-6), cal["x"], cal["y"])
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    z = cal["coef"] * np.log(q / (1 - q)) + cal["intercept"]
-    return 1 / (1 + np.exp(-z))
 
 
 def inside(folder: Path, name: object, key: str) -> Path:
@@ -176,7 +130,7 @@ class FinalModel:
             except Exception as err:  # noqa: BLE001 - a corrupt or non-tensor file: say which
                 raise DataError(f"{weights}: cannot load the weights safely (weights_only): {err}") from None
             net.load_state_dict(state)
-            # channels-last, as in training: `_forward` feeds NHWC batches
+            # channels-last, as in training: `forward_logits` feeds NHWC batches
             net = net.to(torch.device(device)).to(memory_format=torch.channels_last).eval()
             model.cnns[name] = CnnComponent(name, cfg, spec["n_meta"], net)
         return model

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from lesion_ml.cli_bench import add_bench_commands
 from lesion_ml.config import SyntheticConfig
 
 
@@ -59,99 +60,6 @@ def _synthetic_config(sizes: dict) -> SyntheticConfig:
         raise ValueError("; ".join(problems)) from None
 
 
-def _report(result: dict, table: str, json_path: str | None) -> int:
-    """Print a benchmark's table, then its figures as JSON (or write them to `json_path`)."""
-    import json
-
-    from lesion_ml.io import write_json
-
-    print(table)
-    if json_path:
-        write_json(result, json_path)
-        print(f"wrote {json_path}")
-    else:
-        print(json.dumps(result))
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from lesion_ml.bench import bench_tabular, format_table
-    from lesion_ml.config import load_params
-
-    params = load_params(args.params) if Path(args.params).is_file() else None
-    kw = {"prepare": params.prepare, "gbdt": params.train_gbdt, "split": params.split} if params else {}
-    result = bench_tabular(n_rows=args.rows, n_patients=args.patients, malignant=args.malignant,
-                           seed=args.seed, **kw)
-    return _report(result, format_table(result), args.json)
-
-
-def _bench_train(args: argparse.Namespace) -> int:
-    from lesion_ml.bench import bench_train, format_train_table
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    result = bench_train(args.backbone, args.size, args.batch_size, args.steps, args.rounds, args.device,
-                         args.workers, Path(args.data) if args.data else None)
-    return _report(result, format_train_table(result), args.json)
-
-
-def _bench_loader(args: argparse.Namespace) -> int:
-    from lesion_ml.bench import bench_loader, format_loader_table
-
-    result = bench_loader(args.size, args.batch_size, args.images, tuple(args.workers), args.device,
-                          Path(args.data) if args.data else None, args.epochs)
-    return _report(result, format_loader_table(result), args.json)
-
-
-def _bench_all(args: argparse.Namespace) -> int:
-    from lesion_ml.bench import bench_all, format_all_table
-    from lesion_ml.io import write_json
-
-    result = bench_all(tuple(args.backbones), args.size, args.rows, Path(args.repo))
-    print(format_all_table(result))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _bench_scale(args: argparse.Namespace) -> int:
-    from lesion_ml.bench_scale import bench_scale, format_scale_table
-
-    data = Path(args.data)
-    if not (data / "train-image.hdf5").is_file() or not (data / "train-metadata.csv").is_file():
-        raise ValueError(f"{data}: needs train-image.hdf5 and train-metadata.csv (--data); write a full-size set "
-                         f"with `lesion synth --full-size --out {data} --workers 2`")
-    overrides = Path(args.overrides)
-    if not overrides.is_file():
-        raise ValueError(f"{overrides}: no such scale profile (--overrides)")
-    result = bench_scale(data, Path(args.workdir), Path(args.repo), overrides, args.predict_workers,
-                         args.predict_batch, Path(args.json), args.predict_only)
-    print(format_scale_table(result))
-    print(f"wrote {args.json}")
-    return 0
-
-
-def _bench_tune(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from lesion_ml.bench_tune import bench_tune, format_tune_table
-    from lesion_ml.config import ConfigError, apply_override, load_params
-
-    params = load_params(args.params)
-    if args.override:
-        with tempfile.TemporaryDirectory() as tmp:
-            params = apply_override(args.override, args.params, Path(tmp) / "params.yaml")
-    if args.study not in params.tune.studies:
-        raise ConfigError(f"no study {args.study!r} in tune.studies of {args.params}"
-                          f"{' merged with ' + args.override if args.override else ''}; have "
-                          f"{sorted(params.tune.studies)} (--study, --override)")
-    result = bench_tune(params, args.study, args.trials, args.rows, args.patients, args.malignant, args.seed)
-    return _report(result, format_tune_table(result), args.json)
-
-
 def _metrics(args: argparse.Namespace) -> int:
     import json
 
@@ -175,7 +83,7 @@ def _predict(args: argparse.Namespace) -> int:
     from lesion_ml.bundle import FinalModel
     from lesion_ml.io import write_csv
     from lesion_ml.predict import predict_cases, prepare_inputs
-    from lesion_ml.train import select_device
+    from lesion_ml.inference import select_device
 
     device = select_device(args.device)
     model = FinalModel.load(args.model, device)
@@ -279,9 +187,8 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lesion", description="lesion-ml: skin-lesion malignancy detection")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    """`lesion synth`: a demo data set in ISIC 2024 format."""
     synth = sub.add_parser("synth", help="write a demo data set in ISIC 2024 format")
     synth.add_argument("--out", required=True, help="output folder (train-image.hdf5, train-metadata.csv)")
     synth.add_argument("--full-size", action="store_true",
@@ -296,77 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "the same files (default 1)")
     synth.add_argument("--progress", action="store_true", help="report progress on stderr even when not a terminal")
     synth.set_defaults(func=_synth)
-    bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench_sub = bench.add_subparsers(dest="bench", required=True)
-    tab = bench_sub.add_parser("tabular", help="prepare + select + k-fold LightGBM at ISIC 2024 scale")
-    tab.add_argument("--rows", type=int, default=401_059, help="rows of generated metadata (default 401,059)")
-    tab.add_argument("--patients", type=int, default=1_042)
-    tab.add_argument("--malignant", type=int, default=393, help="number of malignant rows")
-    tab.add_argument("--seed", type=int, default=0)
-    tab.add_argument("--params", default="params.yaml",
-                     help="params.yaml whose prepare/train_gbdt/split sections are used (defaults if absent)")
-    tab.add_argument("--json", help="also write the figures to this JSON file")
-    tab.set_defaults(func=_bench)
-    tu = bench_sub.add_parser("tune", help="a tuning study (nested patient-grouped CV) at ISIC 2024 scale, timed")
-    tu.add_argument("--rows", type=int, default=401_059, help="rows of generated metadata (default 401,059)")
-    tu.add_argument("--patients", type=int, default=1_042)
-    tu.add_argument("--malignant", type=int, default=393, help="number of malignant rows")
-    tu.add_argument("--seed", type=int, default=0)
-    tu.add_argument("--params", default="params.yaml", help="params.yaml (prepare, train_gbdt, split, tune)")
-    tu.add_argument("--override", default="examples/tune-gbdt.yaml",
-                    help="merged over --params first (default: the example study); '' for none")
-    tu.add_argument("--study", default="gbdt", help="the study of tune.studies to run")
-    tu.add_argument("--trials", type=int, help="trials per study (default: the study's n_trials)")
-    tu.add_argument("--json", help="also write the figures to this JSON file")
-    tu.set_defaults(func=_bench_tune)
-    sc = bench_sub.add_parser("scale", help="the whole dvc repro on an ISIC 2024-size set, stage by stage, "
-                              "then lesion predict on every image")
-    sc.add_argument("--data", required=True, help="ISIC 2024-format folder (lesion synth --full-size --out DIR)")
-    sc.add_argument("--workdir", required=True, help="folder for the pipeline run (kept; rerun to continue)")
-    sc.add_argument("--repo", default=".", help="the lesion-ml repository whose pipeline runs (default .)")
-    sc.add_argument("--overrides", default="params.scale.yaml", help="scale profile merged into params.yaml")
-    sc.add_argument("--predict-workers", type=int, default=1, help="lesion predict --workers (default 1)")
-    sc.add_argument("--predict-batch", type=int, default=256, help="lesion predict --batch-size (default 256)")
-    sc.add_argument("--json", default="reports/scale.json", help="figures (default reports/scale.json)")
-    sc.add_argument("--predict-only", action="store_true", help="keep the stage figures of --json from a "
-                    "finished run in --workdir; run only lesion predict again")
-    sc.set_defaults(func=_bench_scale)
+
+
+def _add_metrics(sub: argparse._SubParsersAction) -> None:
+    """`lesion metrics`: the evaluate stage's figures as a table."""
     met = sub.add_parser("metrics", help="a compact table of reports/metrics.json (out-of-fold, every model)")
     met.add_argument("path", nargs="?", default="reports/metrics.json")
     met.set_defaults(func=_metrics)
-    from lesion_ml.models.backbones import BACKBONES
 
-    tr = bench_sub.add_parser("train", help="image-model train-step rate: bare vs through our loader, plus inference")
-    tr.add_argument("--backbone", default="resnet18", choices=BACKBONES)
-    tr.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    tr.add_argument("--batch-size", type=int, default=32)
-    tr.add_argument("--steps", type=int, default=8, help="timed steps per measurement (default 8)")
-    tr.add_argument("--rounds", type=int, default=3, help="alternating bare/end-to-end rounds; medians reported")
-    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    tr.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    tr.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
-    tr.add_argument("--json", help="also write the figures to this JSON file")
-    tr.set_defaults(func=_bench_train)
-    lo = bench_sub.add_parser("loader", help="the image input path, part by part, and loaders of 0, 1, 2, ... workers")
-    lo.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    lo.add_argument("--batch-size", type=int, default=32)
-    lo.add_argument("--images", type=int, default=512, help="images per pass (default 512)")
-    lo.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts (default 0 1 2)")
-    lo.add_argument("--epochs", type=int, default=3, help="passes per loader (default 3)")
-    lo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    lo.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
-    lo.add_argument("--json", help="also write the figures to this JSON file")
-    lo.set_defaults(func=_bench_loader)
-    from lesion_ml.bench import BENCH_BACKBONES
 
-    al = bench_sub.add_parser("all", help="every benchmark, one table (tabular, image input, train steps, dvc)")
-    al.add_argument("--backbones", nargs="+", default=list(BENCH_BACKBONES), choices=BACKBONES)
-    al.add_argument("--size", type=int, default=128)
-    al.add_argument("--rows", type=int, default=401_059, help="rows of the tabular benchmark")
-    al.add_argument("--repo", default=".", help="repository whose no-op `dvc repro` is timed")
-    al.add_argument("--json", help="also write the figures to this JSON file")
-    al.set_defaults(func=_bench_all)
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """`lesion predict`: score new images with an exported model."""
     pr = sub.add_parser("predict", help="score new images with an exported model (models/final)")
     pr.add_argument("--model", default="models/final", help="the model folder (default models/final)")
     pr.add_argument("--images", nargs="+", required=True, metavar="PATH",
@@ -381,11 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--skip-bad", action="store_true",
                     help="report unreadable images in the output (status column) instead of stopping")
     pr.set_defaults(func=_predict)
+
+
+def _add_params(sub: argparse._SubParsersAction) -> None:
+    """`lesion params`: merge an override file into params.yaml."""
     pa = sub.add_parser("params", help="merge an override file (e.g. examples/ham10000-400.yaml) into params.yaml")
     pa.add_argument("--merge", required=True, metavar="YAML", help="sections to merge in; its train_cnn.models and "
                     "external.sets replace the current ones")
     pa.add_argument("--params", default="params.yaml", help="the params file to update (default params.yaml)")
     pa.set_defaults(func=_params)
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    """`lesion validate`: score a labelled external set and report on it."""
     va = sub.add_parser("validate", help="score a labelled external set: metrics with intervals, threshold "
                         "transfer, calibration, subgroups, a gallery of errors (HTML + JSON)")
     va.add_argument("--model", default="models/final", help="the model folder (default models/final)")
@@ -411,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     va.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     va.set_defaults(func=_validate)
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    """`lesion explain`: Grad-CAM maps and metadata contributions."""
     ex = sub.add_parser("explain", help="Grad-CAM heat maps and metadata feature contributions")
     ex.add_argument("--model", default="models/final")
     ex.add_argument("--images", nargs="+", required=True, metavar="PATH")
@@ -418,12 +277,30 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output folder (PNG overlays, CSV tables)")
     ex.add_argument("--limit", type=int, default=0, help="explain only the first N images (0: all)")
     ex.set_defaults(func=_explain)
+
+
+def _add_server(sub: argparse._SubParsersAction) -> None:
+    """`lesion server`: a local Prefect server serving the retrain deployment."""
     sv = sub.add_parser("server", help="a local Prefect server (UI) serving the retrain deployment")
     sv.add_argument("action", choices=["start", "stop", "status"])
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=4200)
     sv.add_argument("--params", default="params.yaml", help="params.yaml naming the deployment (retrain.name)")
     sv.set_defaults(func=_server)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `lesion` parser: one subcommand per group, each with its handler as `func` (listed in this order)."""
+    parser = argparse.ArgumentParser(prog="lesion", description="lesion-ml: skin-lesion malignancy detection")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    add_bench_commands(sub)
+    _add_metrics(sub)
+    _add_predict(sub)
+    _add_params(sub)
+    _add_validate(sub)
+    _add_explain(sub)
+    _add_server(sub)
     return parser
 
 

@@ -199,6 +199,9 @@ class CnnModelConfig(_Section):
     balance: BalanceConfig = BalanceConfig()
     fusion: FusionConfig = FusionConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    ema_half_life: float = Field(0.0, ge=0, description="keep an exponential moving average of the weights with this "
+                                 "half-life in epochs, and score, keep and export the average instead of the "
+                                 "last weights; 0: off")
     tta: bool = Field(False, description="score the validation fold (so the out-of-fold metrics and threshold) and "
                       "new images as the mean over the 8 flips and quarter turns of each image")
     monitor_valid: bool = Field(False, description="also score the validation fold after every epoch "

@@ -15,6 +15,12 @@ METRIC_ROWS = (("roc_auc", "ROC-AUC"), ("pauc_80", "partial AUC above 80% TPR (0
                ("f1", "F1"), ("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"))
 CI_KEYS = {"roc_auc": "roc_auc", "pauc_80": "pauc_80", "pr_auc": "pr_auc", "recall": "sensitivity",
            "specificity": "specificity"}
+INTENDED_USE = ("", "## Intended use", "",
+                "Research and decision support in studies of skin-lesion triage: ranking lesions for a "
+                "dermatologist's attention and measuring what a model of this kind can do on data like its "
+                "training data. It is not a medical device, is not approved for diagnosis, and must not be the "
+                "only basis of a clinical decision.", "",
+                "## Limitations", "")
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -31,6 +37,14 @@ def model_card(manifest: dict[str, Any], data: dict[str, Any], subgroups: list[d
     """
     m = manifest["metrics"]
     ci = m.get("ci95", {})
+    lines = (_what_it_is(manifest) + _training_data(data) + _metrics_table(m, ci) + _subgroups_section(subgroups)
+             + list(INTENDED_USE) + [f"- {t}" for t in _limitations(manifest, data)])
+    return "\n".join(lines) + "\n"
+
+
+def _what_it_is(manifest: dict[str, Any]) -> list[str]:
+    """The card's title and "What it is" section: task, recipe, decision rule, calibration, the
+    image models, the metadata features and the image-only fallback."""
     lines = [f"# Model card: {manifest['model']}", "",
              "## What it is", "",
              f"- Task: probability that a skin lesion is malignant, from {manifest['inputs']}.",
@@ -42,11 +56,7 @@ def model_card(manifest: dict[str, Any], data: dict[str, Any], subgroups: list[d
              f"- Calibration: {manifest['calibration']['method'] if manifest.get('calibration') else 'none'}.",
              ]
     for name, spec in manifest.get("cnn", {}).items():
-        cfg = spec["config"]
-        constancy = ", Shades of Grey colour constancy" if cfg.get("colour_constancy", "none") != "none" else ""
-        lines.append(f"- Image model `{name}`: {cfg['backbone']} at {cfg['image_size']} px ({cfg['resize']}{constancy}), "
-                     f"{cfg['epochs']} epochs, " + (f"fusion with {spec['n_meta']} metadata features"
-                                                     if spec["n_meta"] else "image only") + ".")
+        lines.append(_image_model_line(name, spec))
     if manifest.get("preprocess_features"):
         lines.append(f"- Metadata features ({len(manifest['preprocess_features'])}): "
                      + ", ".join(f"`{f}`" for f in manifest["preprocess_features"]) + ".")
@@ -54,13 +64,32 @@ def model_card(manifest: dict[str, Any], data: dict[str, Any], subgroups: list[d
     if fb:
         lines.append(f"- Image-only fallback: `{fb['component']}` (threshold {fb['threshold']:.6g}) scores images "
                      "that have no metadata; such rows are marked in the predictions.")
-    lines += ["", "## Training data", "",
-              f"- Source: {data['source']}; {data['n_images']} images, {data['n_malignant']} malignant "
-              f"({data['n_malignant'] / max(data['n_images'], 1):.2%}), {data['n_patients']} patients.",
-              f"- Evaluation: {data['n_folds']}-fold cross-validation grouped by patient (no patient in both "
-              "training and validation rows); every number below is out of fold.", "",
-              "## Out-of-fold metrics (95% patient-level bootstrap intervals)", "",
-              "| metric | value | 95% interval |", "|---|---|---|"]
+    return lines
+
+
+def _image_model_line(name: str, spec: dict[str, Any]) -> str:
+    """One image model of the bundle: backbone, input size, epochs and whether it fuses metadata."""
+    cfg = spec["config"]
+    constancy = ", Shades of Grey colour constancy" if cfg.get("colour_constancy", "none") != "none" else ""
+    return (f"- Image model `{name}`: {cfg['backbone']} at {cfg['image_size']} px ({cfg['resize']}{constancy}), "
+            f"{cfg['epochs']} epochs, " + (f"fusion with {spec['n_meta']} metadata features"
+                                            if spec["n_meta"] else "image only") + ".")
+
+
+def _training_data(data: dict[str, Any]) -> list[str]:
+    """The "Training data" section: source, counts and how the evaluation was grouped."""
+    return ["", "## Training data", "",
+            f"- Source: {data['source']}; {data['n_images']} images, {data['n_malignant']} malignant "
+            f"({data['n_malignant'] / max(data['n_images'], 1):.2%}), {data['n_patients']} patients.",
+            f"- Evaluation: {data['n_folds']}-fold cross-validation grouped by patient (no patient in both "
+            "training and validation rows); every number below is out of fold."]
+
+
+def _metrics_table(m: dict[str, Any], ci: dict[str, Any]) -> list[str]:
+    """The out-of-fold metrics `m` with their bootstrap intervals `ci`, then the confusion matrix,
+    calibration and per-fold ROC-AUC line."""
+    lines = ["", "## Out-of-fold metrics (95% patient-level bootstrap intervals)", "",
+             "| metric | value | 95% interval |", "|---|---|---|"]
     for key, label in METRIC_ROWS:
         interval = ci.get(CI_KEYS.get(key, ""), None)
         lines.append(f"| {label} | {_fmt(m.get(key))} | "
@@ -68,24 +97,26 @@ def model_card(manifest: dict[str, Any], data: dict[str, Any], subgroups: list[d
     tn, fp = m["confusion_matrix"][0]
     fn, tp = m["confusion_matrix"][1]
     cal = m.get("calibration", {})
-    lines += ["", f"Confusion matrix at the threshold: {tp} true positives, {fn} missed cancers, {fp} false "
-              f"alarms, {tn} true negatives. Calibration: ECE {_fmt(cal.get('ece'))}, Brier "
-              f"{_fmt(cal.get('brier'))}. Per-fold ROC-AUC: "
-              + ", ".join(_fmt(v, 3) for v in m.get("fold_roc_auc", {}).values()) + ".", "",
-              "## Subgroups (out of fold, at the threshold)", ""]
-    if subgroups:
-        lines += ["| attribute | group | images | malignant | ROC-AUC | sensitivity | specificity |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {g['attribute']} | {g['group']} | {g['n']} | {g['n_malignant']} | {_fmt(g['roc_auc'], 3)} | "
-                  f"{_fmt(g['sensitivity'], 3)} | {_fmt(g['specificity'], 3)} |" for g in subgroups]
-    else:
-        lines.append("The data has no sex, age, site or source columns with groups of 10 or more images.")
-    lines += ["", "## Intended use", "",
-              "Research and decision support in studies of skin-lesion triage: ranking lesions for a "
-              "dermatologist's attention and measuring what a model of this kind can do on data like its "
-              "training data. It is not a medical device, is not approved for diagnosis, and must not be the "
-              "only basis of a clinical decision.", "",
-              "## Limitations", ""]
+    return lines + ["", f"Confusion matrix at the threshold: {tp} true positives, {fn} missed cancers, {fp} false "
+                    f"alarms, {tn} true negatives. Calibration: ECE {_fmt(cal.get('ece'))}, Brier "
+                    f"{_fmt(cal.get('brier'))}. Per-fold ROC-AUC: "
+                    + ", ".join(_fmt(v, 3) for v in m.get("fold_roc_auc", {}).values()) + "."]
+
+
+def _subgroups_section(subgroups: list[dict[str, Any]]) -> list[str]:
+    """The per-subgroup table (out of fold, at the threshold), or why there is none."""
+    lines = ["", "## Subgroups (out of fold, at the threshold)", ""]
+    if not subgroups:
+        return lines + ["The data has no sex, age, site or source columns with groups of 10 or more images."]
+    lines += ["| attribute | group | images | malignant | ROC-AUC | sensitivity | specificity |",
+              "|---|---|---|---|---|---|---|"]
+    return lines + [f"| {g['attribute']} | {g['group']} | {g['n']} | {g['n_malignant']} | {_fmt(g['roc_auc'], 3)} | "
+                    f"{_fmt(g['sensitivity'], 3)} | {_fmt(g['specificity'], 3)} |" for g in subgroups]
+
+
+def _limitations(manifest: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """The limitations that apply to this bundle: the general ones, plus those of synthetic
+    training data, patient-relative features, a rank ensemble and few malignant images."""
     limits = [
         "The threshold was chosen on the same out-of-fold scores that the metrics above are computed on, so "
         "the sensitivity at the threshold is optimistic; expect less on new data.",
@@ -106,5 +137,4 @@ def model_card(manifest: dict[str, Any], data: dict[str, Any], subgroups: list[d
     if data["n_malignant"] < 100:
         limits.append(f"Only {data['n_malignant']} malignant training images: the intervals above are wide and "
                       "rare presentations are unlikely to be covered.")
-    lines += [f"- {t}" for t in limits]
-    return "\n".join(lines) + "\n"
+    return limits

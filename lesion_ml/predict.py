@@ -17,11 +17,13 @@ from tqdm.auto import tqdm
 
 from lesion_ml.augment import model_transforms
 from lesion_ml.bundle import FinalModel
+from lesion_ml.catalogue import GBDT
 from lesion_ml.data.images import IMAGE_SUFFIXES, BadImageError, ImageStore
 from lesion_ml.data.sources import RENAMES, DataError, _index_folder, read_csv
+from lesion_ml.inference import forward_prob
+from lesion_ml.loaders import LesionImages, make_loader
 from lesion_ml.tabular.export import apply_preprocessor
 from lesion_ml.tabular.prepare import clean_metadata
-from lesion_ml.train import LesionImages, forward_prob, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +206,9 @@ def predict_cases(model: FinalModel, inputs: Inputs, device: torch.device | str 
     if main_ids:
         feats = inputs.features.loc[main_ids] if model.needs_metadata else None
         parts, errors = {}, [""] * len(main_ids)
-        images = [c for c in model.manifest["components"] if c != "gbdt"]
-        if "gbdt" in model.manifest["components"]:
-            parts["gbdt"] = model.score_gbdt(feats)
+        images = [c for c in model.manifest["components"] if c in model.cnns]
+        if model.gbdt:  # the metadata model is a component
+            parts[GBDT] = model.score_gbdt(feats)
         if images:
             meta = feats.to_numpy(np.float32) if any(model.cnns[c].n_meta for c in images) else None
             scores, errors = score_components(model, images, inputs.store, main_ids, meta, device, batch_size, tta,

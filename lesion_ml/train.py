@@ -1,6 +1,7 @@
-"""Image-model training: dataset, one epoch, prediction and a whole resumable fold.
+"""Image-model training: one epoch, and a whole resumable fold (its loaders, model and
+optimiser, checkpoint and epoch loop). Loading is in lesion_ml.loaders, running a model in
+lesion_ml.inference.
 
-Samples are dicts ``{"image": Tensor[3, H, W], "label": float[, "meta": Tensor[n_meta]]}``.
 Randomness comes only from the `seed` arguments, and each epoch reseeds everything it draws
 from (sampler, loader, augmentation, dropout) from (seed, epoch): a run is reproducible, and
 a run resumed from the checkpoint written after epoch e continues exactly as if never stopped.
@@ -13,92 +14,37 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import albumentations as A
-import cv2
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lesion_ml.augment import create_transforms, model_transforms, reseed
+from lesion_ml.augment import create_transforms, model_transforms
 from lesion_ml.balance import EpochSampler, make_loss
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.evaluate.metrics import partial_auc
+from lesion_ml.inference import dihedral, forward_logits, forward_prob, predict, select_device, to_device
 from lesion_ml.io import save_torch
+from lesion_ml.loaders import LesionImages, SeededSampler, loader_worker_init, make_loader
 from lesion_ml.models.backbones import backbone_spec
 from lesion_ml.models.net import LesionNet
+from lesion_ml.schedule import LrShape, make_schedule, weight_average
+from lesion_ml.split import FoldData, fold_data
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FoldData", "FoldResult", "LesionImages", "LrShape", "SeededSampler", "create_transforms", "make_loader",
-           "predict", "select_device", "to_device", "train_fold", "train_one_epoch"]
-
-
-class LesionImages(Dataset):
-    """Images streamed from an ImageStore (decoded in the loader's workers), with labels (NaN
-    when unknown) and optional metadata rows.
-
-    `min_side` lets the store decode large JPEGs at a reduced scale (see `decode_image`).
-    """
-
-    def __init__(self, store, image_ids: Sequence[str], labels: Sequence[float] | None, transform: A.Compose,
-                 meta: np.ndarray | None = None, min_side: int | None = None):
-        self.store = store
-        self.image_ids = list(image_ids)
-        self.labels = np.full(len(self.image_ids), np.nan, np.float32) if labels is None \
-            else np.asarray(labels, np.float32)
-        self.meta = None if meta is None else np.array(meta, np.float32)  # a copy: writable, own memory
-        self.transform = transform
-        self.min_side = min_side
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def index_store(self) -> None:
-        """Locate every image in the store now, before loader workers fork (`ImageStore.index`)."""
-        index = getattr(self.store, "index", None)
-        if index is not None:
-            index(self.image_ids)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """Sample `key`: a row index, or (row index, augmentation seed) from `SeededSampler`."""
-        i, seed = key if isinstance(key, tuple) else (key, None)
-        if seed is not None:
-            reseed(self.transform, seed)
-        image = self.transform(image=self.store.get(self.image_ids[i], self.min_side))["image"]
-        sample = {"image": image, "label": torch.tensor(self.labels[i])}
-        if self.meta is not None:
-            sample["meta"] = torch.from_numpy(self.meta[i])
-        return sample
-
-
-def select_device(name: str) -> torch.device:
-    """"auto" picks CUDA when present, else CPU; "cuda" without a GPU is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train_cnn.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move a model to `device` in channels-last layout (NHWC), which oneDNN on CPU and the tensor
-    cores under bf16 autocast on CUDA both run faster than NCHW; `_forward` feeds it NHWC."""
-    return model.to(device).to(memory_format=torch.channels_last)
-
-
-def _forward(model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-    x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    meta = batch.get("meta")
-    meta = None if meta is None else meta.to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(x, meta) if isinstance(model, LesionNet) else model(x)
-    return out.squeeze(1).float()
+# LesionImages ... to_device: re-exported, the names training's callers have always imported from here
+__all__ = ["Checkpoint", "FoldData", "FoldResult", "LesionImages", "LrShape", "SeededSampler", "create_transforms",
+           "dihedral", "fold_data", "forward_logits", "forward_prob", "loader_worker_init", "make_loader", "predict",
+           "select_device", "to_device", "train_fold", "train_one_epoch", "weight_average"]
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
@@ -113,7 +59,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     count = 0
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, disable=None, mininterval=10)):
         y = batch["label"].to(device, non_blocking=True)
-        loss = loss_fn(_forward(model, batch, device), y)
+        loss = loss_fn(forward_logits(model, batch, device), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -125,100 +71,6 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             on_step(step)
     return {"train_loss": float(total) / max(count, 1), "images": count,
             "pos_fraction": round(float(positives) / max(count, 1), 4)}
-
-
-@torch.no_grad()
-def dihedral(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 flips and quarter turns of an image batch (lesions have no orientation)."""
-    out = []
-    for k in range(4):
-        r = torch.rot90(x, k, dims=(2, 3))
-        out += [r, torch.flip(r, dims=(3,))]
-    return out
-
-
-def forward_prob(model: nn.Module, batch: dict, device: torch.device, tta: bool = False) -> torch.Tensor:
-    """Malignancy probabilities of a batch; with `tta` the mean over its 8 dihedral views."""
-    if not tta:
-        return torch.sigmoid(_forward(model, batch, device))
-    return torch.stack([torch.sigmoid(_forward(model, {**batch, "image": v}, device))
-                        for v in dihedral(batch["image"])]).mean(0)
-
-
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, tta: bool = False) -> np.ndarray:
-    """Malignancy probabilities for every sample of `loader`, in order (see `forward_prob`)."""
-    model.eval()
-    with torch.no_grad():
-        out = [forward_prob(model, batch, device, tta).cpu().numpy() for batch in loader]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-class SeededSampler(Sampler):
-    """Yields (row index, augmentation seed) pairs: the rows of `sampler`'s epoch, each with a seed
-    drawn from (seed, epoch) in this process. A sample's augmentation then depends only on the
-    run's seed, the epoch and its place in the epoch, not on which loader worker decodes it, how
-    many there are, or whether they persist across epochs: any worker count trains the same
-    weights, and an epoch replays exactly after a resume."""
-
-    def __init__(self, sampler: EpochSampler, seed: int):
-        self.sampler, self.seed, self.epoch = sampler, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = list(self.sampler)
-        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**31, len(order))
-        return iter(zip(order, seeds.tolist()))
-
-
-def loader_worker_init(worker_id: int) -> None:
-    """One torch thread per loader worker: the workers are the parallelism."""
-    torch.set_num_threads(1)
-
-
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
-                sampler: Sampler | None = None, drop_last: bool = False) -> DataLoader:
-    """The DataLoader of every training and evaluation pass. Workers (when `num_workers` > 0)
-    start once and persist across epochs and passes; batches are pinned for a CUDA device.
-
-    With workers, OpenCV is set to one thread in this process before they fork (its thread pool
-    cannot be resized inside a forked child: that call hangs), so each worker decodes on one core
-    instead of every worker starting a pool the size of the machine; and the dataset's images are
-    located in the store first (`LesionImages.index_store`), so that the workers inherit the
-    locations instead of each finding them again."""
-    if num_workers:
-        cv2.setNumThreads(1)
-        index = getattr(dataset, "index_store", None)
-        if index is not None:
-            index()
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
-                      num_workers=num_workers, pin_memory=device.type == "cuda",
-                      worker_init_fn=loader_worker_init if num_workers else None,
-                      persistent_workers=num_workers > 0,
-                      generator=torch.Generator())  # its own: never draws from torch's global RNG (dropout)
-
-
-@dataclass
-class FoldData:
-    """The rows of one fold. `train_groups` (patients) are needed for early stopping's
-    holdout; `*_meta` for fusion; `extra_*` are minority-set copies (positives) with the id
-    of the image each was made from, dropped when that image is held out."""
-
-    train_ids: list[str]
-    train_y: np.ndarray
-    valid_ids: list[str]
-    valid_y: np.ndarray | None = None
-    train_groups: np.ndarray | None = None
-    train_meta: np.ndarray | None = None
-    valid_meta: np.ndarray | None = None
-    extra_ids: list[str] = field(default_factory=list)
-    extra_sources: list[str] = field(default_factory=list)
-    extra_meta: np.ndarray | None = None
 
 
 @dataclass
@@ -302,51 +154,181 @@ def _score(y: np.ndarray, p: np.ndarray, metric: str) -> float:
     return float(partial_auc(y, p) if metric == "pauc" else roc_auc_score(y, p))
 
 
-class LrShape:
-    """The learning-rate multiplier of step `s` (0-based) of a run of `total` optimizer steps,
-    for `torch.optim.lr_scheduler.LambdaLR`. Defined for every `total` >= 1, so a fold with a
-    single batch per epoch (or a single step in all) trains like any other.
-
-    - "onecycle": a cosine rise from 1/25 of the peak to the peak over the first `warmup_share`
-      of the steps (none when that is under one step), then a cosine decay to 1/250,000 of
-      the peak at the last step (torch's OneCycleLR shape, without its momentum cycling).
-    - "cosine": cosine decay from the peak towards 0 over `total` steps (CosineAnnealingLR).
-
-    Plain attributes only: the scheduler's state dict (and so a checkpoint) stores them.
-    """
-
-    START, END = 1 / 25, 1 / 25 / 1e4
-
-    def __init__(self, kind: str, total: int, warmup_share: float = 0.3):
-        if kind not in ("onecycle", "cosine"):
-            raise ValueError(f"unknown schedule {kind!r}; allowed: onecycle, cosine")
-        if total < 1:
-            raise ValueError(f"a learning-rate schedule needs at least 1 step, got {total}")
-        self.kind, self.total = kind, int(total)
-        self.peak = min(self.total - 1, round(warmup_share * (self.total - 1))) if kind == "onecycle" else 0
-
-    @staticmethod
-    def _cos(start: float, end: float, frac: float) -> float:
-        return end + (start - end) * (1 + math.cos(math.pi * frac)) / 2
-
-    def __call__(self, step: int) -> float:
-        s = min(max(step, 0), self.total - 1)  # the call after the last step sets no lr that is used
-        if self.kind == "cosine":
-            return self._cos(1.0, 0.0, s / self.total)
-        if s <= self.peak:
-            return self._cos(self.START, 1.0, s / self.peak) if self.peak else 1.0
-        return self._cos(1.0, self.END, (s - self.peak) / (self.total - 1 - self.peak))
-
-
-def _schedule(cfg: CnnModelConfig, optimizer: torch.optim.Optimizer, steps: int):
-    """The scheduler of `cfg.schedule` over `steps` optimizer steps (the whole run)."""
-    shape = LrShape(cfg.schedule, steps, warmup_share=min(0.3, 1 / cfg.epochs))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [shape] * len(optimizer.param_groups))
-
-
 def _save(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_torch(state, path)
+
+
+@dataclass
+class _Run:
+    """A fold's model, what is scored and kept (the model itself or its weight average), and
+    how it learns."""
+
+    model: LesionNet
+    scored: nn.Module
+    average: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+
+
+@dataclass
+class _Loaders:
+    train: DataLoader
+    sampler: SeededSampler
+    valid: DataLoader
+    holdout: DataLoader | None
+
+
+class Checkpoint:
+    """A fold's resumable state in one file, rewritten atomically after every epoch: during
+    training the model, optimiser, scheduler and weight average; once finished only the weights
+    that are scored (the best epoch's under early stopping). `key` (`_run_key`) must match for
+    it to be resumed."""
+
+    def __init__(self, path: Path | None, key: str, label: str = ""):
+        self.path, self.key, self.label = path, key, label
+
+    def restore(self, run: _Run, device: torch.device) -> tuple[list[dict], bool, dict]:
+        """(history, done, best) of the run it holds, its state loaded into `run`; a fresh start
+        when there is none or it was written for other data, params or code."""
+        fresh: tuple[list[dict], bool, dict] = ([], False, {"score": -math.inf, "epoch": 0, "state": None})
+        if self.path is None or not self.path.is_file():
+            return fresh
+        state = torch.load(self.path, map_location=device, weights_only=True)
+        if state.get("key") != self.key:
+            log.info("%s: checkpoint %s is for other data, params or code; training from the start", self.label,
+                     self.path)
+            return fresh
+        history, done = state["history"], state["done"]
+        (run.scored if done else run.model).load_state_dict(state["model"])  # a finished run keeps what it scores
+        if not done:
+            if run.average is not None:
+                run.average.load_state_dict(state["average"])
+            run.optimizer.load_state_dict(state["optimizer"])
+            run.scheduler.load_state_dict(state["scheduler"])
+        log.info("%s: resuming after epoch %d from %s%s", self.label, len(history), self.path,
+                 " (finished)" if done else "")
+        return history, done, {"score": state["best_score"], "epoch": state["best_epoch"],
+                               "state": state.get("best_model")}
+
+    def save(self, run: _Run, history: list[dict], best: dict, done: bool) -> None:
+        if self.path is None:
+            return
+        state = {"key": self.key, "done": done, "history": history, "best_score": best["score"],
+                 "best_epoch": best["epoch"]}
+        if done:  # a finished run keeps only what predicting needs
+            state["model"] = best["state"] if best["state"] is not None else run.scored.state_dict()
+        else:
+            state.update(model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+                         scheduler=run.scheduler.state_dict(),
+                         **({"average": run.average.state_dict()} if run.average is not None else {}),
+                         **({"best_model": best["state"]} if best["state"] is not None else {}))
+        _save(self.path, state)
+
+
+def _fit_rows(data: FoldData, cfg: CnnModelConfig, held: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """(ids, labels, metadata) the model trains on: the training rows not held out, plus the
+    minority-set copies of those rows' positives."""
+    keep_extra = np.isin(data.extra_sources, np.asarray(data.train_ids)[held], invert=True) \
+        if data.extra_ids else np.zeros(0, bool)
+    fit_ids = [i for i, h in zip(data.train_ids, held) if not h] + [i for i, k in zip(data.extra_ids, keep_extra) if k]
+    fit_y = np.concatenate([data.train_y[~held], np.ones(int(keep_extra.sum()), np.float32)]).astype(np.float32)
+    fit_meta = None
+    if cfg.fusion.enabled:
+        parts = [data.train_meta[~held]]
+        if data.extra_ids:
+            parts.append(data.extra_meta[keep_extra])
+        fit_meta = np.concatenate(parts).astype(np.float32)
+    return fit_ids, fit_y, fit_meta
+
+
+def _loaders(store, data: FoldData, cfg: CnnModelConfig, held: np.ndarray, fit: tuple, device: torch.device,
+             num_workers: int, seed: int, label: str) -> _Loaders:
+    """The training loader (balanced by `cfg.balance`, augmented) and the evaluation loaders of
+    the validation fold and the early-stopping holdout."""
+    fit_ids, fit_y, fit_meta = fit
+    train_ds = LesionImages(store, fit_ids, fit_y, model_transforms(cfg, True), fit_meta, cfg.image_size)
+    sampler = SeededSampler(EpochSampler(fit_y, cfg.balance.sampler, cfg.balance.neg_per_pos, seed), seed)
+    if len(sampler) < 2:  # BatchNorm cannot train on a batch of one
+        raise ValueError(f"{label or 'this fold'}: {len(sampler)} training image(s) per epoch (of {len(fit_ids)} "
+                         f"training rows); a batch needs at least 2; lower params.yaml split.n_folds or add images")
+    train_dl = make_loader(train_ds, cfg.batch_size, num_workers, device, sampler, len(sampler) > cfg.batch_size)
+    eval_tf = model_transforms(cfg, False)
+
+    def eval_loader(ids: list[str], meta: np.ndarray | None) -> DataLoader:
+        ds = LesionImages(store, ids, None, eval_tf, meta if cfg.fusion.enabled else None, cfg.image_size)
+        return make_loader(ds, cfg.eval_batch_size or cfg.batch_size * 2, num_workers, device)
+
+    valid_dl = eval_loader(data.valid_ids, data.valid_meta)
+    hold_ids = [i for i, h in zip(data.train_ids, held) if h]
+    hold_meta = data.train_meta[held] if cfg.fusion.enabled and data.train_meta is not None else None
+    return _Loaders(train_dl, sampler, valid_dl, eval_loader(hold_ids, hold_meta) if hold_ids else None)
+
+
+def _build(cfg: CnnModelConfig, data: FoldData, fit_y: np.ndarray, fit_meta: np.ndarray | None,
+           device: torch.device, steps_per_epoch: int, seed: int) -> _Run:
+    """The network (fusion inputs standardised on the training rows), AdamW with the backbone's
+    learning rate scaled by `backbone_lr_mult`, the schedule, the loss and the weight average."""
+    torch.manual_seed(seed)
+    n_meta = data.train_meta.shape[1] if cfg.fusion.enabled else 0
+    model = LesionNet(cfg.backbone, cfg.pretrained, n_meta, cfg.fusion.hidden, cfg.fusion.dropout)
+    if cfg.fusion.enabled:
+        model.set_meta_scaling(torch.from_numpy(np.nanmean(fit_meta, 0)), torch.from_numpy(np.nanstd(fit_meta, 0)))
+    model = to_device(model, device)
+    optimizer = torch.optim.AdamW([{"params": model.backbone_parameters(), "lr": cfg.lr * cfg.backbone_lr_mult},
+                                   {"params": model.head_parameters(), "lr": cfg.lr}], weight_decay=cfg.weight_decay)
+    scheduler = make_schedule(cfg, optimizer, max(1, cfg.epochs * steps_per_epoch))
+    average = weight_average(model, cfg.ema_half_life, steps_per_epoch)
+    return _Run(model, model if average is None else average.module, average, optimizer, scheduler,
+                make_loss(cfg.balance, fit_y, device))
+
+
+def _epoch(run: _Run, loaders: _Loaders, epoch: int, cfg: CnnModelConfig, data: FoldData, held: np.ndarray,
+           device: torch.device, seed: int, on_step: Callable[[int, int], None] | None, label: str) -> dict:
+    """Train one epoch and score the holdout (and the validation fold with `monitor_valid`);
+    its history row. Everything random in it is seeded from (seed, epoch): replayable after a resume."""
+    loaders.sampler.set_epoch(epoch)  # the rows and their augmentation seeds
+    torch.manual_seed(seed * 1000 + epoch)  # dropout
+    frozen = epoch < cfg.warmup_epochs
+    run.model.train()
+    run.model.freeze_backbone(frozen)
+    start = time.perf_counter()
+
+    def step_hook(step: int) -> None:
+        if run.average is not None:
+            run.average.update_parameters(run.model)
+        if on_step is not None:
+            on_step(epoch, step)
+
+    row = {"epoch": epoch + 1, "lr": round(run.optimizer.param_groups[-1]["lr"], 8), "frozen_backbone": frozen}
+    row.update(train_one_epoch(run.model, loaders.train, run.optimizer, run.scheduler, run.loss_fn, device,
+                               step_hook, desc=f"{label} epoch {epoch + 1}/{cfg.epochs}".strip()))
+    run.model.freeze_backbone(False)
+    if not math.isfinite(row["train_loss"]):
+        raise FloatingPointError(f"training loss became {row['train_loss']} in epoch {epoch + 1}; lower "
+                                 "params.yaml train_cnn.models.<name>.lr")
+    if loaders.holdout is not None:
+        p = predict(run.scored, loaders.holdout, device)
+        y = data.train_y[held]
+        row["holdout_auc"], row["holdout_pauc"] = _score(y, p, "auc"), _score(y, p, "pauc")
+    if cfg.monitor_valid and data.valid_y is not None:
+        p = predict(run.scored, loaders.valid, device)
+        row["valid_auc"], row["valid_pauc"] = _score(data.valid_y, p, "auc"), _score(data.valid_y, p, "pauc")
+    row["seconds"] = round(time.perf_counter() - start, 3)
+    return row
+
+
+def _early_stop(best: dict, row: dict, run: _Run, cfg: CnnModelConfig, epoch: int) -> tuple[dict, bool]:
+    """(best epoch so far, whether to stop): the first epoch with the highest holdout score wins;
+    stop after `patience` epochs without a better one."""
+    metric = cfg.early_stopping.metric
+    if metric == "none":
+        return best, False
+    score = row[f"holdout_{metric}"]
+    if math.isfinite(score) and score > best["score"]:
+        best = {"score": score, "epoch": epoch + 1, "state": copy.deepcopy(run.scored.state_dict())}
+    return best, epoch + 1 - best["epoch"] >= cfg.early_stopping.patience
 
 
 def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device, num_workers: int = 0,
@@ -361,9 +343,9 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
         device: from `select_device`.
         num_workers: DataLoader worker processes (0: decode in this process).
         seed: all randomness derives from it.
-        checkpoint: file rewritten atomically after every epoch. When it exists and was written
-            for the same data, params, seed and lesion_ml code, training resumes after its
-            last epoch; a finished run is not trained again.
+        checkpoint: file rewritten atomically after every epoch (`Checkpoint`). When it exists and
+            was written for the same data, params, seed and lesion_ml code, training resumes
+            after its last epoch; a finished run is not trained again.
         on_step: called as on_step(epoch, step) after each optimizer step (tests).
         label: prefix for the progress bar and log lines (e.g. "resnet18 fold 2").
         on_epoch: called as on_epoch(epoch, row) after each epoch with its history row (a tuning
@@ -372,124 +354,32 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
     key = _run_key(data, cfg, seed, store, device.type)
     backbone_spec(cfg.backbone)  # an unknown backbone fails before any image is read
     held = _holdout_split(data, cfg, seed)
-    keep_extra = np.isin(data.extra_sources, np.asarray(data.train_ids)[held], invert=True) \
-        if data.extra_ids else np.zeros(0, bool)
-    fusion = cfg.fusion.enabled
-    if fusion and (data.train_meta is None or data.valid_meta is None):
+    if cfg.fusion.enabled and (data.train_meta is None or data.valid_meta is None):
         raise ValueError("fusion.enabled needs metadata features for the training and validation rows")
-
-    def meta_rows(meta: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
-        return meta[mask] if fusion and meta is not None else None
-
-    fit_ids = [i for i, h in zip(data.train_ids, held) if not h] + [i for i, k in zip(data.extra_ids, keep_extra) if k]
-    fit_y = np.concatenate([data.train_y[~held], np.ones(int(keep_extra.sum()), np.float32)]).astype(np.float32)
-    fit_meta = None
-    if fusion:
-        parts = [data.train_meta[~held]]
-        if data.extra_ids:
-            parts.append(data.extra_meta[keep_extra])
-        fit_meta = np.concatenate(parts).astype(np.float32)
-
-    train_tf, eval_tf = model_transforms(cfg, True), model_transforms(cfg, False)
-    train_ds = LesionImages(store, fit_ids, fit_y, train_tf, fit_meta, cfg.image_size)
-    sampler = SeededSampler(EpochSampler(fit_y, cfg.balance.sampler, cfg.balance.neg_per_pos, seed), seed)
-    if len(sampler) < 2:  # BatchNorm cannot train on a batch of one
-        raise ValueError(f"{label or 'this fold'}: {len(sampler)} training image(s) per epoch (of {len(fit_ids)} "
-                         f"training rows); a batch needs at least 2; lower params.yaml split.n_folds or add images")
-    train_dl = make_loader(train_ds, cfg.batch_size, num_workers, device, sampler, len(sampler) > cfg.batch_size)
-
-    def eval_loader(ids: list[str], meta: np.ndarray | None) -> DataLoader:
-        ds = LesionImages(store, ids, None, eval_tf, meta, cfg.image_size)
-        return make_loader(ds, cfg.eval_batch_size or cfg.batch_size * 2, num_workers, device)
-
-    valid_dl = eval_loader(data.valid_ids, data.valid_meta if fusion else None)
-    hold_ids = [i for i, h in zip(data.train_ids, held) if h]
-    hold_dl = eval_loader(hold_ids, meta_rows(data.train_meta, held)) if hold_ids else None
-
-    torch.manual_seed(seed)
-    n_meta = data.train_meta.shape[1] if fusion else 0
-    model = LesionNet(cfg.backbone, cfg.pretrained, n_meta, cfg.fusion.hidden, cfg.fusion.dropout)
-    if fusion:
-        model.set_meta_scaling(torch.from_numpy(np.nanmean(fit_meta, 0)), torch.from_numpy(np.nanstd(fit_meta, 0)))
-    model = to_device(model, device)
-    optimizer = torch.optim.AdamW([{"params": model.backbone_parameters(), "lr": cfg.lr * cfg.backbone_lr_mult},
-                                   {"params": model.head_parameters(), "lr": cfg.lr}], weight_decay=cfg.weight_decay)
-    scheduler = _schedule(cfg, optimizer, max(1, cfg.epochs * len(train_dl)))
-    loss_fn = make_loss(cfg.balance, fit_y, device)
-
-    history: list[dict] = []
-    best = {"score": -math.inf, "epoch": 0, "state": None}
-    start_epoch, done, resumed = 0, False, 0
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state.get("key") != key:
-            log.info("%s: checkpoint %s is for other data, params or code; training from the start", label, checkpoint)
-        else:
-            model.load_state_dict(state["model"])
-            history, done = state["history"], state["done"]
-            best = {"score": state["best_score"], "epoch": state["best_epoch"], "state": state.get("best_model")}
-            start_epoch = resumed = len(history)
-            if not done:
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-            log.info("%s: resuming after epoch %d from %s%s", label, start_epoch, checkpoint,
-                     " (finished)" if done else "")
-
-    metric = cfg.early_stopping.metric
-    for epoch in range(start_epoch, cfg.epochs if not done else start_epoch):
-        # Everything random in an epoch is seeded from (seed, epoch): replayable after a resume.
-        sampler.set_epoch(epoch)  # the rows and their augmentation seeds
-        torch.manual_seed(seed * 1000 + epoch)  # dropout
-        frozen = epoch < cfg.warmup_epochs
-        model.train()
-        model.freeze_backbone(frozen)
-        start = time.perf_counter()
-        step_hook = (lambda step, e=epoch: on_step(e, step)) if on_step else None
-        row = {"epoch": epoch + 1, "lr": round(optimizer.param_groups[-1]["lr"], 8), "frozen_backbone": frozen}
-        row.update(train_one_epoch(model, train_dl, optimizer, scheduler, loss_fn, device, step_hook,
-                                   desc=f"{label} epoch {epoch + 1}/{cfg.epochs}".strip()))
-        model.freeze_backbone(False)
-        if not math.isfinite(row["train_loss"]):
-            raise FloatingPointError(f"training loss became {row['train_loss']} in epoch {epoch + 1}; lower "
-                                     "params.yaml train_cnn.models.<name>.lr")
-        if hold_dl is not None:
-            p = predict(model, hold_dl, device)
-            y = data.train_y[held]
-            row["holdout_auc"], row["holdout_pauc"] = _score(y, p, "auc"), _score(y, p, "pauc")
-        if cfg.monitor_valid and data.valid_y is not None:
-            p = predict(model, valid_dl, device)
-            row["valid_auc"], row["valid_pauc"] = _score(data.valid_y, p, "auc"), _score(data.valid_y, p, "pauc")
-        row["seconds"] = round(time.perf_counter() - start, 3)
+    fit = _fit_rows(data, cfg, held)
+    loaders = _loaders(store, data, cfg, held, fit, device, num_workers, seed, label)
+    run = _build(cfg, data, fit[1], fit[2], device, len(loaders.train), seed)
+    ckpt = Checkpoint(checkpoint, key, label)
+    history, done, best = ckpt.restore(run, device)
+    resumed = len(history)
+    for epoch in range(resumed, cfg.epochs if not done else resumed):
+        row = _epoch(run, loaders, epoch, cfg, data, held, device, seed, on_step, label)
         history.append(row)
         if on_epoch is not None:
             on_epoch(epoch, row)
-        stop = False
-        if metric != "none":
-            score = row[f"holdout_{metric}"]
-            if math.isfinite(score) and score > best["score"]:
-                best = {"score": score, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
-            stop = epoch + 1 - best["epoch"] >= cfg.early_stopping.patience
+        best, stop = _early_stop(best, row, run, cfg, epoch)
         log.info("%s epoch %d/%d: %s", label, epoch + 1, cfg.epochs,
                  ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
                            if k != "epoch"))
         done = stop or epoch + 1 == cfg.epochs
-        if checkpoint is not None:
-            if done:  # a finished run keeps only what predicting needs
-                final = best["state"] if best["state"] is not None else model.state_dict()
-                _save(checkpoint, {"key": key, "done": True, "history": history, "model": final,
-                                   "best_score": best["score"], "best_epoch": best["epoch"]})
-            else:
-                _save(checkpoint, {"key": key, "done": False, "history": history, "model": model.state_dict(),
-                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                   "best_score": best["score"], "best_epoch": best["epoch"],
-                                   **({"best_model": best["state"]} if best["state"] is not None else {})})
+        ckpt.save(run, history, best, done)
         if stop:
             log.info("%s: early stop after epoch %d; best holdout %s %.4f at epoch %d", label, epoch + 1,
-                     metric, best["score"], best["epoch"])
+                     cfg.early_stopping.metric, best["score"], best["epoch"])
             break
     if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    best_epoch = best["epoch"] if metric != "none" and best["epoch"] else len(history)
+        run.scored.load_state_dict(best["state"])
+    best_epoch = best["epoch"] if cfg.early_stopping.metric != "none" and best["epoch"] else len(history)
     start = time.perf_counter()
-    valid_pred = predict(model, valid_dl, device, cfg.tta)  # the out-of-fold scores, as predict scores
-    return FoldResult(model, valid_pred, history, best_epoch, resumed, round(time.perf_counter() - start, 3))
+    valid_pred = predict(run.scored, loaders.valid, device, cfg.tta)  # the out-of-fold scores, as predict scores
+    return FoldResult(run.scored, valid_pred, history, best_epoch, resumed, round(time.perf_counter() - start, 3))

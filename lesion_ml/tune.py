@@ -15,13 +15,14 @@ studies in one database:
 Feature preparation (clipping, imputation, encoding, selection) is refitted on every inner
 training set, as the prepare stage fits it on every outer one. `<base>` holds a digest of the
 search space, the metric, the inner folds, the untuned params and the data, so a rerun with the
-same inputs continues the stored trials and a changed input starts fresh studies.
+same inputs continues the stored trials and a changed input starts fresh studies. What the
+studies found (best values, tuned vs untuned scores, trials, importances) is in
+lesion_ml.tune_report, re-exported here.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import socket
 from collections import OrderedDict
@@ -35,9 +36,13 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from lesion_ml.config import Params, PrepareConfig, SearchParam, StudyConfig, TuneConfig, set_dotted, validate_params
-from lesion_ml.evaluate.analysis import RANKING, bootstrap_intervals, paired_bootstrap
+from lesion_ml import tune_report
+from lesion_ml.evaluate.analysis import RANKING
 
-log = logging.getLogger("lesion_ml.tune")
+# what the studies found lives in lesion_ml.tune_report; callers import it from here as well
+best_values, outer_scores, tuned_vs_default = tune_report.best_values, tune_report.outer_scores, \
+    tune_report.tuned_vs_default
+compare, trials_table, importances = tune_report.compare, tune_report.trials_table, tune_report.importances
 
 STORAGE_ENV = "LESION_TUNE_STORAGE"
 DEFAULT_STORAGE = "sqlite:///.lesion/optuna.db"  # relative to the repository root; outside every DVC out
@@ -190,7 +195,7 @@ class CnnFitter:
     predicts others; a fusion model's metadata features are prepared on the same training rows."""
 
     def __init__(self, data: TuneData, store, model: str, device: str = "auto", num_workers: int = 0):
-        from lesion_ml.train import select_device
+        from lesion_ml.inference import select_device
 
         self.data, self.store, self.model = data, store, model
         self.device, self.num_workers = select_device(device), num_workers
@@ -365,72 +370,3 @@ def run_trials(storage_url_: str, name: str, study: StudyConfig, base: Params, f
     opt_study.optimize(objective(fitter, base, study, inner), n_trials=n_trials, timeout=study.timeout_s,
                        gc_after_trial=False)
     return finished(opt_study) - before
-
-
-def best_values(opt_study) -> dict[str, Any]:
-    """The best complete trial's parameters (params.yaml keys -> values); none (the untuned params)
-    when no trial completed (every one pruned or failed), with a warning."""
-    import optuna
-
-    if not opt_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        log.warning("study %s has no complete trial; its untuned params stand in for the best", opt_study.study_name)
-        return {}
-    return dict(opt_study.best_trial.params)
-
-
-def outer_scores(fitter: GbdtFitter | CnnFitter, base: Params,
-                 values_per_fold: dict[int, dict[str, Any]]) -> np.ndarray:
-    """Out-of-fold scores: each outer fold k predicted by a model fitted on its training rows with
-    the parameters `values_per_fold[k]` (an empty dict: the untuned params); an image model of
-    fold k trains with seed + k, as in the train_cnn stage."""
-    data = fitter.data
-    oof = np.full(len(data.y), np.nan)
-    for k, values in values_per_fold.items():
-        valid = data.fold == k
-        oof[valid] = fitter.fit_predict(with_values(base, values), ~valid, valid, k)
-    return oof
-
-
-def tuned_vs_default(studies: dict[int | None, Any], fitter: GbdtFitter | CnnFitter, base: Params,
-                     n_boot: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
-    """Each outer fold refitted with its own study's best parameters and with the untuned params
-    (`studies`: outer fold -> Optuna study, None -> the exported one, skipped here). Returns the
-    comparison (`compare`), the default and tuned out-of-fold scores, and each fold's best values."""
-    per_fold = {k: best_values(s) for k, s in studies.items() if k is not None}
-    default = outer_scores(fitter, base, {k: {} for k in per_fold})
-    tuned = outer_scores(fitter, base, per_fold)
-    return compare(fitter.data, default, tuned, n_boot), default, tuned, per_fold
-
-
-def compare(data: TuneData, default: np.ndarray, tuned: np.ndarray, n_boot: int, seed: int = 0) -> dict[str, Any]:
-    """Default vs tuned on the same out-of-fold rows: each model's ranking metrics with patient-level
-    bootstrap intervals, and the paired difference (tuned - default) with its interval."""
-    out: dict[str, Any] = {}
-    for label, p in (("default", default), ("tuned", tuned)):
-        ci = bootstrap_intervals(data.y, p, data.groups, 0.5, n_boot, seed) if n_boot else {}
-        out[label] = {k: round(fn(data.y, p), 4) for k, fn in RANKING.items()}
-        out[label]["ci95"] = {k: ci[k] for k in RANKING} if ci else {}
-    out["difference"] = paired_bootstrap(data.y, default, tuned, data.groups, n_boot, seed) if n_boot else {}
-    return out
-
-
-def trials_table(opt_study) -> pd.DataFrame:
-    """One row per trial: number, state, value, the parameters, duration in seconds."""
-    rows = []
-    for t in opt_study.get_trials(deepcopy=False):
-        seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
-            if t.datetime_complete and t.datetime_start else None
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value, **t.params,
-                     "seconds": seconds, "worker": t.user_attrs.get("worker")})
-    return pd.DataFrame(rows)
-
-
-def importances(opt_study) -> dict[str, float]:
-    """Optuna's parameter importances (fANOVA) over the complete trials; empty with fewer than two
-    trials or a single parameter that never varied."""
-    import optuna
-
-    try:
-        return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(opt_study).items()}
-    except (RuntimeError, ValueError):
-        return {}

@@ -9,10 +9,12 @@ import pandas as pd
 
 from lesion_ml.balance import write_minority_set
 from lesion_ml.config import CnnModelConfig, MinoritySetConfig, TrainGbdtConfig
-from lesion_ml.data.images import BadImageError, ImageStore, MultiStore
+from lesion_ml.data.images import BadImageError, ImageStore, open_store
+from lesion_ml.inference import select_device
 from lesion_ml.io import save_torch, write_csv, write_json, write_parquet, write_text
 from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
-from lesion_ml.train import FoldData, select_device, train_fold
+from lesion_ml.split import fold_data
+from lesion_ml.train import train_fold
 from tasks.cache import cached_task
 
 
@@ -34,34 +36,6 @@ def train_gbdt_fold(features: Path, folds: Path, cfg: TrainGbdtConfig, fold: int
     return write_parquet(pred, out / f"pred_fold{fold}.parquet")
 
 
-def _fold_data(f: pd.DataFrame, train: np.ndarray, cfg: CnnModelConfig,
-               features: Path | pd.DataFrame | None, minority: Path | None) -> FoldData:
-    """The fold's rows, plus its selected metadata features (fusion) and minority-set copies."""
-    data = FoldData(train_ids=f["image_id"][train].tolist(), train_y=f["target"].to_numpy()[train].astype(np.float32),
-                    valid_ids=f["image_id"][~train].tolist(), valid_y=f["target"].to_numpy()[~train],
-                    train_groups=f["patient_id"].astype(str).to_numpy()[train])
-    meta = None
-    if cfg.fusion.enabled:
-        table = features if isinstance(features, pd.DataFrame) else pd.read_parquet(features)
-        meta = table.set_index("image_id").reindex(f["image_id"])
-        if meta.isna().all(axis=1).any():
-            missing = meta.index[meta.isna().all(axis=1)][:5].tolist()
-            raise ValueError(f"{features}: no metadata features for images {missing}; rerun the prepare stage")
-        meta = meta.to_numpy(np.float32)
-        data.train_meta, data.valid_meta = meta[train], meta[~train]
-    if cfg.balance.minority_set:
-        index = pd.read_parquet(minority / "index.parquet")
-        if index.empty:
-            raise ValueError(f"balance.minority_set is on but {minority} holds no copies; set "
-                             "params.yaml train_cnn.minority_set.copies above 0")
-        index = index[index["source_id"].isin(set(data.train_ids))]
-        data.extra_ids, data.extra_sources = index["copy_id"].tolist(), index["source_id"].tolist()
-        if meta is not None:
-            row_of = pd.Series(np.arange(len(f)), index=f["image_id"])
-            data.extra_meta = meta[row_of.loc[index["source_id"]].to_numpy()]
-    return data
-
-
 @cached_task(outputs=('out', 'checkpoints', 'plots'))
 def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, num_workers: int, fold: int,
                    out: Path, name: str = "", features_dir: Path | None = None, minority: Path | None = None,
@@ -75,22 +49,18 @@ def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, 
         import torch
 
         torch.set_num_threads(threads)
-    store = ImageStore.from_manifest(json.loads(images.read_text()))
-    if cfg.balance.minority_set:
-        store = MultiStore([store, ImageStore(hdf5=minority / "images.hdf5")])
     f, train = _fold_rows(folds, fold)
     features = features_dir / f"fold{fold}.parquet" if features_dir is not None else None
-    data = _fold_data(f, train, cfg, features, minority)
+    data = fold_data(f, train, cfg, features, minority)
     try:
-        result = train_fold(store, data, cfg, select_device(device), num_workers, seed=cfg.seed + fold,
-                            checkpoint=checkpoints / f"fold{fold}.pt" if checkpoints else None,
-                            label=f"{name} fold {fold}".strip())
+        with open_store(json.loads(images.read_text()),
+                        minority / "images.hdf5" if cfg.balance.minority_set else None) as store:
+            result = train_fold(store, data, cfg, select_device(device), num_workers, seed=cfg.seed + fold,
+                                checkpoint=checkpoints / f"fold{fold}.pt" if checkpoints else None,
+                                label=f"{name} fold {fold}".strip())
     except BadImageError as err:  # passed ingest's check (data.verify_images) but does not decode
         raise BadImageError(f"{err} (params.yaml data.verify_images: decode finds such images at ingest, and "
                             "data.on_bad_image: skip drops them)") from None
-    finally:
-        for s in getattr(store, "stores", [store]):
-            s.close()
     save_torch(result.model.state_dict(), out / f"fold{fold}.pt")
     n_valid = len(result.valid_pred)
     write_json({"best_epoch": result.best_epoch, "resumed_from_epoch": result.resumed_from,

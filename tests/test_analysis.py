@@ -6,7 +6,8 @@ import pytest
 
 from lesion_ml.config import TrainGbdtConfig
 from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
-from lesion_ml.evaluate.ensemble import cross_fit_calibration, mean_ensemble, rank_ensemble, stack_oof
+from lesion_ml.evaluate.calibration import cross_fit_calibration
+from lesion_ml.evaluate.ensemble import mean_ensemble, rank_ensemble, stack_oof
 from lesion_ml.evaluate.metrics import classification_metrics
 from lesion_ml.evaluate.report import build_report
 

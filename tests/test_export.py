@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lesion_ml.bundle import FinalModel, apply_calibrator, components_of, fit_calibrator, rank_reference, write_bundle
+from lesion_ml.bundle import FinalModel, rank_reference, write_bundle
+from lesion_ml.evaluate.calibration import apply_calibrator, fit_calibrator
+from lesion_ml.catalogue import base_models, derived_models, find
 from lesion_ml.config import PrepareConfig, SelectConfig
 from lesion_ml.data.sources import DataError
 from lesion_ml.data.synthetic_tabular import generate_metadata
@@ -83,13 +85,25 @@ def test_calibration_map_in_json_matches_scikit_learn(method):
     assert fit_calibrator("none", y, p) is None and np.array_equal(apply_calibrator(None, new), new)
 
 
-def test_components_and_rank_reference():
+def test_catalogue_components_and_rank_reference():
+    from lesion_ml.config import CnnModelConfig, EvaluateConfig
+
+    cnns = {"a": CnnModelConfig(), "b": CnnModelConfig(fusion={"enabled": True})}
     base = ["gbdt", "cnn_a", "cnn_b"]
-    assert components_of("cnn_a", base) == ("single", ["cnn_a"])
-    assert components_of("ensemble_rank", base) == ("rank", base)
-    assert components_of("stack_gbdt_images", base) == ("stack", ["cnn_a", "cnn_b"])
+    a, rank, stack = find("cnn_a", cnns), find("ensemble_rank", cnns), find("stack_gbdt_images", cnns)
+    assert (a.kind, a.combine, a.components, a.cnns, a.needs_metadata) == ("cnn", "single", ("cnn_a",), ("a",), False)
+    assert find("cnn_b", cnns).needs_metadata and find("gbdt", cnns).needs_metadata  # fusion, metadata model
+    assert (rank.combine, list(rank.components), rank.is_probability) == ("rank", base, False)
+    assert (stack.combine, stack.components, stack.cnns, stack.needs_metadata) == ("stack", ("cnn_a", "cnn_b"),
+                                                                                    ("a", "b"), True)
+    assert find("ensemble_mean", {"a": cnns["a"]}).needs_metadata  # it includes the metadata model
     with pytest.raises(ValueError, match="final.model"):
-        components_of("cnn_c", base)
+        find("cnn_c", cnns)
+    names = lambda refs: [r.name for r in refs]  # noqa: E731
+    assert names(derived_models(base_models(cnns), EvaluateConfig())) == ["ensemble_mean", "ensemble_rank",
+                                                                         "stack_gbdt_images"]
+    assert names(derived_models(base_models({}), EvaluateConfig())) == []  # one model: nothing to combine
+    assert names(derived_models(base_models(cnns), EvaluateConfig(ensembles=False))) == ["stack_gbdt_images"]
     scores = np.random.default_rng(1).uniform(size=1000)
     ref = rank_reference(scores)
     pct = np.interp(scores, ref, np.linspace(0, 1, len(ref)))

@@ -23,7 +23,8 @@ import lesion_ml
 from lesion_ml.models import backbones
 from lesion_ml.config import CnnModelConfig, ConfigError, SplitConfig, validate_params
 from lesion_ml.split import assign_folds
-from lesion_ml.train import FoldData, LrShape, _schedule, train_fold
+from lesion_ml.schedule import LrShape, make_schedule
+from lesion_ml.train import FoldData, train_fold
 
 LIBRARY = Path(lesion_ml.__file__).parent
 
@@ -124,7 +125,7 @@ def test_schedule_is_valid_for_any_number_of_steps(kind, epochs, warmup_epochs, 
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.AdamW([{"params": [model.weight], "lr": 0.001}, {"params": [model.bias], "lr": 0.01}])
     total = epochs * steps_per_epoch
-    scheduler = _schedule(cfg, optimizer, total)
+    scheduler = make_schedule(cfg, optimizer, total)
     lrs = []
     for _ in range(total):
         lrs.append([g["lr"] for g in optimizer.param_groups])
@@ -144,12 +145,12 @@ def test_schedule_resumes_from_its_state_dict():
     cfg = CnnModelConfig(epochs=4)
     model = torch.nn.Linear(2, 1)
     a = torch.optim.AdamW(model.parameters(), lr=0.1)
-    sa = _schedule(cfg, a, 12)
+    sa = make_schedule(cfg, a, 12)
     for _ in range(5):
         a.step()
         sa.step()
     b = torch.optim.AdamW(model.parameters(), lr=0.1)
-    sb = _schedule(cfg, b, 12)
+    sb = make_schedule(cfg, b, 12)
     sb.load_state_dict(sa.state_dict())
     b.load_state_dict(a.state_dict())
     for _ in range(6):

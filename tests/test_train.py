@@ -219,7 +219,7 @@ import os, signal, sys
 import numpy as np, torch
 sys.path.insert(0, {tests!r})
 from test_train import _resume_setup
-store, data, cfg = _resume_setup({demo!r})
+store, data, cfg = _resume_setup({demo!r}, {ema!r})
 from lesion_ml.train import train_fold
 
 def kill(epoch, step):
@@ -232,29 +232,32 @@ train_fold(store, data, cfg, torch.device("cpu"), seed=5, checkpoint=__import__(
 """
 
 
-def _resume_setup(demo):
+def _resume_setup(demo, ema: float = 0.0):
     from pathlib import Path
 
     store, ids, y, groups = _tiny(Path(demo))
     meta = np.stack([y + np.linspace(0, 1, len(y)), np.cos(np.arange(len(y)))], 1).astype(np.float32)
     cfg = CnnModelConfig(image_size=32, epochs=3, batch_size=6, warmup_epochs=1, backbone_lr_mult=0.5,
                          fusion={"enabled": True}, balance={"sampler": "downsample", "neg_per_pos": 2, "loss": "focal"},
-                         augment={"hair": 0.5}, early_stopping={"metric": "auc", "patience": 3, "holdout": 0.25})
+                         augment={"hair": 0.5}, early_stopping={"metric": "auc", "patience": 3, "holdout": 0.25},
+                         ema_half_life=ema)
     data = FoldData(ids[:36], y[:36], ids[36:], valid_y=y[36:], train_groups=groups[:36], train_meta=meta[:36],
                     valid_meta=meta[36:])
     return store, data, cfg
 
 
 @pytest.mark.slow
-def test_run_killed_in_epoch_2_resumes_from_its_checkpoint_to_the_same_weights(tiny_demo, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_run_killed_in_epoch_2_resumes_from_its_checkpoint_to_the_same_weights(tiny_demo, tmp_path, ema):
+    """With a weight average too: it is checkpointed and resumed with the weights it averages."""
     import subprocess
     import sys
     from pathlib import Path
 
-    store, data, cfg = _resume_setup(tiny_demo)
+    store, data, cfg = _resume_setup(tiny_demo, ema)
     ckpt, marker = tmp_path / "fold0.pt", tmp_path / "killed"
     code = KILLED_RUN.format(tests=str(Path(__file__).parent), demo=str(tiny_demo), marker=str(marker),
-                             ckpt=str(ckpt))
+                             ckpt=str(ckpt), ema=ema)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL, in epoch 2
     assert marker.exists()
@@ -275,7 +278,7 @@ def test_run_killed_in_epoch_2_resumes_from_its_checkpoint_to_the_same_weights(t
 def test_fold_uses_only_copies_of_its_own_training_positives_and_their_metadata(tmp_path):
     import pandas as pd
 
-    from tasks.train import _fold_data
+    from lesion_ml.train import fold_data
 
     f = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "patient_id": ["p", "p", "q", "r"],
                       "target": [1, 0, 1, 0], "fold": [0, 0, 1, 1]})
@@ -285,7 +288,7 @@ def test_fold_uses_only_copies_of_its_own_training_positives_and_their_metadata(
     pd.DataFrame({"image_id": ["d", "c", "b", "a"], "x1": [4.0, 3.0, 2.0, 1.0]}).to_parquet(tmp_path / "f.parquet")
     cfg = CnnModelConfig(fusion={"enabled": True}, balance={"minority_set": True})
     train = (f["fold"] != 1).to_numpy()
-    data = _fold_data(f, train, cfg, tmp_path / "f.parquet", tmp_path / "minority")
+    data = fold_data(f, train, cfg, tmp_path / "f.parquet", tmp_path / "minority")
     assert data.train_ids == ["a", "b"] and data.valid_ids == ["c", "d"]
     assert data.extra_ids == ["a__aug0", "a__aug1"] and data.extra_sources == ["a", "a"]  # not c: validation
     assert data.extra_meta.ravel().tolist() == [1.0, 1.0]
@@ -419,3 +422,44 @@ def test_test_time_augmentation_averages_the_eight_views_exactly():
     want = torch.stack([torch.sigmoid(v[:, 0, 0, 0].float() / 50) for v in views]).mean(0)
     assert torch.allclose(tta, want) and torch.allclose(plain, torch.sigmoid(torch.tensor([4.0, 0.0])))
     assert not torch.allclose(tta, plain)
+
+
+def test_weight_average_halves_the_old_weights_weight_every_half_life():
+    from lesion_ml.train import weight_average
+
+    net = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    average = weight_average(net, half_life_epochs=2, steps_per_epoch=5)
+    average.update_parameters(net)  # the first update copies the weights
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for _ in range(10):  # two epochs of five steps: one half-life
+        average.update_parameters(net)
+    torch.testing.assert_close(average.module.weight, torch.full((1, 3), 0.5))
+    assert weight_average(net, 0, 5) is None
+
+
+def test_the_weight_average_is_what_a_fold_scores_and_returns(tiny_demo):
+    """A half-life near 0 gives the last weights (the plain run); a very long one stays near the
+    weights of the first step, far from where training ended."""
+    from lesion_ml.models.net import LesionNet
+
+    store, ids, y, _ = _tiny(tiny_demo)
+    data = FoldData(ids[:30], y[:30], ids[30:])
+    dev = torch.device("cpu")
+
+    def run(half_life: float):
+        cfg = CnnModelConfig(image_size=32, epochs=3, batch_size=6, lr=3e-3, ema_half_life=half_life)
+        return train_fold(store, data, cfg, dev, seed=2)
+
+    plain, last, slow = run(0.0), run(1e-9), run(1e6)
+    np.testing.assert_allclose(last.valid_pred, plain.valid_pred, atol=1e-5)
+    torch.manual_seed(2)
+    start = dict(LesionNet("resnet18", "false").named_parameters())  # as train_fold builds it
+
+    def moved(result) -> float:
+        return sum(float((p - start[k]).norm()) for k, p in result.model.named_parameters())
+
+    assert moved(slow) < 0.5 * moved(plain)
+    assert not np.allclose(slow.valid_pred, plain.valid_pred, atol=1e-3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,9 +294,26 @@ class MultiStore:
         for store in self.stores:
             store.index(ids)
 
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
     def get(self, image_id: str, min_side: int | None = None) -> np.ndarray:
         store, data = self._find(image_id)
         return decode_image(data, Location(store, image_id), min_side)
+
+
+@contextmanager
+def open_store(manifest: Mapping[str, Any], extra_hdf5: Path | None = None) -> Iterator[ImageStore | MultiStore]:
+    """The image store of `manifest` (data/interim/images.json), followed by the HDF5 file
+    `extra_hdf5` when given (the minority set's copies); closed on exit."""
+    store: ImageStore | MultiStore = ImageStore.from_manifest(manifest)
+    if extra_hdf5 is not None:
+        store = MultiStore([store, ImageStore(hdf5=extra_hdf5)])
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 class Location:

@@ -6,7 +6,7 @@ irregular, more asymmetric and multi-coloured. The tbp_lv_* columns are MEASURED
 tile (colour in CIELAB, area, perimeter, axes, asymmetry) and then perturbed with measurement
 noise, so images and metadata agree without either being a perfect predictor. A share of
 malignant lesions is drawn benign-looking and a share of benign ones atypical, so the task is
-learnable but not trivial.
+learnable but not trivial. Tiles are drawn and measured by lesion_ml.data.synthetic_render.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import shutil
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -28,9 +27,8 @@ import pandas as pd
 
 from lesion_ml.config import SyntheticConfig
 from lesion_ml.data.schema import ISIC2024_COLUMNS
+from lesion_ml.data.synthetic_render import Lesion, render_tile
 from lesion_ml.io import atomic_path
-
-TILE_MM = 15.0  # an ISIC 2024 tile covers about 15 x 15 mm of skin
 
 ATTRIBUTIONS = (  # (name, weight, licence) roughly as in the ISIC 2024 training set
     ("Memorial Sloan Kettering Cancer Center", 0.32, "CC-BY"),
@@ -74,18 +72,6 @@ MALIGNANT_KINDS = {  # kind -> (weight, iddx chain)
 }
 
 
-@dataclass(frozen=True)
-class _Lesion:
-    malignant: bool
-    diameter_mm: float
-    aspect: float  # minor / major axis of the underlying ellipse
-    irregularity: float  # amplitude of border harmonics
-    asymmetry: float  # offset of the colour pattern from the centre, as a fraction of the radius
-    n_colours: int
-    contrast: float  # how much darker than the skin (L*)
-    redness: float  # extra a* inside the lesion
-
-
 CHUNK_LESIONS = 4000  # lesions rendered per work unit: bounds memory, and the unit of parallel work
 
 
@@ -108,22 +94,7 @@ def generate_synthetic(out_dir: Path | str, cfg: SyntheticConfig, workers: int =
         The paths of the HDF5 file and of the metadata CSV.
     """
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(cfg.seed)
-    patients = _draw_patients(rng, cfg)
-    n = int(patients["n_lesions"].sum())
-    malignant = _choose_malignant(rng, patients, n, cfg)
-    isic_numbers = rng.choice(np.arange(15_000, 9_999_999), size=n, replace=False)
-    first_malignant = int(np.flatnonzero(malignant)[0])
-    starts = np.concatenate([[0], np.cumsum(patients["n_lesions"].to_numpy())])
-    chunks = []  # (first patient, end patient) with about CHUNK_LESIONS lesions each
-    lo = 0
-    for hi in range(1, len(patients) + 1):
-        if starts[hi] - starts[lo] >= CHUNK_LESIONS or hi == len(patients):
-            chunks.append((lo, hi))
-            lo = hi
-    work = [(cfg, patients.iloc[a:b], malignant[starts[a]:starts[b]], isic_numbers[starts[a]:starts[b]],
-             int(starts[a])) for a, b in chunks]
-
+    work, n, first_malignant = _plan(cfg)
     h5_path, csv_path = out_dir / "train-image.hdf5", out_dir / "train-metadata.csv"
     out_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
@@ -133,30 +104,76 @@ def generate_synthetic(out_dir: Path | str, cfg: SyntheticConfig, workers: int =
             results = _in_order(pool, work, ahead=2 * workers)
         parts = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".synth-", dir=out_dir)))
         h5_tmp = stack.enter_context(atomic_path(h5_path))
-        held, any_melanoma, done = None, False, 0
-        with h5py.File(h5_tmp, "w") as f:
-            for k, (images, rows) in enumerate(results):
-                for isic_id, data in images:
-                    f.create_dataset(isic_id, data=np.bytes_(data))
-                meta = _to_frame(rows)
-                any_melanoma |= bool(meta["mel_mitotic_index"].notna().any())
-                i = first_malignant - work[k][4]
-                if 0 <= i < len(meta):  # the first malignant lesion gets a fifth diagnosis level
-                    meta.loc[meta.index[i], "iddx_5"] = f"{meta['iddx_4'].iat[i] or meta['iddx_3'].iat[i]}, other"
-                    held = (k, i, meta)
-                meta.to_csv(parts / f"{k:06d}.csv", index=False, header=k == 0)
-                done += len(meta)
-                if progress:
-                    progress(done, n)
-        if not any_melanoma:  # give the text column one value, so that it reads back as text
-            k, i, meta = held
-            meta.loc[meta.index[i], "mel_mitotic_index"] = "0/mm^2"
-            meta.to_csv(parts / f"{k:06d}.csv", index=False, header=k == 0)
+        _write_chunks(results, [job[4] for job in work], h5_tmp, parts, first_malignant, n, progress)
         with atomic_path(csv_path) as tmp, open(tmp, "wb") as out:
             for k in range(len(work)):
                 with open(parts / f"{k:06d}.csv", "rb") as part:
                     shutil.copyfileobj(part, out)
     return h5_path, csv_path
+
+
+def _plan(cfg: SyntheticConfig) -> tuple[list[tuple], int, int]:
+    """The draws of the whole set from the generator of `cfg.seed` (patients, which lesions are
+    malignant, the image numbers), cut into work units of whole patients for `_render_chunk`.
+
+    Returns:
+        The work units, the number of lesions and the row of the first malignant lesion.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    patients = _draw_patients(rng, cfg)
+    n = int(patients["n_lesions"].sum())
+    malignant = _choose_malignant(rng, patients, n, cfg)
+    isic_numbers = rng.choice(np.arange(15_000, 9_999_999), size=n, replace=False)
+    first_malignant = int(np.flatnonzero(malignant)[0])
+    starts = np.concatenate([[0], np.cumsum(patients["n_lesions"].to_numpy())])
+    work = [(cfg, patients.iloc[a:b], malignant[starts[a]:starts[b]], isic_numbers[starts[a]:starts[b]],
+             int(starts[a])) for a, b in _chunks(starts)]
+    return work, n, first_malignant
+
+
+def _chunks(starts: np.ndarray) -> list[tuple[int, int]]:
+    """(first patient, end patient) runs with about CHUNK_LESIONS lesions each; `starts` holds the
+    first row of every patient and, last, the number of rows."""
+    chunks = []
+    lo = 0
+    n_patients = len(starts) - 1
+    for hi in range(1, n_patients + 1):
+        if starts[hi] - starts[lo] >= CHUNK_LESIONS or hi == n_patients:
+            chunks.append((lo, hi))
+            lo = hi
+    return chunks
+
+
+def _write_chunks(results: Iterator[tuple], first_rows: list[int], h5_path: Path, parts: Path, first_malignant: int,
+                  total: int, progress: Callable[[int, int], None] | None) -> None:
+    """Each rendered chunk's tiles into the HDF5 file at `h5_path` and its metadata into the CSV
+    part `parts/<k>.csv` (the first with the header), as the chunks come; `progress` is called
+    with (lesions written, `total`) after each chunk.
+
+    The first malignant lesion gets a fifth diagnosis level; when no lesion is a melanoma, it also
+    gets a mitotic index, so that the text column reads back as text.
+    """
+    held, any_melanoma, done = None, False, 0
+    with h5py.File(h5_path, "w") as f:
+        for k, (images, rows) in enumerate(results):
+            for isic_id, data in images:
+                f.create_dataset(isic_id, data=np.bytes_(data))
+            meta = _to_frame(rows)
+            any_melanoma |= bool(meta["mel_mitotic_index"].notna().any())
+            i = first_malignant - first_rows[k]
+            if 0 <= i < len(meta):  # the first malignant lesion gets a fifth diagnosis level
+                meta.loc[meta.index[i], "iddx_5"] = f"{meta['iddx_4'].iat[i] or meta['iddx_3'].iat[i]}, other"
+                held = (k, i, meta)
+            meta.to_csv(parts / f"{k:06d}.csv", index=False, header=k == 0)
+            done += len(meta)
+            if progress:
+                progress(done, total)
+    if not any_melanoma:  # give the text column one value, so that it reads back as text
+        k, i, meta = held
+        meta.loc[meta.index[i], "mel_mitotic_index"] = "0/mm^2"
+        meta.to_csv(parts / f"{k:06d}.csv", index=False, header=k == 0)
+
+
 
 
 def _in_order(pool: mp.pool.Pool, work: list, ahead: int) -> Iterator[tuple]:
@@ -181,7 +198,7 @@ def _render_chunk(job: tuple) -> tuple[list[tuple[str, bytes]], list[dict]]:
         for _ in range(p.n_lesions):
             lesion = _draw_lesion(rng, p, bool(malignant[i]))
             size = int(rng.integers(cfg.tile_px[0], cfg.tile_px[1] + 1))
-            tile, measured = _render(rng, lesion, p, size)
+            tile, measured = render_tile(rng, lesion, p, size)
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
             assert ok, "JPEG encoding failed"
             isic_id = f"ISIC_{isic_numbers[i]:07d}"
@@ -232,11 +249,11 @@ def _choose_malignant(rng: np.random.Generator, patients: pd.DataFrame, n: int, 
     return out
 
 
-def _draw_lesion(rng: np.random.Generator, p, malignant: bool) -> _Lesion:
+def _draw_lesion(rng: np.random.Generator, p, malignant: bool) -> Lesion:
     subtle = malignant and rng.random() < 0.25  # benign-looking malignancies
     atypical = (not malignant) and rng.random() < 0.06  # dysplastic-looking benign lesions
     if malignant and not subtle or atypical:
-        return _Lesion(
+        return Lesion(
             malignant=malignant,
             diameter_mm=float(p.nevus_mm * np.exp(rng.normal(math.log(1.9), 0.35))),
             aspect=float(rng.uniform(0.5, 0.9)),
@@ -246,7 +263,7 @@ def _draw_lesion(rng: np.random.Generator, p, malignant: bool) -> _Lesion:
             contrast=float(p.nevus_contrast * rng.uniform(1.0, 1.8)),
             redness=float(rng.uniform(0, 10)),
         )
-    return _Lesion(
+    return Lesion(
         malignant=malignant,
         diameter_mm=float(p.nevus_mm * np.exp(rng.normal(0, 0.22))),
         aspect=float(np.clip(p.nevus_aspect + rng.normal(0, 0.05), 0.5, 1.0)),
@@ -258,124 +275,8 @@ def _draw_lesion(rng: np.random.Generator, p, malignant: bool) -> _Lesion:
     )
 
 
-_PALETTE = np.array([  # (dL, da, db) offsets of extra colours: dark brown, black, blue-grey, pink, tan
-    [-18, 4, 6], [-32, 0, -2], [-14, -4, -14], [8, 16, 2], [10, 2, 10]], dtype=np.float32)
 
-
-def _render(rng: np.random.Generator, les: _Lesion, p, size: int) -> tuple[np.ndarray, dict]:
-    """Draw one tile; return it (RGB uint8) and the measurements taken on it."""
-    ppm = size / TILE_MM
-    lab = np.empty((size, size, 3), np.float32)
-    # smooth skin texture: white noise blurred over size/12 pixels, drawn at 1/8 of the resolution
-    # (its amplitude scaled to match) and enlarged -- the same look for 1/64 of the random numbers
-    lo = max(4, round(size / 8))
-    noise = cv2.GaussianBlur(rng.standard_normal((lo, lo, 3), dtype=np.float32), (0, 0), lo / 12) * (lo / size)
-    noise = cv2.resize(noise, (size, size), interpolation=cv2.INTER_LINEAR)
-    lab[..., 0] = p.skin_L + 6 * noise[..., 0] * 3
-    lab[..., 1] = p.skin_A + 3 * noise[..., 1] * 3
-    lab[..., 2] = p.skin_B + 3 * noise[..., 2] * 3
-
-    # border: an ellipse whose radius is modulated by a few random harmonics
-    radius = min(les.diameter_mm / 2 * ppm, 0.46 * size)
-    theta = np.linspace(0, 2 * np.pi, 180, endpoint=False)
-    r = np.ones_like(theta)
-    for k in range(2, 8):
-        r += les.irregularity * rng.normal(0, 1) / math.sqrt(k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    rot = rng.uniform(0, np.pi)
-    x = radius * r * np.cos(theta)
-    y = radius * les.aspect * r * np.sin(theta)
-    cx, cy = size / 2 + rng.normal(0, size * 0.03, 2)
-    pts = np.stack([cx + x * math.cos(rot) - y * math.sin(rot), cy + x * math.sin(rot) + y * math.cos(rot)], 1)
-    mask = np.zeros((size, size), np.uint8)
-    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-    if mask.sum() < 4:
-        cv2.circle(mask, (int(cx), int(cy)), 2, 1, -1)
-
-    # lesion colour: a base colour plus off-centre blobs of other colours (asymmetry)
-    inside = np.zeros((size, size, 3), np.float32)
-    inside[...] = (p.skin_L - les.contrast, p.skin_A + les.redness + 3, p.skin_B + 7)
-    for c in rng.choice(len(_PALETTE), size=les.n_colours - 1, replace=False):
-        ang = rng.uniform(0, 2 * np.pi)
-        off = les.asymmetry * radius * rng.uniform(0.5, 1.5)
-        blob = np.zeros((size, size), np.uint8)
-        cv2.ellipse(blob, (int(cx + off * math.cos(ang)), int(cy + off * math.sin(ang))),
-                    (max(1, int(radius * rng.uniform(0.25, 0.6))), max(1, int(radius * rng.uniform(0.2, 0.5)))),
-                    float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        soft = cv2.GaussianBlur(blob.astype(np.float32), (0, 0), max(0.8, radius / 8))
-        inside += soft[..., None] * _PALETTE[c]
-    inside += cv2.GaussianBlur(_noise(rng, (size, size, 3), 2.0), (0, 0), 1.0)
-    edge = 1.5 if les.irregularity > 0.06 else 2.5
-    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), edge)[..., None]
-    lab = lab * (1 - alpha) + inside * alpha
-    lab[..., 0] = lab[..., 0].clip(0, 100)
-    lab[..., 1:] = lab[..., 1:].clip(-100, 100)
-    rgb = (cv2.cvtColor(lab, cv2.COLOR_LAB2RGB).clip(0, 1) * 255
-           + _noise(rng, lab.shape, 2.0)).clip(0, 255)
-    rgb = rgb.astype(np.uint8)
-    return rgb, _measure(rgb, mask, ppm, les)
-
-
-def _noise(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
-    """Zero-mean uniform pixel noise of standard deviation `std` (float32; a few times cheaper to
-    draw than Gaussian noise, and indistinguishable once blurred or JPEG-encoded)."""
-    u = rng.random(shape, dtype=np.float32)
-    u -= 0.5
-    u *= std * math.sqrt(12)
-    return u
-
-
-def _measure(rgb: np.ndarray, mask: np.ndarray, ppm: float, les: _Lesion) -> dict:
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)
-    ring = cv2.dilate(mask, np.ones((7, 7), np.uint8), iterations=2).astype(bool) & ~mask.astype(bool)
-    if ring.sum() < 10:
-        ring = ~mask.astype(bool)
-    ins = lab[mask.astype(bool)]
-    out = lab[ring]
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cnt = max(contours, key=cv2.contourArea)
-    area = float(mask.sum()) / ppm**2
-    perim = max(cv2.arcLength(cnt, True) / ppm, 2 * math.sqrt(math.pi * area))
-    if len(cnt) >= 5:
-        (_, _), (a1, a2), angle = cv2.fitEllipse(cnt)
-    else:
-        a1 = a2 = 2.0
-        angle = 0.0
-    major, minor = max(a1, a2) / ppm, min(a1, a2) / ppm
-    asym = _point_asymmetry(mask)
-    # colour of four concentric rings (by distance to the border): how much it varies radially
-    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
-    radial = 0.0
-    if dist.max() > 0:
-        inner = dist > 0
-        ring_of = np.minimum((dist[inner] / dist.max() * 4 - 1e-9).astype(np.int64), 3)
-        count = np.bincount(ring_of, minlength=4)
-        colour = lab[inner]
-        means = np.stack([np.bincount(ring_of, colour[:, c], minlength=4) for c in range(3)], 1)
-        means = means[count > 0] / count[count > 0, None]
-        radial = float(np.std(means, axis=0).max()) if len(means) > 1 else 0.0
-    return {
-        "L": ins[:, 0].mean(), "A": ins[:, 1].mean(), "B": ins[:, 2].mean(),
-        "Lext": out[:, 0].mean(), "Aext": out[:, 1].mean(), "Bext": out[:, 2].mean(),
-        "stdL": ins[:, 0].std(), "stdLExt": out[:, 0].std(),
-        "color_std": float(np.sqrt(ins[:, 1].var() + ins[:, 2].var())),
-        "area": area, "perimeter": perim, "major": major, "minor": minor, "angle": angle,
-        "asym": asym + les.asymmetry * 0.4, "radial": radial,
-    }
-
-
-def _point_asymmetry(mask: np.ndarray) -> float:
-    """1 - IoU of the mask and its 180-degree rotation about the lesion's centroid (0 = symmetric)."""
-    mom = cv2.moments(mask, binaryImage=True)
-    if mom["m00"] == 0:
-        return 0.0
-    h, w = mask.shape
-    shift = np.float32([[1, 0, w / 2 - mom["m10"] / mom["m00"]], [0, 1, h / 2 - mom["m01"] / mom["m00"]]])
-    centred = cv2.warpAffine(mask, shift, (w, h), flags=cv2.INTER_NEAREST)
-    rotated = np.flip(centred, axis=(0, 1))
-    return 1 - float((centred & rotated).sum()) / max(1.0, float((centred | rotated).sum()))
-
-
-def _metadata_row(rng: np.random.Generator, isic_id: str, p, les: _Lesion, m: dict) -> dict:
+def _metadata_row(rng: np.random.Generator, isic_id: str, p, les: Lesion, m: dict) -> dict:
     def noisy(v: float, rel: float = 0.08) -> float:
         return float(v * (1 + rng.normal(0, rel)))
 

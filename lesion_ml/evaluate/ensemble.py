@@ -1,6 +1,6 @@
-"""Fold-safe combinations of out-of-fold scores: mean and rank-average ensembles, a stacked
-LightGBM over the metadata features plus the image models' scores, and cross-fitted
-probability calibration.
+"""Fold-safe combinations of out-of-fold scores: mean and rank-average ensembles and a stacked
+LightGBM over the metadata features plus the image models' scores (cross-fitted calibration:
+lesion_ml.evaluate.calibration).
 
 "Fold-safe": whatever is fitted for validation fold k (the stacker, a calibrator) sees only
 rows of the other folds, so fold k's numbers stay out-of-fold.
@@ -12,8 +12,6 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
 from lesion_ml.config import TrainGbdtConfig
 from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
@@ -52,25 +50,4 @@ def stack_oof(features_of_fold: Callable[[int], pd.DataFrame], image_scores: pd.
         train = fold != k
         model = fit_gbdt(X[train], y[train], cfg)
         out[~train] = predict_gbdt(model, X[~train])
-    return out
-
-
-def cross_fit_calibration(y: np.ndarray, p: np.ndarray, fold: np.ndarray, method: str) -> np.ndarray:
-    """Calibrated probabilities, fold k's mapping fitted on the other folds' scores:
-    "isotonic" (monotone, non-parametric) or "platt" (logistic on the logit)."""
-    if method == "none":
-        return np.asarray(p, dtype=float)
-    out = np.full(len(p), np.nan)
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    for k in np.unique(fold):
-        train = fold != k
-        if method == "isotonic":
-            cal = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p[train], y[train])
-            out[~train] = cal.predict(p[~train])
-        elif method == "platt":
-            logit = np.log(p / (1 - p)).reshape(-1, 1)
-            cal = LogisticRegression(C=1e6).fit(logit[train], y[train])
-            out[~train] = cal.predict_proba(logit[~train])[:, 1]
-        else:
-            raise ValueError(f"unknown calibration {method!r}; allowed: none, isotonic, platt")
     return out

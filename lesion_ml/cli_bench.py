@@ -1,0 +1,209 @@
+"""The `lesion bench` commands: their arguments and their handlers.
+
+Split from `lesion_ml.cli`, whose `build_parser` adds these with `add_bench_commands`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _report(result: dict, table: str, json_path: str | None) -> int:
+    """Print a benchmark's table, then its figures as JSON (or write them to `json_path`)."""
+    import json
+
+    from lesion_ml.io import write_json
+
+    print(table)
+    if json_path:
+        write_json(result, json_path)
+        print(f"wrote {json_path}")
+    else:
+        print(json.dumps(result))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from lesion_ml.bench import bench_tabular, format_table
+    from lesion_ml.config import load_params
+
+    params = load_params(args.params) if Path(args.params).is_file() else None
+    kw = {"prepare": params.prepare, "gbdt": params.train_gbdt, "split": params.split} if params else {}
+    result = bench_tabular(n_rows=args.rows, n_patients=args.patients, malignant=args.malignant,
+                           seed=args.seed, **kw)
+    return _report(result, format_table(result), args.json)
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from lesion_ml.bench import bench_train, format_train_table
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = bench_train(args.backbone, args.size, args.batch_size, args.steps, args.rounds, args.device,
+                         args.workers, Path(args.data) if args.data else None)
+    return _report(result, format_train_table(result), args.json)
+
+
+def _bench_loader(args: argparse.Namespace) -> int:
+    from lesion_ml.bench import bench_loader, format_loader_table
+
+    result = bench_loader(args.size, args.batch_size, args.images, tuple(args.workers), args.device,
+                          Path(args.data) if args.data else None, args.epochs)
+    return _report(result, format_loader_table(result), args.json)
+
+
+def _bench_all(args: argparse.Namespace) -> int:
+    from lesion_ml.bench import bench_all, format_all_table
+    from lesion_ml.io import write_json
+
+    result = bench_all(tuple(args.backbones), args.size, args.rows, Path(args.repo))
+    print(format_all_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_scale(args: argparse.Namespace) -> int:
+    from lesion_ml.bench_scale import bench_scale, format_scale_table
+
+    data = Path(args.data)
+    if not (data / "train-image.hdf5").is_file() or not (data / "train-metadata.csv").is_file():
+        raise ValueError(f"{data}: needs train-image.hdf5 and train-metadata.csv (--data); write a full-size set "
+                         f"with `lesion synth --full-size --out {data} --workers 2`")
+    overrides = Path(args.overrides)
+    if not overrides.is_file():
+        raise ValueError(f"{overrides}: no such scale profile (--overrides)")
+    result = bench_scale(data, Path(args.workdir), Path(args.repo), overrides, args.predict_workers,
+                         args.predict_batch, Path(args.json), args.predict_only)
+    print(format_scale_table(result))
+    print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_tune(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from lesion_ml.bench_tune import bench_tune, format_tune_table
+    from lesion_ml.config import ConfigError, apply_override, load_params
+
+    params = load_params(args.params)
+    if args.override:
+        with tempfile.TemporaryDirectory() as tmp:
+            params = apply_override(args.override, args.params, Path(tmp) / "params.yaml")
+    if args.study not in params.tune.studies:
+        raise ConfigError(f"no study {args.study!r} in tune.studies of {args.params}"
+                          f"{' merged with ' + args.override if args.override else ''}; have "
+                          f"{sorted(params.tune.studies)} (--study, --override)")
+    result = bench_tune(params, args.study, args.trials, args.rows, args.patients, args.malignant, args.seed)
+    return _report(result, format_tune_table(result), args.json)
+
+
+def _add_table_size(parser: argparse.ArgumentParser) -> None:
+    """The generated metadata table's size (ISIC 2024's by default) and seed."""
+    parser.add_argument("--rows", type=int, default=401_059, help="rows of generated metadata (default 401,059)")
+    parser.add_argument("--patients", type=int, default=1_042)
+    parser.add_argument("--malignant", type=int, default=393, help="number of malignant rows")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _add_tabular(bench_sub: argparse._SubParsersAction) -> None:
+    """`lesion bench tabular`: the metadata track at ISIC 2024 scale."""
+    tab = bench_sub.add_parser("tabular", help="prepare + select + k-fold LightGBM at ISIC 2024 scale")
+    _add_table_size(tab)
+    tab.add_argument("--params", default="params.yaml",
+                     help="params.yaml whose prepare/train_gbdt/split sections are used (defaults if absent)")
+    tab.add_argument("--json", help="also write the figures to this JSON file")
+    tab.set_defaults(func=_bench)
+
+
+def _add_tune(bench_sub: argparse._SubParsersAction) -> None:
+    """`lesion bench tune`: one tuning study at ISIC 2024 scale."""
+    tu = bench_sub.add_parser("tune", help="a tuning study (nested patient-grouped CV) at ISIC 2024 scale, timed")
+    _add_table_size(tu)
+    tu.add_argument("--params", default="params.yaml", help="params.yaml (prepare, train_gbdt, split, tune)")
+    tu.add_argument("--override", default="examples/tune-gbdt.yaml",
+                    help="merged over --params first (default: the example study); '' for none")
+    tu.add_argument("--study", default="gbdt", help="the study of tune.studies to run")
+    tu.add_argument("--trials", type=int, help="trials per study (default: the study's n_trials)")
+    tu.add_argument("--json", help="also write the figures to this JSON file")
+    tu.set_defaults(func=_bench_tune)
+
+
+def _add_scale(bench_sub: argparse._SubParsersAction) -> None:
+    """`lesion bench scale`: the whole pipeline on an ISIC 2024-size set."""
+    sc = bench_sub.add_parser("scale", help="the whole dvc repro on an ISIC 2024-size set, stage by stage, "
+                              "then lesion predict on every image")
+    sc.add_argument("--data", required=True, help="ISIC 2024-format folder (lesion synth --full-size --out DIR)")
+    sc.add_argument("--workdir", required=True, help="folder for the pipeline run (kept; rerun to continue)")
+    sc.add_argument("--repo", default=".", help="the lesion-ml repository whose pipeline runs (default .)")
+    sc.add_argument("--overrides", default="params.scale.yaml", help="scale profile merged into params.yaml")
+    sc.add_argument("--predict-workers", type=int, default=1, help="lesion predict --workers (default 1)")
+    sc.add_argument("--predict-batch", type=int, default=256, help="lesion predict --batch-size (default 256)")
+    sc.add_argument("--json", default="reports/scale.json", help="figures (default reports/scale.json)")
+    sc.add_argument("--predict-only", action="store_true", help="keep the stage figures of --json from a "
+                    "finished run in --workdir; run only lesion predict again")
+    sc.set_defaults(func=_bench_scale)
+
+
+def _add_train(bench_sub: argparse._SubParsersAction) -> None:
+    """`lesion bench train`: image-model train-step and inference rates."""
+    from lesion_ml.models.backbones import BACKBONES
+
+    tr = bench_sub.add_parser("train", help="image-model train-step rate: bare vs through our loader, plus inference")
+    tr.add_argument("--backbone", default="resnet18", choices=BACKBONES)
+    tr.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--steps", type=int, default=8, help="timed steps per measurement (default 8)")
+    tr.add_argument("--rounds", type=int, default=3, help="alternating bare/end-to-end rounds; medians reported")
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    tr.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
+    tr.add_argument("--json", help="also write the figures to this JSON file")
+    tr.set_defaults(func=_bench_train)
+
+
+def _add_loader(bench_sub: argparse._SubParsersAction) -> None:
+    """`lesion bench loader`: the image input path, part by part and by worker count."""
+    lo = bench_sub.add_parser("loader", help="the image input path, part by part, and loaders of 0, 1, 2, ... workers")
+    lo.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    lo.add_argument("--batch-size", type=int, default=32)
+    lo.add_argument("--images", type=int, default=512, help="images per pass (default 512)")
+    lo.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts (default 0 1 2)")
+    lo.add_argument("--epochs", type=int, default=3, help="passes per loader (default 3)")
+    lo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    lo.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
+    lo.add_argument("--json", help="also write the figures to this JSON file")
+    lo.set_defaults(func=_bench_loader)
+
+
+def _add_all(bench_sub: argparse._SubParsersAction) -> None:
+    """`lesion bench all`: every benchmark, one table."""
+    from lesion_ml.bench import BENCH_BACKBONES
+    from lesion_ml.models.backbones import BACKBONES
+
+    al = bench_sub.add_parser("all", help="every benchmark, one table (tabular, image input, train steps, dvc)")
+    al.add_argument("--backbones", nargs="+", default=list(BENCH_BACKBONES), choices=BACKBONES)
+    al.add_argument("--size", type=int, default=128)
+    al.add_argument("--rows", type=int, default=401_059, help="rows of the tabular benchmark")
+    al.add_argument("--repo", default=".", help="repository whose no-op `dvc repro` is timed")
+    al.add_argument("--json", help="also write the figures to this JSON file")
+    al.set_defaults(func=_bench_all)
+
+
+def add_bench_commands(sub: argparse._SubParsersAction) -> None:
+    """`lesion bench` and its subcommands (in the order `lesion bench --help` lists them)."""
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    _add_tabular(bench_sub)
+    _add_tune(bench_sub)
+    _add_scale(bench_sub)
+    _add_train(bench_sub)
+    _add_loader(bench_sub)
+    _add_all(bench_sub)
+
+
+__all__ = ["add_bench_commands"]

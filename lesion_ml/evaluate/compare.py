@@ -1,0 +1,154 @@
+"""Every model scored the same way on the same out-of-fold rows: the evaluate stage's library half.
+
+`compare_models` takes the base models' out-of-fold scores, adds the ensembles and the stack of
+the catalogue, calibrates (cross-fitted) when asked, and scores each model at its own threshold
+with patient-bootstrap intervals, calibration, per-fold ROC-AUC and subgroups.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lesion_ml.catalogue import ModelRef, derived_models, image_models
+from lesion_ml.config import EvaluateConfig, TrainGbdtConfig
+from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
+from lesion_ml.evaluate.calibration import cross_fit_calibration
+from lesion_ml.evaluate.ensemble import mean_ensemble, rank_ensemble, stack_oof
+from lesion_ml.evaluate.metrics import classification_metrics, curve_points
+from lesion_ml.evaluate.report import build_report
+
+log = logging.getLogger(__name__)
+
+ROWS = ["image_id", "fold", "target"]
+
+
+@dataclass
+class Comparison:
+    """What evaluate writes: `metrics` (reports/metrics.json), `detail` (reliability tables and
+    subgroups), `scores` (the rows, every model's evaluated score and its raw score before
+    calibration: the final stage fits its calibrator on those) and the HTML `report`."""
+
+    metrics: dict
+    detail: dict
+    scores: pd.DataFrame
+    report: str
+    models: list[ModelRef]
+
+
+def threshold_rule(cfg: EvaluateConfig) -> str:
+    """How each model's operating threshold is chosen, in words (report and model card)."""
+    if cfg.threshold_method == "sensitivity":
+        return f"the highest threshold with out-of-fold sensitivity >= {cfg.target_sensitivity}"
+    return "Youden's J on the out-of-fold scores" if cfg.threshold_method == "youden" else f"fixed at {cfg.threshold}"
+
+
+def merge_oof(frames: dict[str, pd.DataFrame], where: dict[str, Path | str] | None = None) -> pd.DataFrame:
+    """One row per image (image_id, fold, target) and a score column per model, from each
+    model's out-of-fold table (image_id, fold, target, pred).
+
+    Raises:
+        ValueError: the models were not evaluated on the same rows (naming the file).
+    """
+    merged = None
+    for name, frame in sorted(frames.items()):
+        oof = frame.sort_values("image_id").reset_index(drop=True)
+        if merged is None:
+            merged = oof[ROWS].copy()
+        elif not merged["image_id"].equals(oof["image_id"]):
+            raise ValueError(f"{(where or {}).get(name, name)}: its rows differ from the other models'; every model "
+                             "must be evaluated on the same out-of-fold rows (rerun the train stages)")
+        merged[name] = oof["pred"].to_numpy()
+    return merged
+
+
+def _threshold(y: np.ndarray, p: np.ndarray, cfg: EvaluateConfig) -> float:
+    if cfg.threshold_method == "fixed":
+        return cfg.threshold
+    return choose_threshold(y, p, cfg.threshold_method, cfg.target_sensitivity)
+
+
+def model_scores(oof: pd.DataFrame, base: list[ModelRef], cfg: EvaluateConfig, gbdt_cfg: TrainGbdtConfig,
+                 features_of: Callable[[int], pd.DataFrame]) -> tuple[list[ModelRef], pd.DataFrame, pd.DataFrame]:
+    """(every model, their evaluated scores, their raw scores): the base models' out-of-fold
+    scores plus the catalogue's ensembles and stack, calibrated (cross-fitted by fold) when
+    `cfg.calibrate` asks, except the rank ensemble (ranks are not probabilities). The base
+    models go in name order (the order of their score columns and of the stack's inputs)."""
+    y, fold = oof["target"].to_numpy().astype(int), oof["fold"].to_numpy()
+    base = sorted(base, key=lambda r: r.name)
+    scores = oof[[r.name for r in base]].copy()
+    models = base + derived_models(base, cfg)
+    for ref in models[len(base):]:
+        if ref.combine == "mean":
+            scores[ref.name] = mean_ensemble(scores[list(ref.components)])
+        elif ref.combine == "rank":
+            scores[ref.name] = rank_ensemble(scores[list(ref.components)])
+        else:
+            scores[ref.name] = stack_oof(features_of, scores[[r.name for r in image_models(base)]], fold, y, gbdt_cfg)
+    raw = pd.DataFrame({r.raw: scores[r.name] for r in models})
+    if cfg.calibrate != "none":
+        for ref in models:
+            if ref.is_probability:
+                scores[ref.name] = cross_fit_calibration(y, scores[ref.name].to_numpy(), fold, cfg.calibrate)
+    return models, scores, raw
+
+
+def score_model(ref: ModelRef, p: np.ndarray, y: np.ndarray, fold: np.ndarray, table: pd.DataFrame,
+                cfg: EvaluateConfig) -> tuple[dict, dict]:
+    """(metrics at its threshold with intervals, calibration and per-fold ROC-AUC; its
+    reliability table and subgroups) of one model's out-of-fold scores `p`."""
+    groups = table["patient_id"].astype(str).to_numpy()
+    thr = _threshold(y, p, cfg)
+    m = classification_metrics(y, p, thr)
+    m["fold_roc_auc"] = {str(k): classification_metrics(y[fold == k], p[fold == k], thr)["roc_auc"]
+                         for k in np.unique(fold)}
+    m["ci95"] = bootstrap_intervals(y, p, groups, thr, cfg.bootstrap, cfg.seed) if cfg.bootstrap else {}
+    cal = calibration(y, p, cfg.calibration_bins) if ref.is_probability else \
+        {"ece": None, "brier": None, "reliability": []}
+    m["calibration"] = {"ece": cal["ece"], "brier": cal["brier"]}
+    m["threshold_method"] = cfg.threshold_method
+    return m, {"reliability": cal["reliability"], "subgroups": subgroup_table(table, p, thr)}
+
+
+def compare_models(oof: pd.DataFrame, base: list[ModelRef], table: pd.DataFrame,
+                   features_of: Callable[[int], pd.DataFrame], importance: dict[str, float], cfg: EvaluateConfig,
+                   gbdt_cfg: TrainGbdtConfig) -> Comparison:
+    """Score every model of the catalogue on the out-of-fold rows `oof` (see `merge_oof`).
+
+    Args:
+        base: the trained models, in the order their columns appear.
+        table: the lesion table (patient_id, subgroup columns), any row order.
+        features_of: fold k's metadata features, one row per image of `oof` (the stack's input).
+        importance: the metadata model's mean feature importance, for the report.
+    """
+    y, fold = oof["target"].to_numpy().astype(int), oof["fold"].to_numpy()
+    models, scores, raw = model_scores(oof, base, cfg, gbdt_cfg, features_of)
+    table = table.set_index("image_id").loc[oof["image_id"]].reset_index()
+    metrics, detail = {}, {}
+    for ref in models:
+        metrics[ref.name], detail[ref.name] = score_model(ref, scores[ref.name].to_numpy(), y, fold, table, cfg)
+        m = metrics[ref.name]
+        log.info("%s: ROC-AUC %.4f, pAUC %.4f, threshold %.4g", ref.name, m["roc_auc"], m["pauc_80"], m["threshold"])
+    best = max(metrics, key=lambda n: metrics[n][cfg.select_metric])
+    meta = {"n": len(y), "n_malignant": int(y.sum()), "n_patients": int(table["patient_id"].astype(str).nunique()),
+            "n_folds": int(len(np.unique(fold))), "n_boot": cfg.bootstrap, "threshold_rule": threshold_rule(cfg)}
+    for_report = {n: {**m, "calibration": {**m["calibration"], "reliability": detail[n]["reliability"]}}
+                  for n, m in metrics.items()}
+    report = build_report(y, {n: scores[n].to_numpy() for n in scores.columns}, for_report,
+                          {n: d["subgroups"] for n, d in detail.items()}, importance, meta)
+    return Comparison({"best_model": best, "select_metric": cfg.select_metric, "models": metrics}, detail,
+                      pd.concat([oof[ROWS], scores, raw], axis=1), report, models)
+
+
+def curve_tables(y: np.ndarray, scores: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Each model's ROC (fpr, tpr) and precision-recall (recall, precision) points (DVC plots)."""
+    out = {}
+    for name in scores.columns:
+        (fpr, tpr), (recall, precision) = curve_points(y, scores[name].to_numpy())
+        out[name] = (pd.DataFrame({"fpr": fpr.round(5), "tpr": tpr.round(5)}),
+                     pd.DataFrame({"recall": recall.round(5), "precision": precision.round(5)}))
+    return out
