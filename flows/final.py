@@ -1,7 +1,6 @@
 """Stage `final`: the chosen model retrained on all labelled rows, exported to models/final."""
 from __future__ import annotations
 
-import torch
 from prefect import flow
 
 from lesion_ml.config import load_params
@@ -13,8 +12,6 @@ from tasks.final import export_final
 def final_flow(params: str = str(paths.PARAMS)) -> dict:
     """Export params.yaml final.model (default: evaluate's best) with its threshold and model card."""
     p = load_params(params)
-    if p.train_cnn.threads:
-        torch.set_num_threads(p.train_cnn.threads)
     return export_final(p, paths.REPORTS / "metrics.json", paths.REPORTS / "evaluation.json", paths.OOF_SCORES,
                         paths.LESIONS, paths.FEATURES / "clean.parquet", paths.IMAGES, paths.MINORITY, paths.FINAL,
                         paths.CHECKPOINTS / "final")

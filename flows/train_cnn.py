@@ -4,11 +4,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 from prefect import flow
 
-from lesion_ml.config import ConfigError, Params, load_params, to_plain
+from lesion_ml.config import Params, load_params, to_plain
+from lesion_ml.errors import ConfigError
 from lesion_ml.io import write_text
 from tasks import paths
 from tasks.runner import run_all, visible_gpus
@@ -32,8 +32,6 @@ def fold_calls(p: Params, name: str) -> list[dict]:
 def train_cnn_flow(name: str, params: str = str(paths.PARAMS)) -> Path:
     """Train the model `name` (a key of train_cnn.models) on each fold."""
     p = load_params(params)
-    if p.train_cnn.threads:
-        torch.set_num_threads(p.train_cnn.threads)
     gpus = visible_gpus(p.train_cnn.device) if p.orchestration.task_runner == "dask" else 0
     preds = run_all(train_cnn_fold, fold_calls(p, name), p.orchestration, f"train_cnn-{name}-folds", gpus)
     return combine_oof(preds, paths.CNN_DIR / name / "oof.parquet")

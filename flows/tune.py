@@ -5,7 +5,8 @@ import sys
 
 from prefect import flow
 
-from lesion_ml.config import ConfigError, load_params
+from lesion_ml.config import load_params
+from lesion_ml.errors import ConfigError
 from lesion_ml.tune import storage_url
 from tasks import paths
 from tasks.runner import run_all

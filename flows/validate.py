@@ -6,7 +6,8 @@ from pathlib import Path
 
 from prefect import flow
 
-from lesion_ml.config import ConfigError, load_params
+from lesion_ml.config import load_params
+from lesion_ml.errors import ConfigError
 from tasks import paths
 from tasks.validate import validate_set
 

@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 
 class EpochSampler(Sampler[int]):
     """Indices for one epoch by `mode` ("none", "downsample", "weighted"); call `set_epoch`
-    before each epoch. The draw depends only on (seed, epoch), so any epoch can be replayed."""
+    before each epoch. The draw depends only on (seed, epoch), so any epoch can be replayed.
+    `neg_per_pos` (negatives per positive; unused by "none") comes from params.yaml
+    train_cnn.models.<name>.balance (defaults in lesion_ml/config.py)."""
 
-    def __init__(self, labels: Sequence[float], mode: str = "none", neg_per_pos: float = 10.0, seed: int = 0):
+    def __init__(self, labels: Sequence[float], mode: str, neg_per_pos: float, seed: int):
         self.labels = np.asarray(labels, dtype=np.float32)
         self.pos = np.flatnonzero(self.labels == 1)
         self.neg = np.flatnonzero(self.labels != 1)

@@ -76,7 +76,7 @@ def _sampler(labels: np.ndarray, seed: int) -> SeededSampler:
     from lesion_ml.balance import EpochSampler
     from lesion_ml.loaders import SeededSampler
 
-    return SeededSampler(EpochSampler(labels, "none", seed=seed), seed)
+    return SeededSampler(EpochSampler(labels, "none", 0.0, seed), seed)
 
 
 def _passes(loader: DataLoader, smp: SeededSampler, epochs: int) -> tuple[float, list[float]]:

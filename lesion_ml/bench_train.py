@@ -48,11 +48,11 @@ def _loaders(ing: Any, data_dir: Path, size: int, batch_size: int, n_images: int
     labels = input_labels[:n_images]
     train_tf = create_transforms(size, True)
     eval_tf = create_transforms(size, False)
-    sampler = SeededSampler(EpochSampler(labels, "none", seed=seed), seed)
+    sampler = SeededSampler(EpochSampler(labels, "none", 0.0, seed), seed)
     train_dl = make_loader(LesionImages(ing.store, ids, labels, train_tf, min_side=size), batch_size,
                            num_workers, dev, sampler, drop_last=True)
     eval_dl = make_loader(LesionImages(ing.store, ids, labels, eval_tf, min_side=size), batch_size, num_workers, dev)
-    input_sampler = SeededSampler(EpochSampler(input_labels, "none", seed=seed), seed)
+    input_sampler = SeededSampler(EpochSampler(input_labels, "none", 0.0, seed), seed)
     input_dl = make_loader(LesionImages(ing.store, input_ids, input_labels, train_tf, min_side=size), batch_size,
                            num_workers, dev, input_sampler, drop_last=True)
     # with workers, the same input path in this process too: their gain, measured side by side

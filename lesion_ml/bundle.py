@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from lesion_ml.config import CnnModelConfig
-from lesion_ml.data.sources import DataError
+from lesion_ml.errors import DataError
 from lesion_ml.evaluate.calibration import apply_calibrator
 from lesion_ml.io import _finite, record_written
 from lesion_ml.models.net import LesionNet

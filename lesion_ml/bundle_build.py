@@ -15,12 +15,13 @@ import torch
 
 from lesion_ml.bundle import rank_reference
 from lesion_ml.catalogue import ModelRef, cnn_ref, find
-from lesion_ml.config import ConfigError, Params, to_plain
+from lesion_ml.config import Params, to_plain
 from lesion_ml.data.images import open_store
+from lesion_ml.errors import ConfigError
 from lesion_ml.evaluate.calibration import fit_calibrator
 from lesion_ml.evaluate.compare import threshold_rule
 from lesion_ml.final import model_card
-from lesion_ml.inference import select_device
+from lesion_ml.inference import select_device, use_threads
 from lesion_ml.models.gbdt import fit_gbdt
 from lesion_ml.split import fold_data
 from lesion_ml.tabular.export import export_preprocessor
@@ -65,6 +66,7 @@ def retrain_cnn(p: Params, key: str, table: pd.DataFrame, features: pd.DataFrame
     """Image model train_cnn.models.<key> trained on every row of `table`; (its state dict as
     bytes, number of metadata inputs). `images` is the image store's manifest."""
     cfg = p.train_cnn.models[key]
+    use_threads(p.train_cnn.threads)
     data = fold_data(table, np.ones(len(table), bool), cfg, features, minority)
     data.valid_y = None
     with open_store(images, minority / "images.hdf5" if cfg.balance.minority_set else None) as store:

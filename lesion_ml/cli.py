@@ -64,18 +64,18 @@ def _metrics(args: argparse.Namespace) -> int:
     import json
 
     path = Path(args.path)
+    from lesion_ml.evaluate.compare import metrics_text
+
     try:
-        models = json.loads(path.read_text())["models"]
+        metrics = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file; run `make run` (dvc repro) first") from None
-    except (KeyError, json.JSONDecodeError) as err:
+    except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not a metrics file of the evaluate stage ({err})") from None
-    print(f"{'model':<28}{'ROC-AUC':>9}{'pAUC80':>9}{'PR-AUC':>9}{'recall':>9}{'spec.':>9}   per-fold ROC-AUC")
-    for name, m in sorted(models.items(), key=lambda kv: -(kv[1]["roc_auc"] or 0)):
-        folds = " ".join(f"{v:.3f}" if v is not None else "n/a" for v in m["fold_roc_auc"].values())
-        cells = "".join(f"{m[k]:>9.4f}" if m[k] is not None else f"{'n/a':>9}"
-                        for k in ("roc_auc", "pauc_80", "pr_auc", "recall", "specificity"))
-        print(f"{name:<28}{cells}   {folds}")
+    if not isinstance(metrics, dict) or "models" not in metrics:
+        raise ValueError(f"{path}: not a metrics file of the evaluate stage ('models')")
+
+    print(metrics_text(metrics))
     return 0
 
 
@@ -312,7 +312,7 @@ BAD_IMAGE_REMEDY = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lesion_ml.data.images import BadImageError
+    from lesion_ml.errors import BadImageError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)

@@ -87,7 +87,8 @@ def _bench_tune(args: argparse.Namespace) -> int:
     import tempfile
 
     from lesion_ml.bench_tune import bench_tune, format_tune_table
-    from lesion_ml.config import ConfigError, apply_override, load_params
+    from lesion_ml.config import apply_override, load_params
+    from lesion_ml.errors import ConfigError
 
     params = load_params(args.params)
     if args.override:

@@ -12,9 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """params.yaml (or a config dict) does not validate; the message names each bad key."""
+from lesion_ml.errors import ConfigError
 
 
 class _Section(BaseModel):

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from lesion_ml.models.net import LesionNet
 
-__all__ = ["dihedral", "forward_logits", "forward_prob", "predict", "select_device", "to_device"]
+__all__ = ["dihedral", "forward_logits", "forward_prob", "predict", "select_device", "to_device", "use_threads"]
 
 
 def select_device(name: str) -> torch.device:
@@ -58,3 +58,10 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, tta: boo
     with torch.no_grad():
         out = [forward_prob(model, batch, device, tta).cpu().numpy() for batch in loader]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def use_threads(n: int) -> None:
+    """torch's CPU threads in this process (params.yaml train_cnn.threads): n > 0 sets them, 0
+    keeps torch's default. Called where the work runs, so a Dask worker gets it too."""
+    if n:
+        torch.set_num_threads(n)

@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from lesion_ml.errors import DiskFullError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -42,10 +44,6 @@ def record_written(path: Path | str) -> None:
     written = _WRITTEN.get()
     if written is not None:
         written.append(Path(path))
-
-
-class DiskFullError(OSError):
-    """The disk filled up while an output was written; the previous version of it is intact."""
 
 
 @contextlib.contextmanager

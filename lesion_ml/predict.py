@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 from lesion_ml.augment import model_transforms
 from lesion_ml.bundle import FinalModel
 from lesion_ml.catalogue import GBDT
-from lesion_ml.data.images import IMAGE_SUFFIXES, BadImageError, ImageStore
-from lesion_ml.data.sources import RENAMES, DataError, _index_folder, read_csv
+from lesion_ml.data.images import IMAGE_SUFFIXES, ImageStore
+from lesion_ml.data.sources import RENAMES, _index_folder, read_csv
+from lesion_ml.errors import BadImageError, DataError
 from lesion_ml.inference import forward_prob
 from lesion_ml.loaders import LesionImages, make_loader
 from lesion_ml.tabular.export import apply_preprocessor

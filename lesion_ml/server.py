@@ -20,11 +20,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from lesion_ml.errors import ServerError
+
 PROCESSES = ("retrain", "server")  # stopped in this order
-
-
-class ServerError(RuntimeError):
-    """The server or the deployment did not start or stop; the message says where the log is."""
 
 
 def _alive(pid: int) -> bool:

@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from lesion_ml.config import CnnModelConfig, SplitConfig
-from lesion_ml.data.sources import DataError
+from lesion_ml.errors import DataError
 
 log = logging.getLogger(__name__)
 

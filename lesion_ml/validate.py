@@ -38,7 +38,8 @@ import pandas as pd
 
 from lesion_ml.bundle import FinalModel, inside
 from lesion_ml.config import FolderConfig
-from lesion_ml.data.sources import RENAMES, DataError, _canonical, parse_labels, read_csv
+from lesion_ml.data.sources import RENAMES, _canonical, parse_labels, read_csv
+from lesion_ml.errors import DataError
 from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
 from lesion_ml.evaluate.metrics import classification_metrics
 from lesion_ml.io import record_written, write_csv, write_json, write_text

@@ -9,7 +9,7 @@ import pandas as pd
 
 from lesion_ml.catalogue import ModelRef
 from lesion_ml.config import EvaluateConfig, TrainGbdtConfig
-from lesion_ml.evaluate.compare import compare_models, curve_tables, merge_oof
+from lesion_ml.evaluate.compare import compare_models, curve_tables, merge_oof, metrics_markdown
 from lesion_ml.io import write_csv, write_json, write_parquet, write_text
 from tasks.cache import cached_task
 
@@ -49,12 +49,11 @@ def evaluate_models(oof_files: dict[str, Path], models: list[ModelRef], cfg: Eva
             write_csv(pr, out_curves / "pr" / f"{name}.csv")
     write_json(result.detail, out_detail)
     write_text(result.report, out_html)
-    models_metrics = result.metrics["models"]
-    _publish(models_metrics, result.metrics["best_model"], out_html)
-    return {name: {"roc_auc": m["roc_auc"], "pauc_80": m["pauc_80"]} for name, m in models_metrics.items()}
+    _publish(result.metrics, out_html)
+    return {name: {"roc_auc": m["roc_auc"], "pauc_80": m["pauc_80"]} for name, m in result.metrics["models"].items()}
 
 
-def _publish(models: dict, best: str, report: Path) -> None:
+def _publish(metrics: dict, report: Path) -> None:
     """The comparison as a markdown artefact of the flow run (shown in the Prefect UI)."""
     from prefect.artifacts import create_markdown_artifact
     from prefect.context import get_run_context
@@ -63,11 +62,5 @@ def _publish(models: dict, best: str, report: Path) -> None:
         get_run_context()
     except Exception:  # noqa: BLE001 - called outside a run (tests of the function body): nothing to attach to
         return
-    rows = ["| model | ROC-AUC | 95% CI | pAUC80 | sensitivity | specificity | threshold |",
-            "|---|---|---|---|---|---|---|"]
-    for n, m in sorted(models.items(), key=lambda kv: -kv[1]["roc_auc"]):
-        ci = m["ci95"].get("roc_auc", [float("nan")] * 2)
-        rows.append(f"| {n} | {m['roc_auc']:.4f} | {ci[0]:.3f}-{ci[1]:.3f} | {m['pauc_80']:.4f} | {m['recall']:.3f} | "
-                    f"{m['specificity']:.3f} | {m['threshold']:.4g} |")
-    text = f"Best: **{best}**. Report: `{report}`\n\n" + "\n".join(rows)
-    create_markdown_artifact(key="model-comparison", markdown=text, description="out-of-fold comparison of every model")
+    create_markdown_artifact(key="model-comparison", markdown=f"{metrics_markdown(metrics)}\n\nReport: `{report}`",
+                             description="out-of-fold comparison of every model")

@@ -45,12 +45,10 @@ def publish_results(metrics: Path, report: Path, card: Path) -> dict:
     """The out-of-fold comparison and the final model as Prefect artefacts of the run."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+    from lesion_ml.evaluate.compare import metrics_markdown
+
     data = json.loads(metrics.read_text())
-    rows = ["| model | ROC-AUC | pAUC80 | PR-AUC | sensitivity | specificity |", "|---|---|---|---|---|---|"]
-    for name, m in sorted(data["models"].items(), key=lambda kv: -(kv[1]["pauc_80"] or 0)):
-        rows.append(f"| {name} | {m['roc_auc']:.4f} | {m['pauc_80']:.4f} | {m['pr_auc']:.4f} | {m['recall']:.3f} | "
-                    f"{m['specificity']:.3f} |")
-    text = f"Best: **{data['best_model']}** (by {data.get('select_metric', 'roc_auc')})\n\n" + "\n".join(rows)
+    text = metrics_markdown(data)
     if card.is_file():
         text += "\n\n" + card.read_text()
     create_markdown_artifact(key="retrain-metrics", markdown=text, description="out-of-fold metrics after retraining")

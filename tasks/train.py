@@ -9,8 +9,9 @@ import pandas as pd
 
 from lesion_ml.balance import write_minority_set
 from lesion_ml.config import CnnModelConfig, MinoritySetConfig, TrainGbdtConfig
-from lesion_ml.data.images import BadImageError, ImageStore, open_store
-from lesion_ml.inference import select_device
+from lesion_ml.data.images import ImageStore, open_store
+from lesion_ml.errors import BadImageError
+from lesion_ml.inference import select_device, use_threads
 from lesion_ml.io import save_torch, write_csv, write_json, write_parquet, write_text
 from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
 from lesion_ml.split import fold_data
@@ -45,10 +46,7 @@ def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, 
     Training resumes from `checkpoints`/fold<k>.pt when a run was killed (see train_fold).
     `threads` > 0 sets torch's CPU threads in the process that runs the task (a Dask worker too).
     """
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    use_threads(threads)
     f, train = _fold_rows(folds, fold)
     features = features_dir / f"fold{fold}.parquet" if features_dir is not None else None
     data = fold_data(f, train, cfg, features, minority)

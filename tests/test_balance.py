@@ -40,7 +40,7 @@ def test_weighted_sampler_reaches_the_configured_ratio():
 
 
 def test_no_sampler_is_a_permutation_per_epoch():
-    s = EpochSampler(LABELS, "none", seed=0)
+    s = EpochSampler(LABELS, "none", 10.0, seed=0)
     a = list(s)
     s.set_epoch(1)
     assert sorted(a) == list(range(len(LABELS))) and a != list(s)
@@ -49,7 +49,7 @@ def test_no_sampler_is_a_permutation_per_epoch():
 def test_sampler_without_positives_is_a_clear_error():
     with pytest.raises(ValueError, match=r"no malignant training image in this fold.*"
                                          r"train_cnn\.models\.<name>\.balance\.sampler: none"):
-        EpochSampler(np.zeros(10), "downsample")
+        EpochSampler(np.zeros(10), "downsample", 10.0, seed=0)
 
 
 def test_focal_loss_is_weighted_bce_at_gamma_zero_and_discounts_easy_examples():

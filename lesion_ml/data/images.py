@@ -17,16 +17,10 @@ import cv2
 import h5py
 import numpy as np
 
+from lesion_ml.errors import BadImageError
 from lesion_ml.io import TRANSIENT_ERRNOS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-
-
-class BadImageError(ValueError):
-    """An image is missing, unreadable or corrupt; the message names the image and its file.
-
-    The remedy depends on who asked (a params key for the pipeline, a flag for `lesion predict`),
-    so the layer that knows adds it: see `sources.check_images`, tasks/train.py and cli.py."""
 
 
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from lesion_ml.config import DataConfig, FolderConfig
-from lesion_ml.data.images import IMAGE_SUFFIXES, BadImageError, ImageStore, Location, check_image_bytes
+from lesion_ml.data.images import IMAGE_SUFFIXES, ImageStore, Location, check_image_bytes
 from lesion_ml.data.schema import CANONICAL_COLUMNS, ISIC2024_COLUMNS
+from lesion_ml.errors import BadImageError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,6 @@ RENAMES = {  # other sources' names -> ISIC 2024 names
     "localization": "anatom_site_general",
     "anatom_site_general_challenge": "anatom_site_general",
 }
-
-
-class DataError(ValueError):
-    """The input data breaks the data contract; the message names file, row/key, value and fix."""
 
 
 @dataclass

@@ -152,3 +152,31 @@ def curve_tables(y: np.ndarray, scores: pd.DataFrame) -> dict[str, tuple[pd.Data
         out[name] = (pd.DataFrame({"fpr": fpr.round(5), "tpr": tpr.round(5)}),
                      pd.DataFrame({"recall": recall.round(5), "precision": precision.round(5)}))
     return out
+
+
+def _cell(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """reports/metrics.json as a markdown table, best ROC-AUC first (the Prefect artefacts)."""
+    rows = ["| model | ROC-AUC | 95% CI | pAUC80 | PR-AUC | sensitivity | specificity | threshold |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, m in sorted(metrics["models"].items(), key=lambda kv: -(kv[1]["roc_auc"] or 0)):
+        ci = m.get("ci95", {}).get("roc_auc")
+        rows.append(f"| {name} | {_cell(m['roc_auc'])} | {f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else 'n/a'} | "
+                    f"{_cell(m['pauc_80'])} | {_cell(m['pr_auc'])} | {_cell(m['recall'], 3)} | "
+                    f"{_cell(m['specificity'], 3)} | {m['threshold']:.4g} |")
+    best = f"Best: **{metrics['best_model']}** (by {metrics.get('select_metric', 'roc_auc')})"
+    return best + "\n\n" + "\n".join(rows)
+
+
+def metrics_text(metrics: dict) -> str:
+    """reports/metrics.json as a plain-text table, best ROC-AUC first (`lesion metrics`)."""
+    lines = [f"{'model':<28}{'ROC-AUC':>9}{'pAUC80':>9}{'PR-AUC':>9}{'recall':>9}{'spec.':>9}   per-fold ROC-AUC"]
+    for name, m in sorted(metrics["models"].items(), key=lambda kv: -(kv[1]["roc_auc"] or 0)):
+        folds = " ".join(_cell(v, 3) for v in m["fold_roc_auc"].values())
+        cells = "".join(f"{_cell(m[k]):>9}" for k in ("roc_auc", "pauc_80", "pr_auc", "recall", "specificity"))
+        lines.append(f"{name:<28}{cells}   {folds}")
+    return "\n".join(lines)
+

@@ -18,14 +18,12 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from lesion_ml.errors import PretrainedWeightsMissing
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # (x - 127.5) / 127.5, as Lite0 was trained
-
-
-class PretrainedWeightsMissing(FileNotFoundError):
-    """pretrained: true, but the weight file is not on this machine (no download is attempted)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 
-from lesion_ml.data.sources import DataError
+from lesion_ml.errors import DataError
 
 FORMAT = "lesion-ml-preprocess/1"
 MISSING_CATEGORY = "missing"  # the fill value of the categorical imputer

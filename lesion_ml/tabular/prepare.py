@@ -19,7 +19,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from lesion_ml.config import PrepareConfig
 from lesion_ml.data.schema import ID_COLUMNS, is_leak_column
-from lesion_ml.data.sources import DataError
+from lesion_ml.errors import DataError
 from lesion_ml.tabular.features import engineer
 from lesion_ml.tabular.select import CorrelationPruner, KBestSelector, subsample_rows
 

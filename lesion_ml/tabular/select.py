@@ -53,9 +53,10 @@ class CorrelationPruner(SelectorMixin, BaseEstimator):
 
 class KBestSelector(SelectorMixin, BaseEstimator):
     """Keep the `k` highest-scoring columns by `method`, scored on at most `max_rows` training
-    rows (all positives kept, negatives subsampled) so selection stays fast at 400k rows."""
+    rows (all positives kept, negatives subsampled) so selection stays fast at 400k rows. The
+    values come from params.yaml prepare.select (defaults in lesion_ml/config.py)."""
 
-    def __init__(self, method: str = "mutual_info", k: int = 20, max_rows: int | None = 50_000, seed: int = 0):
+    def __init__(self, method: str, k: int, max_rows: int | None, seed: int):
         self.method = method
         self.k = k
         self.max_rows = max_rows
