@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from lesion_ml.bundle import rank_reference
-from lesion_ml.catalogue import ModelRef, cnn_ref, find
+from lesion_ml.catalogue import GBDT, ModelRef, cnn_ref, find
 from lesion_ml.config import Params, to_plain
 from lesion_ml.data.images import open_store
 from lesion_ml.errors import ConfigError
@@ -87,7 +87,7 @@ def _metadata_models(p: Params, ref: ModelRef, feats: pd.DataFrame, y: np.ndarra
     X, names, pipe = fit_transform_fold(feats, pd.Series(y), np.ones(len(y), bool), p.prepare)  # noqa: N806
     files["preprocess.json"] = json.dumps(export_preprocessor(pipe, names, p.prepare.features), indent=1)
     manifest.update(preprocess="preprocess.json", preprocess_features=names)
-    boosted = {"gbdt": X} if "gbdt" in ref.components else {}
+    boosted = {GBDT: X} if GBDT in ref.components else {}
     if ref.combine == "stack":
         boosted["stack"] = X.copy()
         for c in ref.components:

@@ -194,3 +194,19 @@ def test_loader_workers_inherit_the_image_locations(tiny_demo):
     assert set(store._extents) == set(ids)
     with_none = torch.cat(list(make_loader(_SeenExtents(images), 4, 0, torch.device("cpu")))).tolist()
     assert with_none == [len(ids)] * len(ids)  # located by the first loader, in this process
+
+
+def test_a_multistore_locates_each_image_in_the_first_store_that_holds_it(tmp_path):
+    """Later stores are asked only for what earlier ones lack (the minority set's HDF5 file is
+    not searched for every image of the data set); what none holds comes back."""
+    from lesion_ml.data.images import MultiStore
+
+    main, extra = {f"img{i}": b"\xff\xd8" + bytes([i + 1]) * 50 for i in range(4)}, {"copy0": b"\xff\xd8" + b"\x07" * 40}
+    _blob_file(tmp_path / "main.hdf5", main)
+    _blob_file(tmp_path / "extra.hdf5", extra)
+    first, second = ImageStore(hdf5=tmp_path / "main.hdf5"), ImageStore(hdf5=tmp_path / "extra.hdf5")
+    asked = []
+    real = second.index
+    second.index = lambda ids: (asked.extend(ids), real(ids))[1]
+    assert MultiStore([first, second]).index([*main, "copy0", "absent"]) == ["absent"]
+    assert asked == ["copy0", "absent"] and set(first._extents) == set(main) and set(second._extents) == {"copy0"}

@@ -168,16 +168,14 @@ class ImageStore:
                                 f"{size} bytes); is it truncated?")
         return data.rstrip(b"\x00") if text else data  # as numpy reads a fixed-length bytes value
 
-    def index(self, image_ids: Iterable[str]) -> None:
+    def index(self, image_ids: Iterable[str]) -> list[str]:
         """Find the HDF5 extents of `image_ids` now, in this process (about 30 us an image), so
         that DataLoader workers forked afterwards inherit them. A worker that finds an extent
         itself pays several times that on its fresh handle, once per image and per worker: it
-        held a 2-worker loader's first epoch to 1.2x the rate of one process. No-op for a
-        folder store."""
+        held a 2-worker loader's first epoch to 1.2x the rate of one process. Returns the ids
+        this store neither located in its HDF5 file nor maps to a folder file."""
         h5 = self._handle()
-        if h5 is not None:
-            for image_id in image_ids:
-                self._extent(h5, image_id)
+        return [i for i in image_ids if (h5 is None or self._extent(h5, i) is None) and i not in self.files]
 
     def ids(self) -> set[str]:
         """Every image id the store can serve."""
@@ -283,10 +281,13 @@ class MultiStore:
     def read_bytes(self, image_id: str) -> bytes:
         return self._find(image_id)[1]
 
-    def index(self, image_ids: Iterable[str]) -> None:
+    def index(self, image_ids: Iterable[str]) -> list[str]:
+        """Locate each id in the first store that holds it (later stores see only the rest);
+        returns the ids none of them holds."""
         ids = list(image_ids)
         for store in self.stores:
-            store.index(ids)
+            ids = store.index(ids) if ids else ids
+        return ids
 
     def close(self) -> None:
         for store in self.stores:
