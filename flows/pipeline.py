@@ -17,6 +17,7 @@ from flows.final import final_flow
 from flows.ingest import ingest_flow
 from flows.minority_set import minority_set_flow
 from flows.prepare import prepare_flow
+from flows.runner import run_all, visible_gpus
 from flows.split import split_flow
 from flows.train_cnn import fold_calls, train_cnn_flow
 from flows.train_gbdt import train_gbdt_flow
@@ -24,7 +25,6 @@ from flows.tune import tune_flow
 from flows.validate import validate_flow
 from lesion_ml.config import load_params
 from tasks import paths
-from tasks.runner import run_all, visible_gpus
 from tasks.train import combine_oof, train_cnn_fold
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from prefect import flow
 
 from lesion_ml.config import load_params
+from lesion_ml.dvc_cli import has_remote
 from tasks import paths
-from tasks.ops import dvc, has_remote, publish_results
+from tasks.ops import dvc, publish_results
 
 
 @flow(name="retrain")

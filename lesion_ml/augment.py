@@ -219,6 +219,13 @@ class EvalTransform:
         return {"image": torch.from_numpy(self.fit.apply(image).transpose(2, 0, 1))}
 
 
+
+def output_shape(transform: Any) -> tuple[int, int, int] | None:
+    """The [C, H, W] shape of every image `transform` gives: 3 x size x size for the pipelines of
+    `create_transforms` (the resize comes first, the augmentations keep the size); None for others."""
+    fit = transform.fit if isinstance(transform, EvalTransform) else next(iter(getattr(transform, "transforms", [])), None)
+    return (3, fit.size, fit.size) if isinstance(fit, Fit) else None
+
 def resize_steps(size: int, policy: str, constancy: str = "none") -> list[A.BasicTransform]:
     """Bring any image to `size` x `size`: "squash" resizes (aspect not kept), "pad" fits the long
     side and pads the short one with black, "crop" fits the short side and takes the centre; then

@@ -31,6 +31,7 @@ from lesion_ml.augment import create_copy_transform, reseed
 from lesion_ml.config import BalanceConfig, MinoritySetConfig
 from lesion_ml.data.images import ImageStore
 from lesion_ml.io import atomic_path, write_parquet
+from lesion_ml.sampling import negatives_for, positives_plus_negatives
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
 
     def _n_neg(self) -> int:
-        return min(len(self.neg), int(round(self.neg_per_pos * len(self.pos))))
+        return min(len(self.neg), negatives_for(len(self.pos), self.neg_per_pos))
 
     def __len__(self) -> int:
         if self.mode == "downsample":
@@ -69,8 +70,7 @@ class EpochSampler(Sampler[int]):
         if self.mode == "none":
             order = rng.permutation(len(self.labels))
         elif self.mode == "downsample":
-            chosen = np.concatenate([self.pos, rng.choice(self.neg, self._n_neg(), replace=False)])
-            order = rng.permutation(chosen)
+            order = rng.permutation(positives_plus_negatives(self.labels, self._n_neg(), rng, sort=False))
         else:
             w = np.where(self.labels == 1, self.neg_per_pos ** -1 * len(self.neg) / len(self.pos), 1.0)
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))

@@ -43,10 +43,10 @@ def _part_costs(store: Any, ids: list[str], labels: np.ndarray, size: int, batch
     """Microseconds per image of each part (read, decode, transform, collate, to_device), timed one
     after another over all of `ids` in this process."""
     import torch
-    from torch.utils.data import default_collate
 
     from lesion_ml.augment import create_transforms, reseed
     from lesion_ml.data.images import decode_image
+    from lesion_ml.loaders import collate_samples
 
     transform = create_transforms(size, True)
     reseed(transform, seed)
@@ -55,7 +55,7 @@ def _part_costs(store: Any, ids: list[str], labels: np.ndarray, size: int, batch
     images = _timed(parts, "decode", lambda: [decode_image(b, i, size) for b, i in zip(blobs, ids)])
     tensors = _timed(parts, "transform", lambda: [transform(image=im)["image"] for im in images])
     samples = [{"image": t, "label": torch.tensor(y)} for t, y in zip(tensors, labels)]
-    batches = _timed(parts, "collate", lambda: [default_collate(samples[i:i + batch_size])
+    batches = _timed(parts, "collate", lambda: [collate_samples(samples[i:i + batch_size])
                                                 for i in range(0, len(samples), batch_size)])
     if dev.type == "cuda":
         batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
@@ -101,7 +101,7 @@ def _loader_rates(store: Any, ids: list[str], labels: np.ndarray, size: int, bat
     without persistent workers, over `epochs` passes each."""
     from torch.utils.data import DataLoader
 
-    from lesion_ml.loaders import loader_worker_init, make_loader
+    from lesion_ml.loaders import collate_samples, loader_worker_init, make_loader
 
     loaders = {}
     for w in workers:
@@ -111,7 +111,7 @@ def _loader_rates(store: Any, ids: list[str], labels: np.ndarray, size: int, bat
         smp2 = _sampler(labels, seed)
         plain = DataLoader(_dataset(store, ids, labels, size), batch_size=batch_size, sampler=smp2, drop_last=True,
                            num_workers=w, pin_memory=dev.type == "cuda", persistent_workers=False,
-                           worker_init_fn=loader_worker_init if w else None)
+                           collate_fn=collate_samples, worker_init_fn=loader_worker_init if w else None)
         _, fresh = _passes(plain, smp2, epochs)
         loaders[str(w)] = {"startup_s": round(startup, 3), "first_pass": round(rates[0], 1),
                            "later_passes": round(float(np.median(rates[1:] or rates)), 1),

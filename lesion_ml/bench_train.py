@@ -62,11 +62,12 @@ def _loaders(ing: Any, data_dir: Path, size: int, batch_size: int, n_images: int
 
 
 def _bare_batches(batch_size: int, size: int, steps: int, seed: int) -> list[dict[str, Any]]:
-    """`steps` batches of random uint8 images and labels, already in memory: the model alone."""
+    """`steps` batches of random uint8 images and labels, already in memory and in the layout the
+    loaders give (channels-last, `loaders.collate_samples`): the model alone."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    return [{"image": torch.randint(0, 256, (batch_size, 3, size, size), generator=gen, dtype=torch.uint8),
+    return [{"image": torch.randint(0, 256, (batch_size, size, size, 3), generator=gen, dtype=torch.uint8).permute(0, 3, 1, 2),
              "label": (torch.rand(batch_size, generator=gen) < 0.5).float()} for _ in range(steps)]
 
 

@@ -1,18 +1,24 @@
 """Atomic file output: write to a temporary sibling, then rename over the target.
 
 An interrupted run therefore never leaves a half-written artefact that a later stage trusts.
+
+Also the one content fingerprint of input files (`path_digest`, `image_store_digest`), memoised
+in `FILE_HASHES`: the key scheme of the pipeline's task cache (tasks/cache.py) and of the image
+models' resumable checkpoints (lesion_ml.train).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import errno
+import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +147,101 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# -- content fingerprints ---------------------------------------------------------------------
+class FileHashes:
+    """sha256 of files' contents, memoised by (absolute path, size, mtime_ns, ctime_ns, inode).
+
+    An unchanged file costs one stat; a new stamp costs one read of the whole file. The ctime and
+    inode are in the stamp because a rewrite can keep the size and the modification time (os.utime
+    back, `cp -p`, a tool that restores it) but not those: the kernel sets ctime to "now" on every
+    write, utime and rename into place, and nobody can set it back. (A chmod or a new hard link
+    changes ctime too: the file is read once more and hashes the same.) Timestamps have ticks, so
+    a file changed less than `settle_ns` before it is hashed is not memoised (git's "racy" entries):
+    a rewrite within the same tick would keep its stamp.
+
+    The memo lives in memory; with `memo_path` set (tasks/cache.py sets .lesion/prefect/
+    file-hashes.json) it is loaded from that file on first use and `save` writes it back, so a
+    file is read once across runs, not once per process.
+    """
+
+    settle_ns = 1_000_000_000
+
+    def __init__(self, memo_path: Path | str | None = None, keep: int = 200_000):
+        self.memo_path = Path(memo_path) if memo_path is not None else None
+        self.keep = keep
+        self.memo: dict[str, str] | None = None
+        self.dirty = False
+
+    def _load(self) -> dict[str, str]:
+        if self.memo is None:
+            self.memo = {}
+            if self.memo_path is not None:
+                try:
+                    self.memo = dict(json.loads(self.memo_path.read_text()))
+                except (OSError, ValueError, TypeError):
+                    self.memo = {}
+        return self.memo
+
+    def use_memo_file(self, path: Path | str) -> None:
+        """Load the memo from `path` (on next use) and save it there; stamps already hashed in
+        memory are kept."""
+        known = self.memo or {}
+        self.memo_path, self.memo = Path(path), None
+        if known:
+            memo = self._load()
+            memo.update({k: v for k, v in known.items() if k not in memo})
+            self.dirty = True
+
+    def file(self, path: Path | str) -> str:
+        """The hex sha256 of the file's contents."""
+        path = Path(path)
+        st = path.stat()
+        stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+        memo = self._load()
+        digest = memo.get(stamp)
+        if digest is None:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            digest = h.hexdigest()
+            if time.time_ns() - st.st_ctime_ns >= self.settle_ns:
+                memo[stamp] = digest
+                self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        """Write the memo to `memo_path` (the newest `keep` stamps) if it has new ones."""
+        if self.dirty and self.memo is not None and self.memo_path is not None:
+            write_json(dict(list(self.memo.items())[-self.keep:]), self.memo_path)
+            self.dirty = False
+
+
+#: The process's file-hash memo, shared by the task cache and the checkpoint keys.
+FILE_HASHES = FileHashes()
+
+
+def path_digest(path: Path | str) -> str:
+    """What a path holds, never its name: "file:<sha256>" of a file's contents, "dir:<sha256>"
+    of every file below a folder (relative names and contents), "missing" for nothing there."""
+    path = Path(path)
+    if path.is_file():
+        return "file:" + FILE_HASHES.file(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path)}={FILE_HASHES.file(f)}\n".encode())
+        return "dir:" + h.hexdigest()
+    return "missing"
+
+
+def image_store_digest(hdf5: Path | str | None, root: Path | str | None, files: Mapping[str, str]) -> str:
+    """The images an image store serves, by content: its HDF5 file and each file of its folder
+    mapping (image id -> path under `root`), as `path_digest`s; the paths' names are not in it."""
+    h = hashlib.sha256(f"hdf5={path_digest(hdf5) if hdf5 else None}\n".encode())
+    base = Path(root) if root else Path(".")
+    for image_id, rel in sorted(files.items()):
+        h.update(f"{image_id}={path_digest(base / rel)}\n".encode())
+    return "images:" + h.hexdigest()

@@ -1,23 +1,26 @@
 """Streaming images to a model: the dataset, the seeded epoch sampler and the DataLoader that every
 training and evaluation pass uses (persistent workers, one thread each, image locations found
-before they fork).
+before they fork, batches handed over through reused shared memory).
 
-Samples are dicts ``{"image": uint8 Tensor[3, H, W], "label": float[, "meta": Tensor[n_meta]]}``.
+Samples are dicts ``{"image": uint8 Tensor[3, H, W], "label": float[, "meta": Tensor[n_meta]]}``;
+batches stack them with the images in channels-last memory (`collate_samples`).
 """
 from __future__ import annotations
 
+import mmap
+import multiprocessing
 from collections.abc import Iterator, Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-from lesion_ml.augment import reseed
+from lesion_ml.augment import output_shape, reseed
 from lesion_ml.balance import EpochSampler
 
-__all__ = ["LesionImages", "SeededSampler", "loader_worker_init", "make_loader"]
+__all__ = ["BatchRing", "LesionImages", "SeededSampler", "collate_samples", "loader_worker_init", "make_loader"]
 
 
 class LesionImages(Dataset):
@@ -39,6 +42,10 @@ class LesionImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def image_shape(self) -> tuple[int, ...] | None:
+        """The [C, H, W] shape of every sample's image, when the transform fixes it (None: unknown)."""
+        return output_shape(self.transform)
 
     def index_store(self) -> None:
         """Locate every image in the store now, before loader workers fork (`ImageStore.index`)."""
@@ -81,9 +88,121 @@ class SeededSampler(Sampler):
         return iter(zip(order, seeds.tolist()))
 
 
+def _stack_images(samples: list[dict], out: np.ndarray | None = None) -> np.ndarray:
+    """The samples' [C, H, W] images as one [N, H, W, C] array (into `out` when given)."""
+    return np.stack([s["image"].permute(1, 2, 0).numpy() for s in samples], out=out)
+
+
+_OWN_KEYS = ("image", "label", "meta")  # collated here; any other key as torch collates it
+
+
+def _batch(images: torch.Tensor, samples: list[dict] | None, labels: np.ndarray | None = None,
+           meta: np.ndarray | None = None, rest: dict | None = None) -> dict:
+    """A batch dict from [N, H, W, C] images (seen as [N, C, H, W]) and the samples' labels, metadata
+    and other keys (each collated by torch's `default_collate`)."""
+    if samples is not None:
+        labels, meta, rest = _fields(samples)
+    batch = {"image": images.permute(0, 3, 1, 2), "label": torch.from_numpy(labels)}
+    if meta is not None:
+        batch["meta"] = torch.from_numpy(meta)
+    return {**batch, **(rest or {})}
+
+
+def _fields(samples: list[dict]) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """The samples' labels and metadata as arrays, and their other keys collated."""
+    labels = np.array([float(s["label"]) for s in samples], np.float32)
+    meta = np.stack([s["meta"].numpy() for s in samples]) if "meta" in samples[0] else None
+    rest = {k: default_collate([s[k] for s in samples]) for k in samples[0] if k not in _OWN_KEYS}
+    return labels, meta, rest
+
+
+def collate_samples(samples: list[dict]) -> dict:
+    """One batch: the images stacked in channels-last memory, an [N, C, H, W] uint8 tensor whose
+    bytes are [N, H, W, C]. That is the layout the transforms leave each image in (a [C, H, W]
+    view of an H x W x C array) and the one the networks run in (`inference.to_device`), so each
+    image is one contiguous copy instead of a gather, and the forward pass changes no layout.
+    Samples that are not such dicts are collated as torch does."""
+    if not (isinstance(samples[0], dict) and isinstance(samples[0].get("image"), torch.Tensor)):
+        return default_collate(samples)
+    return _batch(torch.from_numpy(_stack_images(samples)), samples)
+
+
+class BatchRing:
+    """Batches handed from loader workers to this process through one block of shared memory,
+    mapped before the workers fork and reused batch after batch.
+
+    torch's own hand-over stacks each batch into a new shared-memory segment, passes its file
+    descriptor and frees it here: fresh pages to fault in on both sides, about 40 us an image at
+    128 px in a worker, on top of its decode and augmentation. Here each worker owns `slots`
+    batch slots and writes its n-th batch into slot n mod `slots`; this process copies the images
+    out (`take`, a few us an image) before the batch leaves the loader.
+
+    A slot is written again only after this process has taken the batch it held: the DataLoader
+    sends a worker at most `prefetch_factor` batches ahead of the one being consumed, and `slots`
+    is larger than that. Each slot also records the number of the batch it holds before and after
+    its images are written, so a batch overwritten while it is copied raises instead of passing on
+    mixed images.
+    """
+
+    def __init__(self, workers: int, slots: int, batch_size: int, shape: tuple[int, int, int]):
+        c, h, w = shape
+        self.slots, self.batch_size, self.shape = slots, batch_size, (c, h, w)
+        n_bytes = workers * slots * batch_size * c * h * w
+        self._buf = mmap.mmap(-1, n_bytes + workers * slots * 16)  # anonymous and shared: forked workers write it
+        self.images = np.frombuffer(self._buf, np.uint8, n_bytes).reshape(workers, slots, batch_size, h, w, c)
+        self.tags = np.frombuffer(self._buf, np.int64, workers * slots * 2, n_bytes).reshape(workers, slots, 2)
+        self.tags[:] = -1
+        self.written = 0  # batches this process has written (each worker counts its own after the fork)
+
+    def __call__(self, samples: list[dict]) -> dict:
+        """The workers' collate function: the images into this worker's next slot, when they fit;
+        returns what travels through the result queue (the slot, labels and metadata as arrays)."""
+        worker = get_worker_info()
+        if worker is None or len(samples) > self.batch_size or any(tuple(s["image"].shape) != self.shape
+                                                                  for s in samples):
+            return collate_samples(samples)
+        w, n = worker.id, self.written
+        k = n % self.slots
+        self.written += 1
+        self.tags[w, k, 0] = n
+        _stack_images(samples, self.images[w, k, :len(samples)])
+        self.tags[w, k, 1] = n
+        labels, meta, rest = _fields(samples)
+        return {"slot": (w, k, n, len(samples)), "label": labels, "meta": meta, "rest": rest}
+
+    def take(self, batch: dict, pin: bool) -> dict:
+        """In this process: the batch a worker left in a slot, as `collate_samples` gives it (the
+        images copied out, into page-locked memory when `pin`); other batches pass unchanged."""
+        if "slot" not in batch:
+            return batch
+        w, k, n, size = batch["slot"]
+        if self.tags[w, k, 1] != n:
+            raise RuntimeError(f"loader worker {w}: batch {n} is not in its slot {k} (it holds {self.tags[w, k, 1]})")
+        images = torch.empty((size, *self.images.shape[3:]), dtype=torch.uint8, pin_memory=pin)
+        images.numpy()[...] = self.images[w, k, :size]
+        if self.tags[w, k, 0] != n:
+            raise RuntimeError(f"loader worker {w}: batch {n} was overwritten in slot {k} while it was copied out")
+        return _batch(images, None, batch["label"], batch["meta"], batch["rest"])
+
+
+class RingLoader(DataLoader):
+    """A DataLoader whose workers hand their batches over through a `BatchRing`."""
+
+    def __init__(self, dataset: Dataset, ring: BatchRing, pin: bool, **kwargs):
+        super().__init__(dataset, collate_fn=ring, pin_memory=False, **kwargs)
+        self.ring, self.pin = ring, pin
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in super().__iter__():
+            yield self.ring.take(batch, self.pin)
+
+
 def loader_worker_init(worker_id: int) -> None:
     """One torch thread per loader worker: the workers are the parallelism."""
     torch.set_num_threads(1)
+
+
+_PREFETCH = 2  # batches each loader worker prepares ahead (torch's default)
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
@@ -101,8 +220,12 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: tor
         index = getattr(dataset, "index_store", None)
         if index is not None:
             index()
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
-                      num_workers=num_workers, pin_memory=device.type == "cuda",
-                      worker_init_fn=loader_worker_init if num_workers else None,
-                      persistent_workers=num_workers > 0,
-                      generator=torch.Generator())  # its own: never draws from torch's global RNG (dropout)
+    kwargs = dict(batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last, num_workers=num_workers,
+                  worker_init_fn=loader_worker_init if num_workers else None, persistent_workers=num_workers > 0,
+                  generator=torch.Generator())  # its own: never draws from torch's global RNG (dropout)
+    shape = getattr(dataset, "image_shape", lambda: None)()
+    forks = (multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]) == "fork"
+    if num_workers and shape is not None and forks:
+        ring = BatchRing(num_workers, _PREFETCH + 2, batch_size, shape)
+        return RingLoader(dataset, ring, device.type == "cuda", prefetch_factor=_PREFETCH, **kwargs)
+    return DataLoader(dataset, collate_fn=collate_samples, pin_memory=device.type == "cuda", **kwargs)

@@ -90,3 +90,8 @@ def fold_data(f: pd.DataFrame, train: np.ndarray, cfg: CnnModelConfig,
             row_of = pd.Series(np.arange(len(f)), index=f["image_id"])
             data.extra_meta = meta[row_of.loc[index["source_id"]].to_numpy()]
     return data
+
+
+def fold_sizes(folds: pd.DataFrame) -> dict[int, dict[str, int]]:
+    """Rows ("size") and malignant rows ("sum") of each fold of `assign_folds`' table."""
+    return folds.groupby("fold")["target"].agg(["size", "sum"]).to_dict(orient="index")

@@ -95,18 +95,14 @@ def _source_hash() -> str:
 
 
 def _store_fingerprint(store) -> str:
-    """What identifies the images a store serves without reading them all: each HDF5 file's path,
-    size and modification time, and the folder mapping (a regenerated or edited file changes it)."""
-    parts = []
-    for s in getattr(store, "stores", [store]):
-        for path in (getattr(s, "hdf5", None),):
-            if path is not None and Path(path).exists():
-                st = Path(path).stat()
-                parts.append(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}")
-        files = getattr(s, "files", {}) or {}
-        parts.append(f"{getattr(s, 'root', None)}|" + hashlib.sha256(
-            json.dumps(sorted(files.items())).encode()).hexdigest())
-    return "\n".join(parts)
+    """The images a store serves, by content: each HDF5 file and each file of the folder mapping
+    (lesion_ml.io.image_store_digest, the task cache's fingerprint). Hashes are memoised by (path,
+    size, mtime, ctime, inode): a file is read once per stamp (in a pipeline run the task cache
+    has read it already), after that a key costs a stat per file."""
+    from lesion_ml.io import image_store_digest
+
+    return "\n".join(image_store_digest(getattr(s, "hdf5", None), getattr(s, "root", None),
+                                        getattr(s, "files", None) or {}) for s in getattr(store, "stores", [store]))
 
 
 def _run_key(data: FoldData, cfg: CnnModelConfig, seed: int, store=None, device: str = "cpu") -> str:

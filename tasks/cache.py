@@ -14,8 +14,9 @@ A hit also needs the task's outputs to be where it left them: every file the tas
 lesion_ml.io) is fingerprinted (size, mtime, sha256) after the run; when one is missing or its
 contents changed, the cached result is dropped and the task runs again. Results, keys, fingerprints and the hash memo
 live in .lesion/prefect (outside every DVC out, git-ignored); persisted results are small (paths,
-metrics dicts). File hashes are memoised by (path, size, mtime), so an unchanged 50 GB image
-file is read once.
+metrics dicts). File hashes are lesion_ml.io's (the same fingerprint keys the image models'
+checkpoints), memoised by (path, size, mtime, ctime, inode), so an unchanged 50 GB image file is
+read once.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from lesion_ml.io import recording_writes, write_json
+from lesion_ml.io import FILE_HASHES, image_store_digest, path_digest, recording_writes, write_json
 from tasks import paths
 from tasks.retry import IO_RETRIES
 
@@ -55,53 +56,10 @@ executed: list[str] = []
 
 
 # -- hashing inputs ---------------------------------------------------------------------------
-class _FileHashes:
-    """sha256 of files, memoised by (absolute path, size, mtime_ns) in MEMO."""
-
-    def __init__(self) -> None:
-        self.memo: dict[str, str] | None = None
-        self.dirty = False
-
-    def _load(self) -> dict[str, str]:
-        if self.memo is None:
-            try:
-                self.memo = json.loads(MEMO.read_text())
-            except (OSError, ValueError):
-                self.memo = {}
-        return self.memo
-
-    def file(self, path: Path) -> str:
-        st = path.stat()
-        stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        memo = self._load()
-        if stamp not in memo:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
-            memo[stamp] = h.hexdigest()
-            self.dirty = True
-        return memo[stamp]
-
-    def save(self) -> None:
-        if self.dirty and self.memo is not None:
-            keep = dict(list(self.memo.items())[-200_000:])  # bounded: newest stamps win
-            write_json(keep, MEMO)
-            self.dirty = False
-
-
-HASHES = _FileHashes()
-
-
-def _path_digest(path: Path) -> str:
-    if path.is_file():
-        return "file:" + HASHES.file(path)
-    if path.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(path)}={HASHES.file(f)}\n".encode())
-        return "dir:" + h.hexdigest()
-    return "missing"
+# The file fingerprint and its memo are the library's (lesion_ml.io), shared with the training
+# checkpoints' keys; here the memo is made persistent.
+HASHES = FILE_HASHES
+HASHES.use_memo_file(MEMO)
 
 
 def _store_digest(manifest: Path) -> str:
@@ -109,20 +67,16 @@ def _store_digest(manifest: Path) -> str:
     try:
         m = json.loads(manifest.read_text())
     except (OSError, ValueError):
-        return _path_digest(manifest)
-    h = hashlib.sha256(_path_digest(manifest).encode())
-    if m.get("hdf5"):
-        h.update(_path_digest(Path(m["hdf5"])).encode())
-    root = Path(m.get("root") or ".")
-    for image_id, rel in sorted((m.get("files") or {}).items()):
-        h.update(f"{image_id}={_path_digest(root / rel)}\n".encode())
+        return path_digest(manifest)
+    h = hashlib.sha256(path_digest(manifest).encode())
+    h.update(image_store_digest(m.get("hdf5"), m.get("root"), m.get("files") or {}).encode())
     return "store:" + h.hexdigest()
 
 
 def _digest(value: Any, name: str = "") -> Any:
     """A JSON-able stand-in for an argument: file contents for paths, JSON for params."""
     if isinstance(value, Path):
-        return _store_digest(value) if name == "images" and value.suffix == ".json" else _path_digest(value)
+        return _store_digest(value) if name == "images" and value.suffix == ".json" else path_digest(value)
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, dict):

@@ -1,19 +1,15 @@
 """Task of the evaluate stage."""
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 
 import pandas as pd
 
 from lesion_ml.catalogue import ModelRef
 from lesion_ml.config import EvaluateConfig, TrainGbdtConfig
-from lesion_ml.evaluate.compare import compare_models, curve_tables, merge_oof, metrics_markdown
-from lesion_ml.io import write_csv, write_json, write_parquet, write_text
+from lesion_ml.evaluate.compare import compare_models, merge_oof, metrics_markdown, write_comparison
+from lesion_ml.fold_outputs import mean_importance
 from tasks.cache import cached_task
-
-log = logging.getLogger("lesion_ml.evaluate")
 
 
 @cached_task(outputs=('out_metrics', 'out_detail', 'out_html', 'out_scores', 'out_curves'))
@@ -22,33 +18,17 @@ def evaluate_models(oof_files: dict[str, Path], models: list[ModelRef], cfg: Eva
                     out_detail: Path, out_html: Path, out_scores: Path | None = None,
                     out_curves: Path | None = None) -> dict:
     """Every model, plus ensembles and a stack, scored the same way on the same out-of-fold rows
-    (`compare_models`; `oof_files` maps each of `models` by name to its out-of-fold scores).
-
-    Writes `out_metrics` (DVC metrics), `out_detail` (reliability tables and subgroups), the
-    self-contained `out_html` report, `out_scores` (every model's scores as evaluated and raw)
-    and `out_curves`/{roc,pr}/<model>.csv (DVC plots). Returns ROC-AUC / pAUC per model.
-    """
+    (`compare_models`; `oof_files` maps each of `models` by name to its out-of-fold scores), written
+    by `write_comparison`. Returns ROC-AUC / pAUC per model."""
     oof = merge_oof({n: pd.read_parquet(f) for n, f in oof_files.items()}, oof_files)
 
     def features_of(k: int) -> pd.DataFrame:
         return pd.read_parquet(features_dir / f"fold{k}.parquet").set_index("image_id").loc[oof["image_id"]]
 
-    files = sorted(gbdt_dir.glob("importance_fold*.json"))
-    importance: dict[str, float] = {}
-    for f in files:
-        for k, v in json.loads(f.read_text()).items():
-            importance[k] = importance.get(k, 0.0) + v / len(files)
-    result = compare_models(oof, models, pd.read_parquet(lesions), features_of, importance, cfg, gbdt_cfg)
-    write_json(result.metrics, out_metrics)
-    if out_scores is not None:
-        write_parquet(result.scores, out_scores)
-    if out_curves is not None:
-        scores = result.scores[[r.name for r in result.models]]
-        for name, (roc, pr) in curve_tables(oof["target"].to_numpy().astype(int), scores).items():
-            write_csv(roc, out_curves / "roc" / f"{name}.csv")
-            write_csv(pr, out_curves / "pr" / f"{name}.csv")
-    write_json(result.detail, out_detail)
-    write_text(result.report, out_html)
+    result = compare_models(oof, models, pd.read_parquet(lesions), features_of, mean_importance(gbdt_dir), cfg,
+                            gbdt_cfg)
+    write_comparison(result, oof["target"].to_numpy().astype(int), out_metrics, out_detail, out_html, out_scores,
+                     out_curves)
     _publish(result.metrics, out_html)
     return {name: {"roc_auc": m["roc_auc"], "pauc_80": m["pauc_80"]} for name, m in result.metrics["models"].items()}
 

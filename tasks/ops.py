@@ -2,42 +2,19 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
 
+from lesion_ml.dvc_cli import run_dvc
 from tasks.retry import IO_RETRIES
-
-log = logging.getLogger("lesion_ml.retrain")
-
-
-def _dvc() -> str:
-    local = Path(sys.executable).with_name("dvc")
-    return str(local) if local.exists() else "dvc"
-
-
-def has_remote(repo: Path = Path(".")) -> bool:
-    """True when the DVC project names at least one remote."""
-    run = subprocess.run([_dvc(), "remote", "list"], cwd=repo, capture_output=True, text=True, check=False)
-    return bool(run.stdout.strip())
 
 
 @task(cache_policy=NONE, **IO_RETRIES)
 def dvc(args: list[str], repo: Path = Path(".")) -> str:
     """Run `dvc <args>` in `repo`; its output goes to the run log. Raises with the output's end on failure."""
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    log.info("dvc %s", " ".join(args))
-    run = subprocess.run([_dvc(), *args], cwd=repo, env=env, capture_output=True, text=True, check=False)
-    for line in (run.stdout + run.stderr).splitlines()[-40:]:
-        log.info("  %s", line)
-    if run.returncode:
-        raise RuntimeError(f"dvc {' '.join(args)} failed (exit {run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}")
-    return run.stdout
+    return run_dvc(args, repo)
 
 
 @task(cache_policy=NONE)

@@ -35,9 +35,9 @@ if kill_at:
         return real_replace(src, dst)
     os.replace = replace
 from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig, SelectConfig, SyntheticConfig
+from lesion_ml.data.sources import count_metadata_columns
 from tasks import paths
-from tasks.data import (clean_features, count_metadata_columns, generate_demo, ingest_source, make_folds,
-                        prepare_fold, write_selection)
+from tasks.data import clean_features, generate_demo, ingest_source, make_folds, prepare_fold, write_selection
 data = DataConfig(source="synthetic", synthetic=SyntheticConfig(**{tiny!r}))
 generate_demo.fn(data.synthetic, paths.DEMO_DIR)
 ingest_source.fn(data, paths.DEMO_DIR, paths.LESIONS, paths.IMAGES, paths.REPORTS / "ingest.json")

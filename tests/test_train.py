@@ -324,8 +324,29 @@ def test_copies_of_held_out_positives_never_reach_training(tiny_demo, monkeypatc
     assert {p + "__aug0" for p in pos} - {p + "__aug0" for p in held_pos} <= fit
 
 
+def _rewrite_an_image_in_place(h5_path) -> None:
+    """Change one byte of the first JPEG in `h5_path` (its JFIF pixel density, which decoding
+    ignores), in place: the file keeps its size, and its times are set back."""
+    import os
+
+    import h5py
+
+    st = h5_path.stat()
+    with h5py.File(h5_path, "r") as f:
+        offset = next(f[k].id.get_offset() for k in f
+                      if isinstance(f[k], h5py.Dataset) and bytes(f[k][()])[:6] == b"\xff\xd8\xff\xe0\x00\x10")
+    with open(h5_path, "r+b") as f:
+        f.seek(offset + 15)
+        old = f.read(1)
+        f.seek(offset + 15)
+        f.write(bytes([old[0] ^ 3]))
+    os.utime(h5_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (h5_path.stat().st_size, h5_path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
 @pytest.mark.slow
 def test_a_checkpoint_is_not_reused_once_the_images_change(tiny_demo, tmp_path):
+    """The key holds the image file's contents (the task cache's fingerprint), not its mtime."""
     import os
     import shutil
 
@@ -337,10 +358,55 @@ def test_a_checkpoint_is_not_reused_once_the_images_change(tiny_demo, tmp_path):
     train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt)
     assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt).resumed_from == 1  # finished: reused
     st = (demo / "train-image.hdf5").stat()
-    os.utime(demo / "train-image.hdf5", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the image file changed
+    os.utime(demo / "train-image.hdf5", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same contents
+    assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt).resumed_from == 1
+    _rewrite_an_image_in_place(demo / "train-image.hdf5")  # other contents, same path, size and mtime
     assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt).resumed_from == 0
     # the worker count is not part of the key: every count trains the same weights (next test)
     assert train_fold(store, data, cfg, torch.device("cpu"), checkpoint=ckpt, num_workers=1).resumed_from == 1
+
+
+def test_checkpoint_key_is_the_content_of_the_image_files(tmp_path, monkeypatch):
+    """Same scheme as the task cache (lesion_ml.io.image_store_digest): other contents at the same
+    path, size and mtime change the key; a touched or moved file with the same contents does not;
+    an unchanged file is not read again."""
+    import os
+    import types
+
+    import lesion_ml.io as io_mod
+    from lesion_ml.train import _run_key
+
+    h5, folder = tmp_path / "images.hdf5", tmp_path / "jpegs"
+    h5.write_bytes(bytes(range(256)) * 64)
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"jpeg-a")
+    store = types.SimpleNamespace(stores=[types.SimpleNamespace(hdf5=h5, root=None, files={}),
+                                          types.SimpleNamespace(hdf5=None, root=folder, files={"a": "a.jpg"})])
+    data, cfg = FoldData(["a", "b"], np.array([1.0, 0.0]), ["c"]), CnnModelConfig()
+
+    def key():
+        return _run_key(data, cfg, 0, store)
+
+    first = key()
+    for path, other in ((h5, bytes(range(255, -1, -1)) * 64), (folder / "a.jpg", b"jpeg-b")):
+        st, before = path.stat(), path.read_bytes()
+        path.write_bytes(other)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+        assert key() != first
+        path.write_bytes(before)  # back to the old contents, at a new mtime: the same key again
+        assert key() == first
+    moved = tmp_path / "elsewhere.hdf5"
+    h5.rename(moved)
+    store.stores[0].hdf5 = moved
+    assert key() == first
+
+    monkeypatch.setattr(io_mod.FileHashes, "settle_ns", 0)  # memoise fresh files at once
+    key()
+    reads = []
+    real_open = open
+    monkeypatch.setattr(io_mod, "open", lambda p, *a, **k: reads.append(p) or real_open(p, *a, **k), raising=False)
+    assert key() == first and reads == []  # unchanged: from the memo, nothing read
 
 
 @pytest.mark.slow

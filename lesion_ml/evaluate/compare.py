@@ -21,6 +21,7 @@ from lesion_ml.evaluate.calibration import cross_fit_calibration
 from lesion_ml.evaluate.ensemble import mean_ensemble, rank_ensemble, stack_oof
 from lesion_ml.evaluate.metrics import classification_metrics, curve_points
 from lesion_ml.evaluate.report import build_report
+from lesion_ml.io import write_csv, write_json, write_parquet, write_text
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,22 @@ def curve_tables(y: np.ndarray, scores: pd.DataFrame) -> dict[str, tuple[pd.Data
                      pd.DataFrame({"recall": recall.round(5), "precision": precision.round(5)}))
     return out
 
+
+
+def write_comparison(result: Comparison, y: np.ndarray, out_metrics: Path, out_detail: Path, out_html: Path,
+                     out_scores: Path | None = None, out_curves: Path | None = None) -> None:
+    """`compare_models`' result as files: `out_metrics` (the DVC metrics), `out_detail`, the
+    self-contained `out_html` report, `out_scores` (every model's scores as evaluated and raw) and
+    `out_curves`/{roc,pr}/<model>.csv (DVC plots; `y`: the rows' labels); None: not written."""
+    write_json(result.metrics, out_metrics)
+    if out_scores is not None:
+        write_parquet(result.scores, out_scores)
+    if out_curves is not None:
+        for name, (roc, pr) in curve_tables(y, result.scores[[r.name for r in result.models]]).items():
+            write_csv(roc, out_curves / "roc" / f"{name}.csv")
+            write_csv(pr, out_curves / "pr" / f"{name}.csv")
+    write_json(result.detail, out_detail)
+    write_text(result.report, out_html)
 
 def _cell(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"

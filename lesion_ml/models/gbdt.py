@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from lesion_ml.config import TrainGbdtConfig
+from lesion_ml.sampling import negatives_for, positives_plus_negatives
 
 
 def _one(cfg: TrainGbdtConfig, seed: int) -> lgb.LGBMClassifier:
@@ -19,11 +20,11 @@ def _one(cfg: TrainGbdtConfig, seed: int) -> lgb.LGBMClassifier:
 
 
 def downsample_negatives(y: np.ndarray, neg_per_pos: float, seed: int) -> np.ndarray:
-    """Indices of all positives plus a random `neg_per_pos` negatives per positive (sorted)."""
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y != 1)
-    n_neg = min(len(neg), max(1, int(round(neg_per_pos * max(len(pos), 1)))))
-    return np.sort(np.concatenate([pos, rng.choice(neg, size=n_neg, replace=False)]))
+    """Indices of all positives plus a random `neg_per_pos` negatives per positive (sorted; the rule
+    of lesion_ml.sampling). At least one negative is kept, and a fold without positives counts
+    as one positive (its `neg_per_pos` negatives), so LightGBM never gets an empty training set."""
+    n_pos = int(np.count_nonzero(np.asarray(y) == 1))
+    return positives_plus_negatives(y, max(1, negatives_for(max(n_pos, 1), neg_per_pos)), seed)
 
 
 class SeedAverage:

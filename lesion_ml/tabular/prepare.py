@@ -164,6 +164,40 @@ def fit_transform_fold(features: pd.DataFrame, target: pd.Series, train: np.ndar
     return out, names, pipe
 
 
+
+def clean_table(table: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
+    """The lesion table's metadata cleaned, with the engineered families of `cfg.features`
+    (`clean_metadata`; no fitting, no labels), after its image_id and target columns."""
+    features = clean_metadata(table, cfg.features)
+    features.insert(0, "image_id", table["image_id"].to_numpy())
+    features.insert(1, "target", table["target"].to_numpy())
+    return features
+
+
+def fit_transform_table(clean: pd.DataFrame, folds: pd.DataFrame, fold: int,
+                        cfg: PrepareConfig) -> tuple[pd.DataFrame, list[str]]:
+    """`fit_transform_fold` of a `clean_table`, fitted on the rows outside validation fold `fold`
+    of the folds table: (every row's selected features after its image_id, the selected names)."""
+    features = clean.drop(columns=["image_id", "target"])
+    ids, target = clean["image_id"], clean["target"]
+    fold_of = folds.set_index("image_id")["fold"].reindex(ids).to_numpy()
+    selected, names, _ = fit_transform_fold(features, target, fold_of != fold, cfg)
+    selected.insert(0, "image_id", ids.to_numpy())
+    return selected, names
+
+
+def selection_summary(per_fold: list[list[str]], n_columns: int, n_candidates: int) -> dict:
+    """The selection report: the source's columns, the candidate features, how many each fold
+    selected (the mean), which, and how often each feature was chosen (its share of the folds)."""
+    counts = pd.Series([f for names in per_fold for f in names]).value_counts()
+    return {
+        "n_input_columns": n_columns,
+        "n_candidate_features": n_candidates,
+        "n_selected": int(np.mean([len(n) for n in per_fold])),
+        "per_fold": {str(i): names for i, names in enumerate(per_fold)},
+        "stability": {name: round(int(c) / len(per_fold), 3) for name, c in counts.items()},
+    }
+
 def _feature_names(pipe: Pipeline) -> list[str]:
     encode = pipe.named_steps["encode"]
     names = []

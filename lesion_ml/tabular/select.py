@@ -8,19 +8,19 @@ from sklearn.feature_selection import SelectorMixin, chi2, f_classif, mutual_inf
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
+from lesion_ml.sampling import positives_plus_negatives
+
 METHODS = ("mutual_info", "f_classif", "chi2", "l1", "gbdt")
 
 
 def subsample_rows(y: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
     """Sorted row indices: all rows if `max_rows` is None or not exceeded, else every positive
-    plus randomly chosen negatives up to `max_rows` rows in all."""
+    plus randomly chosen negatives up to `max_rows` rows in all (lesion_ml.sampling's rule; when
+    the positives alone exceed `max_rows`, all of them and no negative)."""
     y = np.asarray(y)
     if max_rows is None or len(y) <= max_rows:
         return np.arange(len(y))
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y != 1)
-    take = rng.choice(neg, size=max(0, min(len(neg), max_rows - len(pos))), replace=False)
-    return np.sort(np.concatenate([pos, take]))
+    return positives_plus_negatives(y, max_rows - int(np.count_nonzero(y == 1)), seed)
 
 
 class CorrelationPruner(SelectorMixin, BaseEstimator):

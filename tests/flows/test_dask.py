@@ -50,7 +50,7 @@ def test_one_dask_worker_per_gpu_each_pinned_to_its_own(monkeypatch):
     from distributed import Client
 
     from lesion_ml.config import OrchestrationConfig
-    from tasks import runner
+    from flows import runner
 
     cfg = OrchestrationConfig(task_runner="dask", dask_workers=5)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 3)  # as on a machine with 3 GPUs

@@ -1,0 +1,119 @@
+"""The tuning sections (params section `tune`) and the names a study may search."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from lesion_ml.config.base import _Section, _file_names
+
+if TYPE_CHECKING:
+    from lesion_ml.config.params import Params
+
+
+class SearchParam(_Section):
+    """One tuned parameter (Optuna's distributions): a float or int range, optionally on a log
+    scale, or a list of choices."""
+
+    type: Literal["float", "int", "categorical"] = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="sample the range on a log scale (low must be > 0)")
+    choices: tuple[str | int | float | bool | None, ...] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> SearchParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("type categorical needs a non-empty list of choices")
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("type categorical takes choices, not low/high/log")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"type {self.type} takes low and high, not choices (or set type: categorical)")
+        if self.low is None or self.high is None:
+            raise ValueError(f"type {self.type} needs both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low {self.low}")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"type int needs whole-number bounds, got [{self.low}, {self.high}]")
+        return self
+
+
+class StudyConfig(_Section):
+    """One tuning study (stage `tune@<name>`): a search space over params.yaml keys, scored by
+    patient-grouped inner cross-validation inside each outer training fold (lesion_ml/tune.py)."""
+
+    model: str = Field("gbdt", description="gbdt: the LightGBM metadata model (space keys train_gbdt.* and "
+                       "prepare.*); or a name of train_cnn.models (keys train_cnn.models.<name>.*)")
+    space: dict[str, SearchParam] = Field(min_length=1, description="params.yaml key (dotted) -> its range")
+    metric: Literal["pauc_80", "roc_auc", "pr_auc"] = "pauc_80"
+    n_trials: int = Field(40, ge=1, description="finished trials per study (each outer fold's and the final one)")
+    timeout_s: float | None = Field(None, gt=0, description="time budget of each study in seconds; null: none")
+    inner_folds: int = Field(3, ge=2, description="patient-grouped folds inside each outer training fold")
+    score_negatives: int | None = Field(20_000, ge=100, description="benign rows a trial predicts per inner "
+                                        "validation fold (a fixed random sample, every malignant row kept; the "
+                                        "same rows for every trial); null: all")
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="stops a trial whose intermediate values (per inner fold; per epoch for an image "
+        "model) fall behind")
+    seed: int = 0
+
+
+class TuneConfig(_Section):
+    """Hyper-parameter studies (params section `tune`; stage `tune@<name>`, one per study; none by default)."""
+
+    studies: dict[str, StudyConfig] = Field(default_factory=dict)
+    storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna database (postgresql://... for "
+                                "several machines); null: sqlite:///.lesion/optuna.db. LESION_TUNE_STORAGE "
+                                "in the environment takes precedence")
+    parallel: int = Field(1, ge=1, description="trial tasks per study at once (in parallel with "
+                          "orchestration.task_runner: dask)")
+    bootstrap: int = Field(1000, ge=0, description="patient-level resamples for default vs tuned intervals")
+
+    @field_validator("studies")
+    @classmethod
+    def _names(cls, v: dict[str, StudyConfig]) -> dict[str, StudyConfig]:
+        return _file_names(v, "study", "reports/tune/")
+
+
+# Keys a study may not tune: they set seeds, threads or the data layout, not the model's fit.
+UNTUNABLE = {"seeds", "seed", "n_jobs", "features", "clip_quantiles", "fit_rows", "backbone", "pretrained",
+             "eval_batch_size", "monitor_valid", "tta", "minority_set"}
+
+
+def _leaves(section: BaseModel, prefix: str) -> list[str]:
+    out = []
+    for key in type(section).model_fields:
+        value = getattr(section, key)
+        if key in UNTUNABLE or isinstance(value, (tuple, list, dict)):
+            continue
+        out += _leaves(value, f"{prefix}.{key}") if isinstance(value, BaseModel) else [f"{prefix}.{key}"]
+    return out
+
+
+def tunable_names(params: Params, model: str) -> list[str]:
+    """The dotted params.yaml keys a study of `model` may search (gbdt, or a train_cnn.models name)."""
+    if model == "gbdt":
+        return _leaves(params.train_gbdt, "train_gbdt") + _leaves(params.prepare, "prepare")
+    if model in params.train_cnn.models:
+        return _leaves(params.train_cnn.models[model], f"train_cnn.models.{model}")
+    raise ValueError(f"model {model!r} is neither gbdt nor a name of train_cnn.models "
+                     f"({sorted(params.train_cnn.models)})")
+
+
+def set_dotted(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the params mapping `raw` with each dotted key of `values` set (sections created)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for dotted, value in values.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
