@@ -40,7 +40,7 @@ class EpochSampler(Sampler[int]):
     """Indices for one epoch by `mode` ("none", "downsample", "weighted"); call `set_epoch`
     before each epoch. The draw depends only on (seed, epoch), so any epoch can be replayed.
     `neg_per_pos` (negatives per positive; unused by "none") comes from params.yaml
-    train_cnn.models.<name>.balance (defaults in lesion_ml/config.py)."""
+    train_cnn.models.<name>.balance (defaults in lesion_ml/config/)."""
 
     def __init__(self, labels: Sequence[float], mode: str, neg_per_pos: float, seed: int):
         self.labels = np.asarray(labels, dtype=np.float32)

@@ -54,7 +54,7 @@ class CorrelationPruner(SelectorMixin, BaseEstimator):
 class KBestSelector(SelectorMixin, BaseEstimator):
     """Keep the `k` highest-scoring columns by `method`, scored on at most `max_rows` training
     rows (all positives kept, negatives subsampled) so selection stays fast at 400k rows. The
-    values come from params.yaml prepare.select (defaults in lesion_ml/config.py)."""
+    values come from params.yaml prepare.select (defaults in lesion_ml/config/)."""
 
     def __init__(self, method: str, k: int, max_rows: int | None, seed: int):
         self.method = method
