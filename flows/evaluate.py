@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows import paths
 from lesion_ml.catalogue import base_models
 from lesion_ml.config import load_params
-from tasks import paths
 from tasks.evaluate import evaluate_models
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows import paths
 from lesion_ml.config import load_params
-from tasks import paths
 from tasks.data import generate_demo, ingest_source
 
 

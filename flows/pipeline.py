@@ -12,6 +12,7 @@ import sys
 
 from prefect import flow
 
+from flows import paths
 from flows.evaluate import evaluate_flow
 from flows.final import final_flow
 from flows.ingest import ingest_flow
@@ -24,7 +25,6 @@ from flows.train_gbdt import train_gbdt_flow
 from flows.tune import tune_flow
 from flows.validate import validate_flow
 from lesion_ml.config import load_params
-from tasks import paths
 from tasks.train import combine_oof, train_cnn_fold
 
 

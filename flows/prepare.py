@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows import paths
 from lesion_ml.config import load_params
 from lesion_ml.data.sources import count_metadata_columns
-from tasks import paths
 from tasks.data import clean_features, prepare_fold, write_selection
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import yaml
 from prefect import flow
 
+from flows import paths
 from flows.runner import run_all, visible_gpus
 from lesion_ml.config import Params, load_params, to_plain
 from lesion_ml.errors import ConfigError
 from lesion_ml.io import write_text
-from tasks import paths
 from tasks.train import combine_oof, train_cnn_fold
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows import paths
 from flows.runner import run_all
 from lesion_ml.config import load_params
-from tasks import paths
 from tasks.train import combine_oof, train_gbdt_fold
 
 

@@ -5,11 +5,11 @@ import sys
 
 from prefect import flow
 
+from flows import paths
 from flows.runner import run_all
 from lesion_ml.config import load_params
 from lesion_ml.errors import ConfigError
-from lesion_ml.tune import storage_url
-from tasks import paths
+from lesion_ml.tune.study import storage_url
 from tasks.tune import plan_trials, report_study, tune_trials
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows import paths
 from lesion_ml.config import load_params
 from lesion_ml.errors import ConfigError
-from tasks import paths
 from tasks.validate import validate_set
 
 

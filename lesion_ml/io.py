@@ -4,7 +4,7 @@ An interrupted run therefore never leaves a half-written artefact that a later s
 
 Also the one content fingerprint of input files (`path_digest`, `image_store_digest`), memoised
 in `FILE_HASHES`: the key scheme of the pipeline's task cache (tasks/cache.py) and of the image
-models' resumable checkpoints (lesion_ml.train).
+models' resumable checkpoints (lesion_ml.image.train).
 """
 from __future__ import annotations
 
@@ -130,6 +130,11 @@ def save_torch(obj: Any, target: Path | str) -> Path:
 
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE,
                               errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for an OSError whose errno says that trying again may succeed."""
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
 def write_csv(df: pd.DataFrame, target: Path | str) -> Path:

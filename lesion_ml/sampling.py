@@ -1,8 +1,8 @@
 """The one rule for "every positive plus sampled negatives" (numpy only: no torch, no sklearn).
 
-Used by the LightGBM downsampling (lesion_ml.models.gbdt), the row subsample that feature
+Used by the LightGBM downsampling (lesion_ml.tabular.gbdt), the row subsample that feature
 selection scores on (lesion_ml.tabular.select) and the image models' per-epoch downsampling
-(lesion_ml.balance.EpochSampler). Each caller says how many negatives it wants; the ratio rule
+(lesion_ml.image.balance.EpochSampler). Each caller says how many negatives it wants; the ratio rule
 (`negatives_for`) is here too, so "neg_per_pos negatives per positive" rounds the same way
 everywhere.
 """

@@ -29,13 +29,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lesion_ml.app.bench import bench_loader, format_loader_table  # noqa: E402
 from lesion_ml.config import CnnModelConfig, DataConfig, SplitConfig, SyntheticConfig  # noqa: E402
 from lesion_ml.data.sources import ingest  # noqa: E402
+from lesion_ml.data.split import assign_folds  # noqa: E402
 from lesion_ml.data.synthetic import generate_synthetic  # noqa: E402
-from lesion_ml.split import assign_folds  # noqa: E402
-from lesion_ml.bench import bench_loader, format_loader_table  # noqa: E402
-from lesion_ml.train import (FoldData, LesionImages, create_transforms, make_loader, predict,  # noqa: E402
-                             select_device, to_device, train_fold)
+from lesion_ml.image.train import (  # noqa: E402
+    FoldData,
+    LesionImages,
+    create_transforms,
+    make_loader,
+    predict,
+    select_device,
+    to_device,
+    train_fold,
+)
 
 LESIONS_PER_PATIENT = (4, 14)
 
@@ -71,7 +79,7 @@ def _bare_rates(backbone: str, size: int, batch: int, device: torch.device, step
     """(train step, forward) images/s on random uint8 batches already on the device, with the same
     network, optimiser, channels-last layout and autocast as training: the ceilings the loaders
     should reach."""
-    from lesion_ml.models.net import LesionNet
+    from lesion_ml.image.net import LesionNet
 
     model = to_device(LesionNet(backbone), device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -1,4 +1,4 @@
-"""Thin Prefect tasks: read inputs, call one lesion_ml function, write outputs."""
+"""The stages' Prefect tasks: read inputs, call one lesion_ml function, write outputs."""
 import os
 
 # Quiet, offline runs; lesion_ml's log records go to the Prefect run logs.

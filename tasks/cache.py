@@ -5,7 +5,7 @@ A task's cache key is a hash of
     in it; an image-store manifest also by the images it points to), never by the path text;
   * its other arguments (params sections as JSON);
   * the source of the task function and of every lesion_ml module it uses, followed through the
-    imports, function-local ones included (editing lesion_ml/models/gbdt.py reruns the LightGBM
+    imports, function-local ones included (editing lesion_ml/tabular/gbdt.py reruns the LightGBM
     tasks, not ingest).
 Prefect's own INPUTS policy hashes a Path as text and TASK_SOURCE sees only the wrapper's lines,
 so neither notices new data or edited library code.
@@ -39,13 +39,12 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from lesion_ml.io import FILE_HASHES, image_store_digest, path_digest, recording_writes, write_json
-from tasks import paths
-from tasks.retry import IO_RETRIES
+from lesion_ml.io import FILE_HASHES, image_store_digest, is_transient, path_digest, recording_writes, write_json
 
 log = logging.getLogger("lesion_ml.cache")
 
-CACHE_DIR = paths.STATE / "prefect"
+STATE = Path(".lesion")  # outside every DVC out (DVC deletes outs before a stage runs); git-ignored
+CACHE_DIR = STATE / "prefect"
 KEYS = CACHE_DIR / "keys"  # Prefect's cache records (key -> result location)
 RESULTS = CACHE_DIR / "results"  # the persisted (small) results
 OUTPUTS = CACHE_DIR / "outputs"  # key -> fingerprints of the files the run wrote
@@ -53,6 +52,21 @@ MEMO = CACHE_DIR / "file-hashes.json"
 
 #: Names of the tasks whose bodies ran in this process, in order (a cached task is not listed).
 executed: list[str] = []
+
+
+# -- retries ---------------------------------------------------------------------------------
+# Only transient I/O errors are retried (a flaky network share, a busy or locked file, an
+# interrupted read): a task that hit one runs again, rewriting its outputs atomically, and training
+# resumes from its last checkpoint. Bad data, bad params, missing files, missing permissions and a
+# full disk do not pass by waiting; they fail at once with their message.
+
+def retry_transient_io(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry when the task failed with a transient OSError."""
+    return is_transient(state.data if isinstance(state.data, BaseException) else None)
+
+
+# Passed to every @task of tasks/: up to 2 retries, after 2 s and 10 s.
+IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_transient_io}
 
 
 # -- hashing inputs ---------------------------------------------------------------------------
@@ -276,7 +290,7 @@ def cached_task(outputs: tuple[str, ...] = ("out",), **task_kwargs: Any):
             executed.append(fn.__name__)
             with recording_writes() as written:
                 result = fn(*args, **kwargs)
-            state_dir = paths.STATE.resolve()
+            state_dir = STATE.resolve()
             mine = [p for p in written if not Path(p).resolve().is_relative_to(state_dir)]  # checkpoints aside
             write_json(_fingerprint(mine), OUTPUTS / f"{key}.json")
             return result

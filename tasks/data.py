@@ -7,9 +7,9 @@ import pandas as pd
 
 from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig, SyntheticConfig
 from lesion_ml.data.sources import ingest
+from lesion_ml.data.split import assign_folds, fold_sizes
 from lesion_ml.data.synthetic import generate_synthetic
 from lesion_ml.io import write_json, write_parquet
-from lesion_ml.split import assign_folds, fold_sizes
 from lesion_ml.tabular.prepare import clean_table, fit_transform_table, selection_summary
 from tasks.cache import cached_task
 

@@ -7,8 +7,8 @@ import pandas as pd
 
 from lesion_ml.catalogue import ModelRef
 from lesion_ml.config import EvaluateConfig, TrainGbdtConfig
+from lesion_ml.data.fold_outputs import mean_importance
 from lesion_ml.evaluate.compare import compare_models, merge_oof, metrics_markdown, write_comparison
-from lesion_ml.fold_outputs import mean_importance
 from tasks.cache import cached_task
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lesion_ml.bundle import write_bundle
-from lesion_ml.bundle_build import build_bundle
 from lesion_ml.config import Params
+from lesion_ml.model.build import build_bundle
+from lesion_ml.model.bundle import write_bundle
 from tasks.cache import cached_task
 
-log = logging.getLogger("lesion_ml.final")
+log = logging.getLogger("lesion_ml.model.card")
 
 
 @cached_task(outputs=('out', 'checkpoints'))

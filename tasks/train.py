@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from lesion_ml.balance import write_minority_set
 from lesion_ml.config import CnnModelConfig, MinoritySetConfig, TrainGbdtConfig
+from lesion_ml.data.fold_outputs import combine_predictions, train_mask, valid_predictions, write_gbdt_fold
 from lesion_ml.data.images import ImageStore
 from lesion_ml.errors import BadImageError
-from lesion_ml.fold_outputs import combine_predictions, train_mask, valid_predictions, write_gbdt_fold
-from lesion_ml.image_fold import cnn_history, train_image_fold
-from lesion_ml.inference import use_threads
+from lesion_ml.image.balance import write_minority_set
+from lesion_ml.image.fold import cnn_history, train_image_fold
+from lesion_ml.image.inference import use_threads
 from lesion_ml.io import save_torch, write_csv, write_json, write_parquet
-from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
+from lesion_ml.tabular.gbdt import fit_gbdt, predict_gbdt
 from tasks.cache import cached_task
 
 

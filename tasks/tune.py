@@ -1,5 +1,5 @@
 """Tasks of the tune stage: open the studies, run trials (several tasks at once on a Dask runner),
-score default vs tuned out of fold and write the report (lesion_ml.tune_stage)."""
+score default vs tuned out of fold and write the report (lesion_ml.tune.stage)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,8 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from lesion_ml.config import Params, StudyConfig
-from lesion_ml.tune import make_fitter, run_trials
-from lesion_ml.tune_stage import plan_calls, study_markdown, trial_records, tune_data, write_report
+from lesion_ml.tune.stage import plan_calls, study_markdown, trial_records, tune_data, write_report
+from lesion_ml.tune.study import make_fitter, run_trials
 
 
 @task(cache_policy=NONE)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from lesion_ml.config import ExternalSetConfig, ValidateConfig
 from lesion_ml.io import write_json
-from lesion_ml.validate import run_validation, summary
+from lesion_ml.model.validate import run_validation, summary
 from tasks.cache import cached_task
 
 

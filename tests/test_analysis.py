@@ -121,7 +121,7 @@ def test_stack_sees_only_out_of_fold_rows():
     np.testing.assert_array_equal(a[fold == 2], b[fold == 2])
     assert not np.array_equal(a[fold == 0], b[fold == 0])
 
-    from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt  # what leakage would look like
+    from lesion_ml.tabular.gbdt import fit_gbdt, predict_gbdt  # what leakage would look like
 
     X = pd.concat([feats, scores.add_prefix("score_")], axis=1)  # noqa: N806
     leaky = [predict_gbdt(fit_gbdt(X, yy, cfg), X[fold == 2]) for yy in (y, y2)]

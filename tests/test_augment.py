@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lesion_ml.augment import HairArtefacts, create_copy_transform, create_transforms
 from lesion_ml.config import AugmentConfig
 from lesion_ml.data.images import decode_image
+from lesion_ml.image.augment import HairArtefacts, create_copy_transform, create_transforms
 
 EVERYTHING = AugmentConfig(flip=1, rotate90=1, affine=1, brightness_contrast=1, hue_saturation=1, blur_noise=1,
                            dropout=1, hair=1, zoom_out=1, frame=1)
@@ -88,7 +88,7 @@ def test_reseed_replays_and_the_flips_are_independent():
 
     import albumentations as A
 
-    from lesion_ml.augment import reseed
+    from lesion_ml.image.augment import reseed
 
     img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
     t = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
@@ -106,7 +106,7 @@ def test_reseed_replays_and_the_flips_are_independent():
 
 
 def test_reseed_reaches_nested_transforms_and_changes_the_training_augmentation():
-    from lesion_ml.augment import reseed
+    from lesion_ml.image.augment import reseed
 
     t = create_transforms(48, True, augment=EVERYTHING)
     img = _image(60, 60)
@@ -123,7 +123,7 @@ def test_fit_image_policies_and_the_eval_pipeline_equal_the_albumentations_one()
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
-    from lesion_ml.augment import Fit, fit_image
+    from lesion_ml.image.augment import Fit, fit_image
 
     img = _image(40, 80)
     pad = fit_image(img, 64, "pad")
@@ -157,8 +157,8 @@ def test_jpeg_size_reads_the_frame_header_of_baseline_progressive_and_exif_files
 
 
 def test_shades_of_grey_removes_a_colour_cast_and_is_applied_alike_everywhere():
-    from lesion_ml.augment import NO_AUGMENT, model_transforms, shades_of_grey
     from lesion_ml.config import CnnModelConfig
+    from lesion_ml.image.augment import NO_AUGMENT, model_transforms, shades_of_grey
 
     img = _image(80, 100)
     cast = np.clip(img.astype(float) * [1.25, 1.0, 0.7], 0, 255).astype(np.uint8)  # warm light, another camera
@@ -181,7 +181,7 @@ def test_shades_of_grey_removes_a_colour_cast_and_is_applied_alike_everywhere():
 
 
 def test_zoom_out_keeps_the_lesion_smaller_on_skin_and_the_frame_blackens_the_corners():
-    from lesion_ml.augment import DermoscopeFrame, ZoomOut, reseed
+    from lesion_ml.image.augment import DermoscopeFrame, ZoomOut, reseed
 
     img = np.full((100, 100, 3), (200, 160, 150), np.uint8)  # skin
     cv2.circle(img, (50, 50), 30, (60, 30, 20), -1)  # the lesion

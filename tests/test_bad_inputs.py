@@ -16,15 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 
 from lesion_ml.config import ConfigError, DataConfig, FolderConfig, SplitConfig, validate_params
 from lesion_ml.data.images import BadImageError, ImageStore
 from lesion_ml.data.sources import DataError, ingest
+from lesion_ml.data.split import assign_folds
 from lesion_ml.data.synthetic import generate_synthetic
-from lesion_ml.split import assign_folds
-from lesion_ml.train import create_transforms
-
-from conftest import TINY
+from lesion_ml.image.train import create_transforms
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -321,7 +320,7 @@ def test_31_unknown_backbone():
 
 
 def test_32_missing_pretrained_weight_file(monkeypatch, tmp_path):
-    from lesion_ml.models.backbones import PretrainedWeightsMissing, create_backbone
+    from lesion_ml.image.backbones import PretrainedWeightsMissing, create_backbone
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(PretrainedWeightsMissing, match=r"ImageNet weights for efficientnet-b0 are not on this "
@@ -349,7 +348,7 @@ def test_35_params_file_not_a_mapping(tmp_path):
 
 def test_36_minority_set_requested_but_empty(tmp_path):
     from lesion_ml.config import CnnModelConfig
-    from lesion_ml.train import fold_data
+    from lesion_ml.image.train import fold_data
 
     (tmp_path / "minority").mkdir()
     pd.DataFrame({"copy_id": [], "source_id": []}, dtype=str).to_parquet(tmp_path / "minority" / "index.parquet")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from lesion_ml.balance import EpochSampler, FocalLoss, resolve_pos_weight, write_minority_set
 from lesion_ml.config import BalanceConfig, DataConfig, MinoritySetConfig
 from lesion_ml.data.images import ImageStore
 from lesion_ml.data.sources import ingest
+from lesion_ml.image.balance import EpochSampler, FocalLoss, resolve_pos_weight, write_minority_set
 
 LABELS = np.r_[np.ones(20), np.zeros(980)]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lesion_ml.cli import main
+from lesion_ml.app.cli import main
 
 
 def test_synth_writes_a_demo_set(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lesion_ml.explain import explain_metadata, grad_cam
+from lesion_ml.model.explain import explain_metadata, grad_cam
 
 
 class BrightnessNet(nn.Module):

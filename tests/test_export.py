@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lesion_ml.bundle import FinalModel, rank_reference, write_bundle
-from lesion_ml.evaluate.calibration import apply_calibrator, fit_calibrator
 from lesion_ml.catalogue import base_models, derived_models, find
 from lesion_ml.config import PrepareConfig, SelectConfig
 from lesion_ml.data.sources import DataError
 from lesion_ml.data.synthetic_tabular import generate_metadata
-from lesion_ml.predict import open_images, read_metadata
+from lesion_ml.evaluate.calibration import apply_calibrator, fit_calibrator
+from lesion_ml.model.bundle import FinalModel, rank_reference, write_bundle
+from lesion_ml.model.predict import open_images, read_metadata
 from lesion_ml.tabular.export import apply_preprocessor, export_preprocessor
 from lesion_ml.tabular.prepare import clean_metadata, fit_transform_fold
 

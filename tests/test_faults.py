@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, TINY
 
 # Runs the ingest, split and prepare stages' task bodies (no Prefect server) in `workdir`;
@@ -36,7 +35,7 @@ if kill_at:
     os.replace = replace
 from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig, SelectConfig, SyntheticConfig
 from lesion_ml.data.sources import count_metadata_columns
-from tasks import paths
+from flows import paths
 from tasks.data import clean_features, generate_demo, ingest_source, make_folds, prepare_fold, write_selection
 data = DataConfig(source="synthetic", synthetic=SyntheticConfig(**{tiny!r}))
 generate_demo.fn(data.synthetic, paths.DEMO_DIR)
@@ -115,7 +114,7 @@ def test_full_disk_is_a_clear_error_and_the_previous_output_survives(tmp_path, m
 
 def test_only_transient_io_errors_are_retried():
     from lesion_ml.data.sources import DataError
-    from tasks.retry import is_transient
+    from lesion_ml.io import is_transient
 
     assert is_transient(OSError(errno.EIO, "Input/output error"))
     assert is_transient(OSError(errno.ESTALE, "Stale file handle"))

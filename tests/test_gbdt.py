@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from lesion_ml.config import TrainGbdtConfig
-from lesion_ml.models.gbdt import downsample_negatives, fit_gbdt, predict_gbdt
+from lesion_ml.tabular.gbdt import downsample_negatives, fit_gbdt, predict_gbdt
 
 SMALL = dict(n_estimators=5, num_leaves=4, min_child_samples=2, n_jobs=1)
 

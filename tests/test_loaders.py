@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from lesion_ml.augment import create_transforms
-from lesion_ml.balance import EpochSampler
 from lesion_ml.config import DataConfig
 from lesion_ml.data.sources import ingest
-from lesion_ml.loaders import BatchRing, LesionImages, RingLoader, SeededSampler, collate_samples, make_loader
+from lesion_ml.image.augment import create_transforms
+from lesion_ml.image.balance import EpochSampler
+from lesion_ml.image.loaders import BatchRing, LesionImages, RingLoader, SeededSampler, collate_samples, make_loader
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from lesion_ml.cli import main
+from lesion_ml.app.cli import main
 from lesion_ml.config import ConfigError, apply_override, load_params, merge_params
 from tests.conftest import REPO
 

@@ -52,8 +52,8 @@ def test_ratio_count_rounds_half_to_even():
 def test_the_three_users_draw_through_the_one_rule():
     """GBDT downsampling, feature selection's row subsample and the image sampler's epochs are
     this function with their own counts (draws identical to what each did before it existed)."""
-    from lesion_ml.balance import EpochSampler
-    from lesion_ml.models.gbdt import downsample_negatives
+    from lesion_ml.image.balance import EpochSampler
+    from lesion_ml.tabular.gbdt import downsample_negatives
     from lesion_ml.tabular.select import subsample_rows
 
     y = _labels(1000, 40)

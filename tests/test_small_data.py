@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 import lesion_ml
-from lesion_ml.models import backbones
 from lesion_ml.config import CnnModelConfig, ConfigError, SplitConfig, validate_params
-from lesion_ml.split import assign_folds
-from lesion_ml.schedule import LrShape, make_schedule
-from lesion_ml.train import FoldData, train_fold
+from lesion_ml.data.split import assign_folds
+from lesion_ml.image import backbones
+from lesion_ml.image.schedule import LrShape, make_schedule
+from lesion_ml.image.train import FoldData, train_fold
 
 LIBRARY = Path(lesion_ml.__file__).parent
 

@@ -5,7 +5,7 @@ import pytest
 
 from lesion_ml.config import DataConfig, SplitConfig
 from lesion_ml.data.sources import DataError, ingest
-from lesion_ml.split import assign_folds
+from lesion_ml.data.split import assign_folds
 
 
 def test_no_patient_in_two_folds_and_every_row_has_one(tiny_demo):

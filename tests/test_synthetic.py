@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import h5py
-import torch
-import pytest
 import numpy as np
 import pandas as pd
-
+import pytest
+import torch
 from conftest import TINY
+
 from lesion_ml.data.images import ImageStore
 from lesion_ml.data.schema import ISIC2024_COLUMNS
 from lesion_ml.data.synthetic import generate_synthetic
@@ -92,7 +92,7 @@ def test_exact_sizes_and_identical_files_whatever_the_workers_and_chunks(tmp_pat
 
 
 def test_cli_synth_names_its_flags_in_errors(tmp_path, capsys):
-    from lesion_ml.cli import main
+    from lesion_ml.app.cli import main
 
     assert main(["synth", "--out", str(tmp_path / "a"), "--patients", "10", "--lesions", "5"]) == 2
     err = capsys.readouterr().err
@@ -183,7 +183,7 @@ class _SeenExtents(torch.utils.data.Dataset):
 def test_loader_workers_inherit_the_image_locations(tiny_demo):
     from lesion_ml.config import DataConfig
     from lesion_ml.data.sources import ingest
-    from lesion_ml.train import LesionImages, create_transforms, make_loader
+    from lesion_ml.image.train import LesionImages, create_transforms, make_loader
 
     store = ingest(DataConfig(source="isic2024", path=str(tiny_demo)), tiny_demo).store
     store.close()  # nothing located yet

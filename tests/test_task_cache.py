@@ -5,25 +5,25 @@ from tasks.cache import _module_closure
 
 
 def test_code_keys_follow_imports_made_inside_functions():
-    """lesion_ml/validate.py imports predict, the model runner and the report helpers inside its
+    """lesion_ml/model/validate.py imports predict, the model runner and the report helpers inside its
     functions: editing them must change the validate task's key, as editing a module-level
     import does; the training code, which validation never runs, is not part of it."""
-    closure = _module_closure({"lesion_ml.validate"})
-    assert {"lesion_ml.predict", "lesion_ml.inference", "lesion_ml.loaders", "lesion_ml.evaluate.report",
-            "lesion_ml.bundle"} <= closure
-    assert "lesion_ml.train" not in closure
+    closure = _module_closure({"lesion_ml.model.validate"})
+    assert {"lesion_ml.model.predict", "lesion_ml.image.inference", "lesion_ml.image.loaders",
+            "lesion_ml.evaluate.report", "lesion_ml.model.bundle"} <= closure
+    assert "lesion_ml.image.train" not in closure
 
 
 def test_code_keys_do_not_spread_to_unrelated_modules():
     """The LightGBM module reaches config, io, the exception types and the sampling rule only; ingest's
     modules never reach it."""
-    closure = _module_closure({"lesion_ml.models.gbdt"})
+    closure = _module_closure({"lesion_ml.tabular.gbdt"})
     config = {m for m in closure if m.startswith("lesion_ml.config.")}  # the modules of the config package
     assert "lesion_ml.config.data" in config  # TrainGbdtConfig's: editing it changes the LightGBM tasks' keys
-    assert closure - config == {"lesion_ml.models.gbdt", "lesion_ml.config", "lesion_ml.io", "lesion_ml.errors",
+    assert closure - config == {"lesion_ml.tabular.gbdt", "lesion_ml.config", "lesion_ml.io", "lesion_ml.errors",
                                 "lesion_ml.sampling"}
-    ingest = _module_closure({"lesion_ml.data.sources", "lesion_ml.split", "lesion_ml.tabular.prepare"})
-    assert "lesion_ml.models.gbdt" not in ingest and "lesion_ml.train" not in ingest
+    ingest = _module_closure({"lesion_ml.data.sources", "lesion_ml.data.split", "lesion_ml.tabular.prepare"})
+    assert "lesion_ml.tabular.gbdt" not in ingest and "lesion_ml.image.train" not in ingest
     assert "lesion_ml.data.schema" in ingest  # imported by sources
 
 
@@ -35,7 +35,7 @@ def test_checkpoint_keys_reuse_the_task_caches_file_hashes(tmp_path, monkeypatch
     import types
 
     import lesion_ml.io as io_mod
-    from lesion_ml.train import _store_fingerprint
+    from lesion_ml.image.train import _store_fingerprint
     from tasks import cache
 
     assert cache.HASHES is io_mod.FILE_HASHES

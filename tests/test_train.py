@@ -7,8 +7,8 @@ import torch
 
 from lesion_ml.config import CnnModelConfig, DataConfig
 from lesion_ml.data.sources import ingest
-from lesion_ml.models.backbones import BACKBONES, PretrainedWeightsMissing, create_backbone
-from lesion_ml.train import FoldData, LesionImages, create_transforms, train_fold
+from lesion_ml.image.backbones import BACKBONES, PretrainedWeightsMissing, create_backbone
+from lesion_ml.image.train import FoldData, LesionImages, create_transforms, train_fold
 from tests.conftest import shared_dataset
 
 
@@ -74,7 +74,7 @@ def test_offline_lite0_weights_really_load():
 
 
 def test_lite0_uses_its_own_input_scaling():
-    from lesion_ml.models.net import LesionNet
+    from lesion_ml.image.net import LesionNet
 
     x = create_transforms(8, False)(image=np.full((8, 8, 3), 255, np.uint8))["image"].unsqueeze(0)
     out = LesionNet("efficientnet-lite0").normalize(x)
@@ -85,8 +85,8 @@ def test_lite0_uses_its_own_input_scaling():
 def test_network_scales_uint8_batches_as_albumentations_normalize_did(name):
     import albumentations as A
 
-    from lesion_ml.models.backbones import backbone_spec
-    from lesion_ml.models.net import LesionNet
+    from lesion_ml.image.backbones import backbone_spec
+    from lesion_ml.image.net import LesionNet
 
     spec = backbone_spec(name)
     rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
@@ -133,7 +133,7 @@ def _tiny(tiny_demo):
 
 
 def test_fusion_net_uses_the_metadata_and_standardises_it():
-    from lesion_ml.models.net import LesionNet
+    from lesion_ml.image.net import LesionNet
 
     torch.manual_seed(0)
     net = LesionNet("resnet18", n_meta=3).eval()
@@ -149,7 +149,7 @@ def test_fusion_net_uses_the_metadata_and_standardises_it():
 
 
 def test_frozen_backbone_trains_the_head_only_and_keeps_batchnorm_statistics():
-    from lesion_ml.models.net import LesionNet
+    from lesion_ml.image.net import LesionNet
 
     torch.manual_seed(0)
     net = LesionNet("resnet18", n_meta=2)
@@ -173,7 +173,7 @@ def test_downsampling_run_logs_the_ratio_it_trained_on_and_early_stops_on_a_pati
                          early_stopping={"metric": "auc", "patience": 1, "holdout": 0.25}, monitor_valid=True)
     data = FoldData(ids[:36], y[:36], ids[36:], valid_y=y[36:], train_groups=groups[:36])
     result = train_fold(store, data, cfg, torch.device("cpu"), seed=0)
-    from lesion_ml.train import _holdout_split
+    from lesion_ml.image.train import _holdout_split
 
     held = _holdout_split(data, cfg, 0)
     assert held.any() and not set(groups[:36][held]) & set(groups[:36][~held])  # whole patients
@@ -220,7 +220,7 @@ import numpy as np, torch
 sys.path.insert(0, {tests!r})
 from test_train import _resume_setup
 store, data, cfg = _resume_setup({demo!r}, {ema!r})
-from lesion_ml.train import train_fold
+from lesion_ml.image.train import train_fold
 
 def kill(epoch, step):
     if epoch == 1 and step == 2:
@@ -278,7 +278,7 @@ def test_run_killed_in_epoch_2_resumes_from_its_checkpoint_to_the_same_weights(t
 def test_fold_uses_only_copies_of_its_own_training_positives_and_their_metadata(tmp_path):
     import pandas as pd
 
-    from lesion_ml.train import fold_data
+    from lesion_ml.image.train import fold_data
 
     f = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "patient_id": ["p", "p", "q", "r"],
                       "target": [1, 0, 1, 0], "fold": [0, 0, 1, 1]})
@@ -297,7 +297,7 @@ def test_fold_uses_only_copies_of_its_own_training_positives_and_their_metadata(
 
 @pytest.mark.slow
 def test_copies_of_held_out_positives_never_reach_training(tiny_demo, monkeypatch):
-    import lesion_ml.train as tr
+    import lesion_ml.image.train as tr
 
     store, ids, y, groups = _tiny(tiny_demo)
     pos = [i for i, v in zip(ids[:36], y[:36]) if v == 1]
@@ -374,7 +374,7 @@ def test_checkpoint_key_is_the_content_of_the_image_files(tmp_path, monkeypatch)
     import types
 
     import lesion_ml.io as io_mod
-    from lesion_ml.train import _run_key
+    from lesion_ml.image.train import _run_key
 
     h5, folder = tmp_path / "images.hdf5", tmp_path / "jpegs"
     h5.write_bytes(bytes(range(256)) * 64)
@@ -424,7 +424,7 @@ def test_loader_workers_train_the_same_weights_as_decoding_in_process(tiny_demo)
 
 
 def test_early_stopping_holdout_has_both_classes_on_both_sides_or_says_why():
-    from lesion_ml.train import _holdout_split
+    from lesion_ml.image.train import _holdout_split
 
     y = np.r_[np.ones(6), np.zeros(54)].astype(np.float32)
     groups = np.array([f"P{i // 2}" for i in range(60)])  # 3 positive patients among 30
@@ -471,7 +471,7 @@ def test_an_image_model_learns_real_lesions_and_unlearns_with_flipped_labels():
 
 
 def test_test_time_augmentation_averages_the_eight_views_exactly():
-    from lesion_ml.train import dihedral, forward_prob
+    from lesion_ml.image.train import dihedral, forward_prob
 
     class Corner(torch.nn.Module):  # looks only at the top-left pixel: anything but rotation-invariant
         def forward(self, x):
@@ -491,7 +491,7 @@ def test_test_time_augmentation_averages_the_eight_views_exactly():
 
 
 def test_weight_average_halves_the_old_weights_weight_every_half_life():
-    from lesion_ml.train import weight_average
+    from lesion_ml.image.train import weight_average
 
     net = torch.nn.Linear(3, 1)
     with torch.no_grad():
@@ -509,7 +509,7 @@ def test_weight_average_halves_the_old_weights_weight_every_half_life():
 def test_the_weight_average_is_what_a_fold_scores_and_returns(tiny_demo):
     """A half-life near 0 gives the last weights (the plain run); a very long one stays near the
     weights of the first step, far from where training ended."""
-    from lesion_ml.models.net import LesionNet
+    from lesion_ml.image.net import LesionNet
 
     store, ids, y, _ = _tiny(tiny_demo)
     data = FoldData(ids[:30], y[:30], ids[30:])

@@ -1,4 +1,4 @@
-"""Hyper-parameter tuning (lesion_ml/tune.py, flows/tune.py): honest nesting, resumable studies,
+"""Hyper-parameter tuning (lesion_ml/tune/study.py, flows/tune.py): honest nesting, resumable studies,
 parallel trial tasks on one database, clear errors for bad search spaces."""
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from lesion_ml.config import ConfigError, PrepareConfig, SplitConfig, apply_override, validate_params
+from lesion_ml.data.split import assign_folds
 from lesion_ml.data.synthetic_tabular import generate_metadata
-from lesion_ml.split import assign_folds
 from lesion_ml.tabular.prepare import clean_metadata, fit_transform_fold
-from lesion_ml.tune import GbdtFitter, TuneData, compare, inner_folds, objective, shares
+from lesion_ml.tune.study import GbdtFitter, TuneData, compare, inner_folds, objective, shares
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = {"train_gbdt.learning_rate": {"low": 0.02, "high": 0.3, "log": True},
@@ -245,7 +245,7 @@ def _image_study(tiny_demo):
     """A tiny image-model study on the tiny demo set: its data, fitter, params and inner folds."""
     from lesion_ml.config import DataConfig
     from lesion_ml.data.sources import ingest
-    from lesion_ml.tune import CnnFitter
+    from lesion_ml.tune.study import CnnFitter
 
     ing = ingest(DataConfig(source="synthetic"), tiny_demo)
     table = ing.table.reset_index(drop=True)
@@ -266,7 +266,7 @@ def _image_study(tiny_demo):
 def test_image_model_trials_report_each_epoch_and_a_pruned_trial_stops_training(tiny_demo, monkeypatch):
     import optuna
 
-    import lesion_ml.train as train_module
+    import lesion_ml.image.train as train_module
 
     data, fitter, params, inner = _image_study(tiny_demo)
     epochs_run: list[int] = []
@@ -289,7 +289,7 @@ def test_image_model_trials_report_each_epoch_and_a_pruned_trial_stops_training(
 
 
 def test_tuning_an_image_model_with_minority_copies_says_what_to_change(tmp_path):
-    from lesion_ml.tune import make_fitter
+    from lesion_ml.tune.study import make_fitter
 
     params = validate_params({"train_cnn": {"models": {"m": {"balance": {"minority_set": True}}}}})
     with pytest.raises(ValueError, match=r"train_cnn.models.m.balance.minority_set: false"):
@@ -298,7 +298,7 @@ def test_tuning_an_image_model_with_minority_copies_says_what_to_change(tmp_path
 
 def test_the_override_of_an_image_model_keeps_the_other_models(tmp_path):
     from lesion_ml.config import merge_params
-    from lesion_ml.tune import override
+    from lesion_ml.tune.study import override
 
     raw = {"train_cnn": {"models": {"a": {"lr": 0.002, "epochs": 6}, "b": {"backbone": "resnet34"}}}}
     base = validate_params(raw)
@@ -310,7 +310,7 @@ def test_the_override_of_an_image_model_keeps_the_other_models(tmp_path):
 
 
 def test_trials_score_every_malignant_row_and_a_fixed_sample_of_benign_ones():
-    from lesion_ml.tune import scored_rows
+    from lesion_ml.tune.study import scored_rows
 
     rng = np.random.default_rng(0)
     inner = rng.integers(-1, 3, 3000)

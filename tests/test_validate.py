@@ -13,12 +13,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from lesion_ml.bundle import write_bundle
-from lesion_ml.cli import main
+from lesion_ml.app.cli import main
 from lesion_ml.config import CnnModelConfig, to_plain
 from lesion_ml.data.sources import DataError
-from lesion_ml.models.net import LesionNet
-from lesion_ml.validate import LabelledSet, calibration_fit, read_labelled_set, validate_external
+from lesion_ml.image.net import LesionNet
+from lesion_ml.model.bundle import write_bundle
+from lesion_ml.model.validate import LabelledSet, calibration_fit, read_labelled_set, validate_external
 from tests.conftest import shared_dataset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -27,7 +27,7 @@ class AugmentConfig(_Section):
 
 
 class BalanceConfig(_Section):
-    """How the rare malignant class is weighted (see lesion_ml/balance.py)."""
+    """How the rare malignant class is weighted (see lesion_ml/image/balance.py)."""
 
     sampler: Literal["none", "weighted", "downsample"] = "none"
     neg_per_pos: float = Field(10.0, gt=0, description="negatives per positive an epoch draws "

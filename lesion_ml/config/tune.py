@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from lesion_ml.config.base import _Section, _file_names
+from lesion_ml.config.base import _file_names, _Section
 
 if TYPE_CHECKING:
     from lesion_ml.config.params import Params
@@ -44,7 +44,7 @@ class SearchParam(_Section):
 
 class StudyConfig(_Section):
     """One tuning study (stage `tune@<name>`): a search space over params.yaml keys, scored by
-    patient-grouped inner cross-validation inside each outer training fold (lesion_ml/tune.py)."""
+    patient-grouped inner cross-validation inside each outer training fold (lesion_ml/tune/study.py)."""
 
     model: str = Field("gbdt", description="gbdt: the LightGBM metadata model (space keys train_gbdt.* and "
                        "prepare.*); or a name of train_cnn.models (keys train_cnn.models.<name>.*)")

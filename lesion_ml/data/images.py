@@ -207,7 +207,7 @@ class ImageStore:
                 return path.read_bytes()
             except OSError as err:
                 if err.errno in TRANSIENT_ERRNOS:
-                    raise  # a flaky share: the task is retried (tasks/retry.py)
+                    raise  # a flaky share: the task is retried (tasks/cache.py IO_RETRIES)
                 raise BadImageError(f"{path}: cannot read image {image_id!r}: {err.strerror}") from None
         return None
 

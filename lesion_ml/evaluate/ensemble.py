@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from lesion_ml.config import TrainGbdtConfig
-from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
+from lesion_ml.tabular.gbdt import fit_gbdt, predict_gbdt
 
 
 def mean_ensemble(scores: pd.DataFrame) -> np.ndarray:

@@ -177,7 +177,7 @@ def _history(histories: dict[str, Any], metric: str) -> str:
 def build_tune_report(summary: dict[str, Any], histories: dict[str, Any], importances: dict[str, float]) -> str:
     """The HTML text of a tuning study: default vs tuned out of fold (with patient-bootstrap
     intervals and the paired difference), the best parameters, the optimisation history of every
-    study (`histories`: label -> trials table of lesion_ml.tune.trials_table) and the parameter
+    study (`histories`: label -> trials table of lesion_ml.tune.study.trials_table) and the parameter
     importances of the study whose parameters are exported."""
     keys = [("roc_auc", "ROC-AUC"), ("pauc_80", "pAUC80"), ("pr_auc", "PR-AUC")]
     rows = [{"parameters": label, **{f"{title} [95% CI]": _ci(summary[label], k) for k, title in keys}}

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY
-from lesion_ml.bench_scale import format_scale_table, prepare_workdir, run_measured
+
+from lesion_ml.app.bench_scale import format_scale_table, prepare_workdir, run_measured
 
 CHILD = """
 import subprocess, sys, time
@@ -51,7 +51,7 @@ def test_prepare_workdir_links_the_data_and_merges_the_profile(tmp_path):
 @pytest.mark.slow
 @pytest.mark.flow
 def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path, monkeypatch, prefect_api_url):
-    from lesion_ml.bench_scale import bench_scale
+    from lesion_ml.app.bench_scale import bench_scale
     from lesion_ml.data.synthetic import generate_synthetic
 
     data = tmp_path / "data"

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import yaml
-
 from test_flows import TINY_PARAMS, _copy_repo, _tiny_params
 
 pytestmark = pytest.mark.flow
@@ -48,7 +47,7 @@ def test_reruns_only_what_changed(tmp_path, prefect_api_url):
     assert set(TINY_PARAMS["train_cnn"]["models"]) == {"tiny", "tiny_fusion"}
 
     # a lesion_ml function the LightGBM tasks use: they rerun, the ingest and image tasks do not
-    gbdt = tmp_path / "lesion_ml/models/gbdt.py"
+    gbdt = tmp_path / "lesion_ml/tabular/gbdt.py"
     gbdt.write_text(gbdt.read_text().replace('"""Malignancy probabilities (mean over seeds)."""',
                                              '"""Malignancy probabilities: the mean over seeds."""'))
     edited = _run(tmp_path, api_url)

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, TINY, shared_dataset
 
 pytestmark = pytest.mark.flow
@@ -146,7 +145,7 @@ def test_final_bundle_is_the_chosen_model_with_its_oof_threshold(pipeline):
 
 
 def _predict(*argv: str) -> int:
-    from lesion_ml.cli import main
+    from lesion_ml.app.cli import main
 
     return main(["predict", *argv])
 
@@ -196,8 +195,8 @@ def test_predict_png_grayscale_and_large_images(pipeline, tmp_path):
     pred = pd.read_csv(out)
     assert list(pred["image_id"]) == ["a", "b", "c"] and pred["probability"].between(0, 1).all()
     # the image-only model gives the PNG the score of the stored original (lossless copy)
-    from lesion_ml.bundle import FinalModel
-    from lesion_ml.predict import prepare_inputs, score_images
+    from lesion_ml.model.bundle import FinalModel
+    from lesion_ml.model.predict import prepare_inputs, score_images
 
     model = FinalModel.load(pipeline[0] / "models/final")
     direct, _ = score_images(model, "cnn_tiny", store, ids[:1], None, torch.device("cpu"))
@@ -218,7 +217,7 @@ def test_predict_unreadable_image_is_an_error_or_a_reported_row(pipeline, tmp_pa
     assert _predict("--model", model, "--images", str(good), str(bad), "--out", str(out)) == 2
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "rerun with --skip-bad" in err and "params.yaml" not in err and not out.exists()
-    from lesion_ml.cli import main
+    from lesion_ml.app.cli import main
 
     assert main(["explain", "--model", model, "--images", str(good), str(bad), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -256,7 +255,7 @@ def test_predict_without_metadata_or_fallback_is_refused(pipeline, tmp_path, cap
 
 
 def test_explain_writes_gradcam_overlays_and_metadata_contributions(pipeline, tmp_path):
-    from lesion_ml.cli import main
+    from lesion_ml.app.cli import main
 
     root = pipeline[0]
     out = tmp_path / "explain"

@@ -17,7 +17,7 @@ training set, as the prepare stage fits it on every outer one. `<base>` holds a 
 search space, the metric, the inner folds, the untuned params and the data, so a rerun with the
 same inputs continues the stored trials and a changed input starts fresh studies. What the
 studies found (best values, tuned vs untuned scores, trials, importances) is in
-lesion_ml.tune_report, re-exported here.
+lesion_ml.tune.report, re-exported here.
 """
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from lesion_ml.config import Params, PrepareConfig, SearchParam, StudyConfig, TuneConfig, set_dotted, validate_params
-from lesion_ml import tune_report
 from lesion_ml.evaluate.analysis import RANKING
+from lesion_ml.tune import report as tune_report
 
-# what the studies found lives in lesion_ml.tune_report; callers import it from here as well
+# what the studies found lives in lesion_ml.tune.report; callers import it from here as well
 best_values, outer_scores, tuned_vs_default = tune_report.best_values, tune_report.outer_scores, \
     tune_report.tuned_vs_default
 compare, trials_table, importances = tune_report.compare, tune_report.trials_table, tune_report.importances
@@ -61,9 +61,9 @@ def open_storage(url: str):
     """An Optuna RDB storage with heartbeats, so that trials of a killed run are marked failed (and
     not counted) instead of staying "running" for ever; SQLite waits for its lock instead of failing
     when several workers write at once."""
-    import optuna
-
     import warnings
+
+    import optuna
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resumption needs
@@ -181,7 +181,7 @@ class GbdtFitter:
     def fit_predict(self, params: Params, train: np.ndarray, test: np.ndarray, seed: int = 0) -> np.ndarray:
         """Fit on the rows of mask `train` (preprocessing too), predict the rows of mask `test`.
         `seed` is unused: the LightGBM seeds are train_gbdt.seeds."""
-        from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
+        from lesion_ml.tabular.gbdt import fit_gbdt, predict_gbdt
 
         scope = train | test
         X = self._features(params.prepare, scope, train)  # noqa: N806 - rows of `scope`, in order
@@ -191,11 +191,11 @@ class GbdtFitter:
 
 
 class CnnFitter:
-    """Trains an image model of train_cnn.models (lesion_ml.train.train_fold) on some rows and
+    """Trains an image model of train_cnn.models (lesion_ml.image.train.train_fold) on some rows and
     predicts others; a fusion model's metadata features are prepared on the same training rows."""
 
     def __init__(self, data: TuneData, store, model: str, device: str = "auto", num_workers: int = 0):
-        from lesion_ml.inference import select_device
+        from lesion_ml.image.inference import select_device
 
         self.data, self.store, self.model = data, store, model
         self.device, self.num_workers = select_device(device), num_workers
@@ -203,7 +203,7 @@ class CnnFitter:
 
     def fit_predict(self, params: Params, train: np.ndarray, test: np.ndarray, seed: int = 0,
                     on_epoch: Callable[[int, dict], None] | None = None) -> np.ndarray:
-        from lesion_ml.train import FoldData, train_fold
+        from lesion_ml.image.train import FoldData, train_fold
 
         cfg = params.train_cnn.models[self.model]
         d = self.data

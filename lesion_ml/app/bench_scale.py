@@ -117,7 +117,7 @@ def bare_forward_rate(net, image_size: int, batch_size: int, n_meta: int, batche
     `rounds`), the way training's eval loop calls it, on the CPU."""
     import torch
 
-    from lesion_ml.inference import forward_logits
+    from lesion_ml.image.inference import forward_logits
 
     dev = torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
@@ -140,7 +140,7 @@ def _oof_inference(workdir: Path, params: dict) -> dict[str, Any]:
     forward rate of the same network and batch size."""
     import torch
 
-    from lesion_ml.models.net import LesionNet
+    from lesion_ml.image.net import LesionNet
 
     out = {}
     for name, cfg in params["train_cnn"]["models"].items():
@@ -166,7 +166,7 @@ def _oof_inference(workdir: Path, params: dict) -> dict[str, Any]:
 
 def _predict_bare(model_dir: Path, batch_size: int) -> float | None:
     """Bare forward images/s of the final model's image networks used on an image with metadata."""
-    from lesion_ml.bundle import FinalModel
+    from lesion_ml.model.bundle import FinalModel
 
     model = FinalModel.load(model_dir, "cpu")
     used = [c for c in model.manifest["components"] if c in model.cnns]
@@ -251,7 +251,7 @@ def _run_predict(data: Path, workdir: Path, env: dict[str, str], workers: int, b
     log = workdir / "logs" / "predict.log"
     print("lesion predict ...", end=" ", flush=True)
     # `python -m` from the work folder: the same lesion_ml copy as the stages ran
-    r = run_measured([sys.executable, "-m", "lesion_ml.cli", "predict", "--model", "models/final", "--images",
+    r = run_measured([sys.executable, "-m", "lesion_ml.app.cli", "predict", "--model", "models/final", "--images",
                       str((data / "train-image.hdf5").resolve()), "--metadata",
                       str((data / "train-metadata.csv").resolve()), "--out", "predictions.csv",
                       "--workers", str(workers), "--batch-size", str(batch)], workdir, log, env)

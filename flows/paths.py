@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tasks.cache import STATE  # noqa: F401 - the task cache's folder; checkpoints live beside it
+
 PARAMS = Path("params.yaml")
 INTERIM = Path("data/interim")
 DEMO_DIR = INTERIM / "demo"
@@ -16,7 +18,6 @@ CNN_DIR = MODELS / "cnn"
 REPORTS = Path("reports")
 MINORITY = Path("data/processed/minority")  # augmented copies of the malignant images
 TRAIN_PLOTS = REPORTS / "train_cnn"  # per-epoch metrics, one folder per image model (DVC plots)
-STATE = Path(".lesion")  # outside every DVC out (DVC deletes outs before a stage runs); git-ignored
 CHECKPOINTS = STATE / "checkpoints"
 OOF_SCORES = MODELS / "oof_scores.parquet"  # every evaluated model's out-of-fold scores
 CURVES = REPORTS / "curves"  # ROC and PR points per model (DVC plots)

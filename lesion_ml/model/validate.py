@@ -17,7 +17,7 @@ What a user gets (`validate_external`, `write_validation`):
 
 A local operating point (`recalibrate`) picks a site-specific threshold on the local labelled
 set and writes a copy of the model folder with it (`export_recalibrated`); the original is
-never touched. The HTML report is built by lesion_ml.validate_report.
+never touched. The HTML report is built by lesion_ml.model.validate_report.
 """
 from __future__ import annotations
 
@@ -36,14 +36,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from lesion_ml.bundle import FinalModel, inside
 from lesion_ml.config import FolderConfig
 from lesion_ml.data.sources import RENAMES, _canonical, parse_labels, read_csv
 from lesion_ml.errors import DataError
 from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
 from lesion_ml.evaluate.metrics import classification_metrics
 from lesion_ml.io import record_written, write_csv, write_json, write_text
-from lesion_ml.validate_report import build_validation_report
+from lesion_ml.model.bundle import FinalModel, inside
+from lesion_ml.model.validate_report import build_validation_report
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +288,8 @@ def run_validation(model_dir: Path | str, images: list[Path | str], labels: Path
     Metadata comes from `metadata`, else, when the model needs it, from the labels CSV itself
     (HAM10000, ISIC 2019/2020 and ISIC 2024 label files carry age, sex and site).
     """
-    from lesion_ml.predict import open_images, predict_cases, prepare_inputs
-    from lesion_ml.inference import select_device
+    from lesion_ml.image.inference import select_device
+    from lesion_ml.model.predict import open_images, predict_cases, prepare_inputs
 
     if export is not None and target_sensitivity is None:
         raise DataError("--export writes a recalibrated copy of the model: add --recalibrate (and optionally "

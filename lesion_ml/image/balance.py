@@ -27,9 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Sampler, WeightedRandomSampler
 
-from lesion_ml.augment import create_copy_transform, reseed
 from lesion_ml.config import BalanceConfig, MinoritySetConfig
 from lesion_ml.data.images import ImageStore
+from lesion_ml.image.augment import create_copy_transform, reseed
 from lesion_ml.io import atomic_path, write_parquet
 from lesion_ml.sampling import negatives_for, positives_plus_negatives
 

@@ -20,10 +20,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lesion_ml.augment import model_transforms, resize_steps
-from lesion_ml.bundle import FinalModel
 from lesion_ml.data.images import ImageStore
+from lesion_ml.image.augment import model_transforms, resize_steps
 from lesion_ml.io import atomic_path, write_csv
+from lesion_ml.model.bundle import FinalModel
 
 log = logging.getLogger(__name__)
 

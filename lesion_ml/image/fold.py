@@ -10,11 +10,11 @@ from typing import Any
 import pandas as pd
 
 from lesion_ml.config import CnnModelConfig
+from lesion_ml.data.fold_outputs import train_mask
 from lesion_ml.data.images import open_store
-from lesion_ml.fold_outputs import train_mask
-from lesion_ml.inference import select_device
-from lesion_ml.split import fold_data
-from lesion_ml.train import FoldResult, train_fold
+from lesion_ml.data.split import fold_data
+from lesion_ml.image.inference import select_device
+from lesion_ml.image.train import FoldResult, train_fold
 
 
 def train_image_fold(manifest: Mapping[str, Any], folds: pd.DataFrame, fold: int, cfg: CnnModelConfig, device: str,

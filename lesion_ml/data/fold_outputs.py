@@ -3,7 +3,7 @@ validation predictions (image_id, fold, target, pred) joined into one out-of-fol
 metadata model's boosters and feature importances per fold (averaged over the folds for the report).
 
 No model library is imported here (the models arrive fitted), so code that uses this module
-does not depend on lesion_ml.models.gbdt or lesion_ml.train.
+does not depend on lesion_ml.tabular.gbdt or lesion_ml.image.train.
 """
 from __future__ import annotations
 

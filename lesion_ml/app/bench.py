@@ -3,7 +3,7 @@
 Times each step of prepare + select + 5-fold LightGBM on generated metadata with the real
 file's shape (401,059 rows, 1,042 patients, 393 malignant, 55 columns), reports the process's
 peak resident memory and the out-of-fold ROC-AUC / partial AUC. The image-model and loader
-benchmarks live in `lesion_ml.bench_train` and `lesion_ml.bench_loader` and are re-exported here.
+benchmarks live in `lesion_ml.app.bench_train` and `lesion_ml.app.bench_loader` and are re-exported here.
 """
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 
-
-from lesion_ml.bench_loader import bench_loader, format_loader_table  # re-exported: `lesion bench loader`
-from lesion_ml.bench_train import bench_train, format_train_table  # re-exported: `lesion bench train`
+from lesion_ml.app.bench_loader import bench_loader, format_loader_table  # re-exported: `lesion bench loader`
+from lesion_ml.app.bench_train import bench_train, format_train_table  # re-exported: `lesion bench train`
 from lesion_ml.config import PrepareConfig, SplitConfig, TrainGbdtConfig
+from lesion_ml.data.split import assign_folds
 from lesion_ml.data.synthetic_tabular import generate_metadata
 from lesion_ml.evaluate.metrics import partial_auc
-from lesion_ml.models.gbdt import fit_gbdt, predict_gbdt
-from lesion_ml.split import assign_folds
+from lesion_ml.tabular.gbdt import fit_gbdt, predict_gbdt
 from lesion_ml.tabular.prepare import clean_metadata, fit_transform_fold
 
 
@@ -94,11 +93,11 @@ def bench_images(size: int = 128, n_images: int = 400, seed: int = 0) -> dict[st
     and decoding plus the resize and training augmentation that a training sample gets."""
     import tempfile
 
-    from lesion_ml.augment import create_transforms, reseed
     from lesion_ml.config import DataConfig, SyntheticConfig
     from lesion_ml.data.images import decode_image
     from lesion_ml.data.sources import ingest
     from lesion_ml.data.synthetic import generate_synthetic
+    from lesion_ml.image.augment import create_transforms, reseed
 
     with tempfile.TemporaryDirectory(prefix="lesion-bench-") as tmp:
         generate_synthetic(Path(tmp), SyntheticConfig(n_patients=max(8, n_images // 9 + 2), lesions_per_patient=(8, 10),

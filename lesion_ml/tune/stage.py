@@ -1,4 +1,4 @@
-"""The tune stage's steps on files (lesion_ml.tune runs the studies, lesion_ml.tune_report says
+"""The tune stage's steps on files (lesion_ml.tune.study runs the studies, lesion_ml.tune.report says
 what they found): the training table shared by the trial tasks of a process, the plan that
 shares a study's missing trials out over tasks, and the report folder of a study.
 """
@@ -15,8 +15,21 @@ import yaml
 from lesion_ml.config import Params, StudyConfig
 from lesion_ml.evaluate.report import build_tune_report
 from lesion_ml.io import write_csv, write_json, write_parquet, write_text
-from lesion_ml.tune import (TuneData, best_values, finished, importances, load_study, make_fitter, open_storage,
-                            override, shares, study_base, study_names, trials_table, tuned_vs_default)
+from lesion_ml.tune.study import (
+    TuneData,
+    best_values,
+    finished,
+    importances,
+    load_study,
+    make_fitter,
+    open_storage,
+    override,
+    shares,
+    study_base,
+    study_names,
+    trials_table,
+    tuned_vs_default,
+)
 
 _DATA: dict[tuple, TuneData] = {}  # per process: trial tasks of one flow run share the loaded table
 

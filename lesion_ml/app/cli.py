@@ -6,9 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from lesion_ml.cli_bench import add_bench_commands
+from lesion_ml.app.cli_bench import add_bench_commands
 from lesion_ml.config import SyntheticConfig
-
 
 ISIC2024_SIZE = {"n_patients": 1_042, "n_lesions": 401_059, "n_malignant": 393}  # the 2024 training set
 
@@ -80,10 +79,10 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from lesion_ml.bundle import FinalModel
+    from lesion_ml.image.inference import select_device
     from lesion_ml.io import write_csv
-    from lesion_ml.predict import predict_cases, prepare_inputs
-    from lesion_ml.inference import select_device
+    from lesion_ml.model.bundle import FinalModel
+    from lesion_ml.model.predict import predict_cases, prepare_inputs
 
     device = select_device(args.device)
     model = FinalModel.load(args.model, device)
@@ -109,7 +108,7 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from lesion_ml.validate import run_validation
+    from lesion_ml.model.validate import run_validation
 
     if args.export and not args.recalibrate:
         raise ValueError("--export writes a copy of the model with a local threshold: add --recalibrate")
@@ -135,10 +134,10 @@ def _validate(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from lesion_ml.bundle import FinalModel
-    from lesion_ml.explain import explain_images, explain_metadata
     from lesion_ml.io import write_csv
-    from lesion_ml.predict import prepare_inputs, score_images
+    from lesion_ml.model.bundle import FinalModel
+    from lesion_ml.model.explain import explain_images, explain_metadata
+    from lesion_ml.model.predict import prepare_inputs, score_images
 
     model = FinalModel.load(args.model, "cpu")
     inputs = prepare_inputs(model, args.images, Path(args.metadata) if args.metadata else None)
@@ -163,7 +162,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from lesion_ml import server
+    from lesion_ml.app import server
     from lesion_ml.config import load_params
 
     state = Path(".lesion")

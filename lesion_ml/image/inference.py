@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lesion_ml.models.net import LesionNet
+from lesion_ml.image.net import LesionNet
 
 __all__ = ["dihedral", "forward_logits", "forward_prob", "predict", "select_device", "to_device", "use_threads"]
 

@@ -1,6 +1,6 @@
 """`lesion bench loader`: the training input path, part by part, and loaders of 0, 1, 2, ... workers.
 
-Split from `lesion_ml.bench` (which re-exports `bench_loader` and `format_loader_table`): the
+Split from `lesion_ml.app.bench` (which re-exports `bench_loader` and `format_loader_table`): the
 per-part timing, the loader passes, and the side-by-side processes that give a machine's ceiling.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from lesion_ml.loaders import LesionImages, SeededSampler
+    from lesion_ml.image.loaders import LesionImages, SeededSampler
 
 _SERIAL_PARTS = ("read", "decode", "transform", "collate")  # the per-sample path a serial loader runs
 
@@ -44,9 +44,9 @@ def _part_costs(store: Any, ids: list[str], labels: np.ndarray, size: int, batch
     after another over all of `ids` in this process."""
     import torch
 
-    from lesion_ml.augment import create_transforms, reseed
     from lesion_ml.data.images import decode_image
-    from lesion_ml.loaders import collate_samples
+    from lesion_ml.image.augment import create_transforms, reseed
+    from lesion_ml.image.loaders import collate_samples
 
     transform = create_transforms(size, True)
     reseed(transform, seed)
@@ -65,16 +65,16 @@ def _part_costs(store: Any, ids: list[str], labels: np.ndarray, size: int, batch
 
 def _dataset(store: Any, ids: list[str], labels: np.ndarray, size: int) -> LesionImages:
     """The training dataset over `ids`, with its own training transforms."""
-    from lesion_ml.augment import create_transforms
-    from lesion_ml.loaders import LesionImages
+    from lesion_ml.image.augment import create_transforms
+    from lesion_ml.image.loaders import LesionImages
 
     return LesionImages(store, ids, labels, create_transforms(size, True), min_side=size)
 
 
 def _sampler(labels: np.ndarray, seed: int) -> SeededSampler:
     """The training loop's sampler: every image once per pass, per-sample augmentation seeds."""
-    from lesion_ml.balance import EpochSampler
-    from lesion_ml.loaders import SeededSampler
+    from lesion_ml.image.balance import EpochSampler
+    from lesion_ml.image.loaders import SeededSampler
 
     return SeededSampler(EpochSampler(labels, "none", 0.0, seed), seed)
 
@@ -101,7 +101,7 @@ def _loader_rates(store: Any, ids: list[str], labels: np.ndarray, size: int, bat
     without persistent workers, over `epochs` passes each."""
     from torch.utils.data import DataLoader
 
-    from lesion_ml.loaders import collate_samples, loader_worker_init, make_loader
+    from lesion_ml.image.loaders import collate_samples, loader_worker_init, make_loader
 
     loaders = {}
     for w in workers:
@@ -170,7 +170,7 @@ def bench_loader(size: int = 128, batch_size: int = 32, n_images: int = 512, wor
     from lesion_ml.config import DataConfig, SyntheticConfig
     from lesion_ml.data.sources import ingest
     from lesion_ml.data.synthetic import generate_synthetic
-    from lesion_ml.inference import select_device
+    from lesion_ml.image.inference import select_device
 
     dev = select_device(device)
     with tempfile.TemporaryDirectory(prefix="lesion-bench-") as tmp:
@@ -197,8 +197,8 @@ def _sample_parts(store, ids: list[str], size: int, seed: int, out) -> None:
     thread before the fork (resizing its pool in a forked child hangs)."""
     import torch
 
-    from lesion_ml.augment import create_transforms, reseed
     from lesion_ml.data.images import decode_image
+    from lesion_ml.image.augment import create_transforms, reseed
 
     torch.set_num_threads(1)
     transform = create_transforms(size, True)

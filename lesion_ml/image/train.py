@@ -1,6 +1,6 @@
 """Image-model training: one epoch, and a whole resumable fold (its loaders, model and
-optimiser, checkpoint and epoch loop). Loading is in lesion_ml.loaders, running a model in
-lesion_ml.inference.
+optimiser, checkpoint and epoch loop). Loading is in lesion_ml.image.loaders, running a model in
+lesion_ml.image.inference.
 
 Randomness comes only from the `seed` arguments, and each epoch reseeds everything it draws
 from (sampler, loader, augmentation, dropout) from (seed, epoch): a run is reproducible, and
@@ -27,17 +27,17 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lesion_ml.augment import create_transforms, model_transforms
-from lesion_ml.balance import EpochSampler, make_loss
 from lesion_ml.config import CnnModelConfig
+from lesion_ml.data.split import FoldData, fold_data
 from lesion_ml.evaluate.metrics import partial_auc
-from lesion_ml.inference import dihedral, forward_logits, forward_prob, predict, select_device, to_device
+from lesion_ml.image.augment import create_transforms, model_transforms
+from lesion_ml.image.backbones import backbone_spec
+from lesion_ml.image.balance import EpochSampler, make_loss
+from lesion_ml.image.inference import dihedral, forward_logits, forward_prob, predict, select_device, to_device
+from lesion_ml.image.loaders import LesionImages, SeededSampler, loader_worker_init, make_loader
+from lesion_ml.image.net import LesionNet
+from lesion_ml.image.schedule import LrShape, make_schedule, weight_average
 from lesion_ml.io import save_torch
-from lesion_ml.loaders import LesionImages, SeededSampler, loader_worker_init, make_loader
-from lesion_ml.models.backbones import backbone_spec
-from lesion_ml.models.net import LesionNet
-from lesion_ml.schedule import LrShape, make_schedule, weight_average
-from lesion_ml.split import FoldData, fold_data
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`lesion bench train`: image-model throughput, bare and end to end, measured side by side.
 
-Split from `lesion_ml.bench` (which re-exports `bench_train` and `format_train_table`): setting
+Split from `lesion_ml.app.bench` (which re-exports `bench_train` and `format_train_table`): setting
 up the loaders and the model, the alternating measured rounds, and the result.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ def _loaders(ing: Any, data_dir: Path, size: int, batch_size: int, n_images: int
              dev: Any, seed: int) -> _TrainRun:
     """The loaders training builds (persistent workers, per-sample augmentation seeds) over the
     first `n_images` images, and the input-path loaders over the first `n_input`."""
-    from lesion_ml.augment import create_transforms
-    from lesion_ml.balance import EpochSampler
-    from lesion_ml.loaders import LesionImages, SeededSampler, make_loader
+    from lesion_ml.image.augment import create_transforms
+    from lesion_ml.image.balance import EpochSampler
+    from lesion_ml.image.loaders import LesionImages, SeededSampler, make_loader
 
     ids = ing.table["image_id"].tolist()
     if len(ids) < n_images:
@@ -76,8 +76,8 @@ def _add_model(run: _TrainRun, backbone: str, seed: int) -> None:
     import torch
 
     from lesion_ml.config import CnnModelConfig
-    from lesion_ml.models.net import LesionNet
-    from lesion_ml.inference import to_device
+    from lesion_ml.image.inference import to_device
+    from lesion_ml.image.net import LesionNet
 
     torch.manual_seed(seed)
     run.model = to_device(LesionNet(backbone, "false"), run.dev)
@@ -89,7 +89,7 @@ def _add_model(run: _TrainRun, backbone: str, seed: int) -> None:
 
 def _train_rate(run: _TrainRun, loader: Any) -> float:
     """Images/s of one pass of training steps (`train_one_epoch`) over `loader`."""
-    from lesion_ml.train import train_one_epoch
+    from lesion_ml.image.train import train_one_epoch
 
     run.model.train()
     start = time.perf_counter()
@@ -109,7 +109,7 @@ def _measure(run: _TrainRun, rounds: int, cv2_threads: int) -> dict[str, list[fl
     given workers, without them) and inference; after one warm-up."""
     import cv2
 
-    from lesion_ml.inference import predict
+    from lesion_ml.image.inference import predict
 
     _train_rate(run, run.bare[:2])  # warm-up: allocator, cuDNN autotuning, first-call overheads
     rates: dict[str, list[float]] = {"bare": [], "end_to_end": [], "input_only": [], "inference": []}
@@ -163,14 +163,13 @@ def bench_train(backbone: str = "resnet18", size: int = 128, batch_size: int = 3
     """
     import tempfile
 
+    import cv2
     import torch
 
     from lesion_ml.config import DataConfig, SyntheticConfig
     from lesion_ml.data.sources import ingest
     from lesion_ml.data.synthetic import generate_synthetic
-    from lesion_ml.inference import select_device
-
-    import cv2
+    from lesion_ml.image.inference import select_device
 
     dev = select_device(device)
     n_images = batch_size * steps

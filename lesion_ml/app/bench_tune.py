@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lesion_ml.bench import peak_rss_mib
+from lesion_ml.app.bench import peak_rss_mib
 from lesion_ml.config import Params
-from lesion_ml.tune import (GbdtFitter, TuneData, finished, load_study, open_storage, run_trials, study_base,
-                            study_names, tuned_vs_default)
+from lesion_ml.tune.study import (GbdtFitter, TuneData, finished, load_study, open_storage, run_trials,
+                                   study_base, study_names, tuned_vs_default)
 
 
 def bench_tune(params: Params, study_name: str, n_trials: int | None = None, n_rows: int = 401_059,
@@ -19,10 +19,10 @@ def bench_tune(params: Params, study_name: str, n_trials: int | None = None, n_r
     every outer fold's study and the exported one, then default vs tuned out of fold.
 
     Returns the sizes, seconds per study and in all, finished trials per study, peak RSS and the
-    comparison (lesion_ml.tune.compare, 200 resamples).
+    comparison (lesion_ml.tune.study.compare, 200 resamples).
     """
+    from lesion_ml.data.split import assign_folds
     from lesion_ml.data.synthetic_tabular import generate_metadata
-    from lesion_ml.split import assign_folds
     from lesion_ml.tabular.prepare import clean_metadata
 
     study = params.tune.studies[study_name]

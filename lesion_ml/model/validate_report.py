@@ -1,7 +1,7 @@
 """The external validation's HTML report (lesion validate's report.html): ranking, threshold
 transfer, local operating points, calibration, confusion matrix, subgroups and the galleries of
 missed cancers and false alarms, in one self-contained file (figures and thumbnails embedded as
-base64; no script, no network). The figures come from lesion_ml.validate.validate_external.
+base64; no script, no network). The figures come from lesion_ml.model.validate.validate_external.
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def _local_operating_points(lt: dict[str, Any]) -> list[str]:
 
 
 def _grid(items: list[dict]) -> str:
-    """Thumbnails of `gallery` (lesion_ml.validate.gallery) as captioned figures, or "none"."""
+    """Thumbnails of `gallery` (lesion_ml.model.validate.gallery) as captioned figures, or "none"."""
     if not items:
         return "<p>none</p>"
     cells = "".join(f"<figure><img alt='{html.escape(t['image_id'])}' src='data:image/jpeg;base64,{t['jpeg']}'>"

@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lesion_ml.models.backbones import backbone_spec, create_backbone
+from lesion_ml.image.backbones import backbone_spec, create_backbone
 
 
 class LesionNet(nn.Module):
     """Args:
-        backbone: a registry name (lesion_ml.models.backbones.BACKBONES).
+        backbone: a registry name (lesion_ml.image.backbones.BACKBONES).
         pretrained: "true" | "auto" | "false" (never downloads).
         n_meta: number of metadata features; 0 builds the image-only model.
         hidden: width of the metadata MLP.

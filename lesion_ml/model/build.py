@@ -13,22 +13,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lesion_ml.bundle import rank_reference
 from lesion_ml.catalogue import GBDT, ModelRef, cnn_ref, find
 from lesion_ml.config import Params, to_plain
 from lesion_ml.data.images import open_store
+from lesion_ml.data.split import fold_data
 from lesion_ml.errors import ConfigError
 from lesion_ml.evaluate.calibration import fit_calibrator
 from lesion_ml.evaluate.compare import threshold_rule
-from lesion_ml.final import model_card
-from lesion_ml.inference import select_device, use_threads
-from lesion_ml.models.gbdt import fit_gbdt
-from lesion_ml.split import fold_data
+from lesion_ml.image.inference import select_device, use_threads
+from lesion_ml.image.train import train_fold
+from lesion_ml.model.bundle import rank_reference
+from lesion_ml.model.card import model_card
 from lesion_ml.tabular.export import export_preprocessor
+from lesion_ml.tabular.gbdt import fit_gbdt
 from lesion_ml.tabular.prepare import fit_transform_fold
-from lesion_ml.train import train_fold
 
-log = logging.getLogger("lesion_ml.final")
+log = logging.getLogger("lesion_ml.model.card")
 
 
 @dataclass

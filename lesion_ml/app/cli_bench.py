@@ -1,6 +1,6 @@
 """The `lesion bench` commands: their arguments and their handlers.
 
-Split from `lesion_ml.cli`, whose `build_parser` adds these with `add_bench_commands`.
+Split from `lesion_ml.app.cli`, whose `build_parser` adds these with `add_bench_commands`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _report(result: dict, table: str, json_path: str | None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from lesion_ml.bench import bench_tabular, format_table
+    from lesion_ml.app.bench import bench_tabular, format_table
     from lesion_ml.config import load_params
 
     params = load_params(args.params) if Path(args.params).is_file() else None
@@ -35,7 +35,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_train(args: argparse.Namespace) -> int:
-    from lesion_ml.bench import bench_train, format_train_table
+    from lesion_ml.app.bench import bench_train, format_train_table
 
     if args.threads:
         import torch
@@ -47,7 +47,7 @@ def _bench_train(args: argparse.Namespace) -> int:
 
 
 def _bench_loader(args: argparse.Namespace) -> int:
-    from lesion_ml.bench import bench_loader, format_loader_table
+    from lesion_ml.app.bench import bench_loader, format_loader_table
 
     result = bench_loader(args.size, args.batch_size, args.images, tuple(args.workers), args.device,
                           Path(args.data) if args.data else None, args.epochs)
@@ -55,7 +55,7 @@ def _bench_loader(args: argparse.Namespace) -> int:
 
 
 def _bench_all(args: argparse.Namespace) -> int:
-    from lesion_ml.bench import bench_all, format_all_table
+    from lesion_ml.app.bench import bench_all, format_all_table
     from lesion_ml.io import write_json
 
     result = bench_all(tuple(args.backbones), args.size, args.rows, Path(args.repo))
@@ -67,7 +67,7 @@ def _bench_all(args: argparse.Namespace) -> int:
 
 
 def _bench_scale(args: argparse.Namespace) -> int:
-    from lesion_ml.bench_scale import bench_scale, format_scale_table
+    from lesion_ml.app.bench_scale import bench_scale, format_scale_table
 
     data = Path(args.data)
     if not (data / "train-image.hdf5").is_file() or not (data / "train-metadata.csv").is_file():
@@ -86,7 +86,7 @@ def _bench_scale(args: argparse.Namespace) -> int:
 def _bench_tune(args: argparse.Namespace) -> int:
     import tempfile
 
-    from lesion_ml.bench_tune import bench_tune, format_tune_table
+    from lesion_ml.app.bench_tune import bench_tune, format_tune_table
     from lesion_ml.config import apply_override, load_params
     from lesion_ml.errors import ConfigError
 
@@ -151,7 +151,7 @@ def _add_scale(bench_sub: argparse._SubParsersAction) -> None:
 
 def _add_train(bench_sub: argparse._SubParsersAction) -> None:
     """`lesion bench train`: image-model train-step and inference rates."""
-    from lesion_ml.models.backbones import BACKBONES
+    from lesion_ml.image.backbones import BACKBONES
 
     tr = bench_sub.add_parser("train", help="image-model train-step rate: bare vs through our loader, plus inference")
     tr.add_argument("--backbone", default="resnet18", choices=BACKBONES)
@@ -183,8 +183,8 @@ def _add_loader(bench_sub: argparse._SubParsersAction) -> None:
 
 def _add_all(bench_sub: argparse._SubParsersAction) -> None:
     """`lesion bench all`: every benchmark, one table."""
-    from lesion_ml.bench import BENCH_BACKBONES
-    from lesion_ml.models.backbones import BACKBONES
+    from lesion_ml.app.bench import BENCH_BACKBONES
+    from lesion_ml.image.backbones import BACKBONES
 
     al = bench_sub.add_parser("all", help="every benchmark, one table (tabular, image input, train steps, dvc)")
     al.add_argument("--backbones", nargs="+", default=list(BENCH_BACKBONES), choices=BACKBONES)

@@ -15,14 +15,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lesion_ml.augment import model_transforms
-from lesion_ml.bundle import FinalModel
 from lesion_ml.catalogue import GBDT
 from lesion_ml.data.images import IMAGE_SUFFIXES, ImageStore
 from lesion_ml.data.sources import RENAMES, _index_folder, read_csv
 from lesion_ml.errors import BadImageError, DataError
-from lesion_ml.inference import forward_prob
-from lesion_ml.loaders import LesionImages, make_loader
+from lesion_ml.image.augment import model_transforms
+from lesion_ml.image.inference import forward_prob
+from lesion_ml.image.loaders import LesionImages, make_loader
+from lesion_ml.model.bundle import FinalModel
 from lesion_ml.tabular.export import apply_preprocessor
 from lesion_ml.tabular.prepare import clean_metadata
 

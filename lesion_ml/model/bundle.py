@@ -27,8 +27,8 @@ import torch
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.errors import DataError
 from lesion_ml.evaluate.calibration import apply_calibrator
+from lesion_ml.image.net import LesionNet
 from lesion_ml.io import _finite, record_written
-from lesion_ml.models.net import LesionNet
 
 log = logging.getLogger(__name__)
 

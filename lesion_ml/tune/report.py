@@ -1,4 +1,4 @@
-"""What a tuning study found, and whether it helps (lesion_ml.tune runs the studies): each study's
+"""What a tuning study found, and whether it helps (lesion_ml.tune.study runs the studies): each study's
 best parameters, the out-of-fold scores of the tuned and the untuned params refitted on every outer
 fold, their comparison with patient-level bootstrap intervals, the trials table and the parameter
 importances.
@@ -15,9 +15,9 @@ from lesion_ml.config import Params
 from lesion_ml.evaluate.analysis import RANKING, bootstrap_intervals, paired_bootstrap
 
 if TYPE_CHECKING:
-    from lesion_ml.tune import CnnFitter, GbdtFitter, TuneData
+    from lesion_ml.tune.study import CnnFitter, GbdtFitter, TuneData
 
-log = logging.getLogger("lesion_ml.tune")  # the tuning log, as before these functions moved here
+log = logging.getLogger("lesion_ml.tune.study")  # the tuning log, as before these functions moved here
 
 
 def best_values(opt_study) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def outer_scores(fitter: GbdtFitter | CnnFitter, base: Params,
     """Out-of-fold scores: each outer fold k predicted by a model fitted on its training rows with
     the parameters `values_per_fold[k]` (an empty dict: the untuned params); an image model of
     fold k trains with seed + k, as in the train_cnn stage."""
-    from lesion_ml.tune import with_values  # at call time: lesion_ml.tune imports this module
+    from lesion_ml.tune.study import with_values  # at call time: lesion_ml.tune.study imports this module
 
     data = fitter.data
     oof = np.full(len(data.y), np.nan)

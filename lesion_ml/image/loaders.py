@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-from lesion_ml.augment import output_shape, reseed
-from lesion_ml.balance import EpochSampler
+from lesion_ml.image.augment import output_shape, reseed
+from lesion_ml.image.balance import EpochSampler
 
 __all__ = ["BatchRing", "LesionImages", "SeededSampler", "collate_samples", "loader_worker_init", "make_loader"]
 
