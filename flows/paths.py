@@ -22,9 +22,9 @@ CHECKPOINTS = STATE / "checkpoints"
 OOF_SCORES = MODELS / "oof_scores.parquet"  # every evaluated model's out-of-fold scores
 CURVES = REPORTS / "curves"  # ROC and PR points per model (DVC plots)
 FINAL = MODELS / "final"  # the exported model bundle (`lesion predict --model models/final`)
+TUNE = REPORTS / "tune"  # tuning studies: <name>/ (report, trials, best.yaml) and <name>.json (metrics)
 EXTERNAL = REPORTS / "external"  # external validation: <name>/ (report, scores) and <name>.json (metrics)
 
 
 def features_path(fold: int) -> Path:
     return FEATURES / f"fold{fold}.parquet"
-TUNE = REPORTS / "tune"  # tuning studies: <name>/ (report, trials, best.yaml) and <name>.json (metrics)
