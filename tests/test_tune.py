@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,16 @@ def _studies(root: Path) -> dict[str, list]:
     url = f"sqlite:///{root / 'optuna.db'}"
     return {s.study_name: optuna.load_study(study_name=s.study_name, storage=url).get_trials(deepcopy=False)
             for s in optuna.get_all_study_summaries(url)}
+
+
+def _finished_count(root: Path) -> int:
+    """Finished trials in the project's database, read without writing: opening it through Optuna
+    while the flow creates it would race the flow's own schema creation."""
+    try:
+        with closing(sqlite3.connect(f"file:{root / 'optuna.db'}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()[0]
+    except sqlite3.Error:  # not created yet, or its schema not yet committed
+        return 0
 
 
 def _finished(trials) -> list:
@@ -169,16 +181,11 @@ def test_a_study_of_an_unknown_model_names_the_models():
 def test_a_killed_study_resumes_without_losing_or_repeating_a_trial(tmp_path, prefect_api_url):
     root = _project(tmp_path, n_trials=6)
     proc = _run_flow(root, prefect_api_url)
-    deadline, before = time.time() + 240, {}
+    deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:  # kill once some trials are stored
         time.sleep(0.5)
-        if (root / "optuna.db").exists():
-            try:
-                before = {n: _finished(t) for n, t in _studies(root).items()}
-            except Exception:  # noqa: BLE001 - the schema may be half created at this instant
-                continue
-            if sum(map(len, before.values())) >= 4:
-                break
+        if _finished_count(root) >= 4:
+            break
     assert proc.poll() is None, "the study finished before it could be killed:\n" + proc.communicate()[0][-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -322,3 +329,50 @@ def test_trials_score_every_malignant_row_and_a_fixed_sample_of_benign_ones():
         assert kept[fold & (y == 1)].all() and (kept & fold & (y == 0)).sum() == 200
     np.testing.assert_array_equal(kept, scored_rows(inner, y, 200, seed=4))  # the same rows every trial
     assert (scored_rows(inner, y, None, 4) == (inner >= 0)).all()
+
+
+# --- the database: opened by several processes at once ----------------------------------------------
+
+def test_a_storage_opened_while_another_process_creates_it_waits_and_opens(monkeypatch, tmp_path):
+    """The loser of a schema-creation race gets the schema's unique-key error; it retries and opens
+    the database the winner created, instead of failing the tuning run."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError
+
+    from lesion_ml.tune import study as study_mod
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            real(*args, **kwargs)  # the other process wins the race and creates the schema ...
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(study_mod.time, "sleep", lambda s: None)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = study_mod.open_storage(url)
+    assert len(calls) == 2 and isinstance(storage, real)
+    monkeypatch.undo()
+    assert optuna.create_study(storage=storage, study_name="s").study_name == "s"
+
+
+def test_a_storage_that_keeps_failing_raises_after_the_last_attempt(monkeypatch, tmp_path):
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    from lesion_ml.tune import study as study_mod
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise OperationalError("CREATE TABLE", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", broken)
+    monkeypatch.setattr(study_mod.time, "sleep", lambda s: None)
+    with pytest.raises(OperationalError, match="database is locked"):
+        study_mod.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", attempts=3)
+    assert len(calls) == 3

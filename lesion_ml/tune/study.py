@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,18 +58,29 @@ def storage_url(cfg: TuneConfig) -> str:
     return url
 
 
-def open_storage(url: str):
+def open_storage(url: str, attempts: int = 5):
     """An Optuna RDB storage with heartbeats, so that trials of a killed run are marked failed (and
     not counted) instead of staying "running" for ever; SQLite waits for its lock instead of failing
-    when several workers write at once."""
+    when several workers write at once.
+
+    A new database is created by whoever opens it first. Two processes opening it in the same
+    instant (trial workers, a second machine, a dashboard) both try to write the schema version and
+    one fails on its unique key; that one waits and opens the database the other created."""
     import warnings
 
     import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resumption needs
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=90)
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental; they are what resumption needs
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=30, grace_period=90)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
 
 
 @dataclass
