@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
@@ -92,3 +95,13 @@ def test_bench_all_prints_one_table_with_every_part(tmp_path, capsys):
     assert r["dvc_repro_noop"]["seconds"] is None and "no dvc.lock" in r["dvc_repro_noop"]["note"]
     table = capsys.readouterr().out
     assert "train resnet18" in table and "no-op dvc repro" in table and "n/a" in table
+
+
+def test_the_command_line_parser_imports_no_heavy_library():
+    """`lesion predict` and every other command build the whole parser first: the benchmarks'
+    options must not import torch and the rest (seconds of start-up) for every command."""
+    code = ("import sys; from lesion_ml.app.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'torchvision', 'sklearn', 'lightgbm', 'pandas', 'cv2', 'h5py') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

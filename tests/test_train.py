@@ -45,6 +45,12 @@ def test_train_fold_changes_weights_and_predicts_every_validation_image(tiny_dem
     assert not torch.equal(before, result.model.state_dict()["backbone.conv1.weight"])
 
 
+def test_the_backbones_params_allow_are_the_ones_the_registry_builds():
+    from lesion_ml.config.cnn import BACKBONE_NAMES, BENCH_BACKBONES
+
+    assert BACKBONE_NAMES == BACKBONES and set(BENCH_BACKBONES) <= set(BACKBONES)
+
+
 @pytest.mark.parametrize("name", BACKBONES)
 def test_every_backbone_builds_and_takes_a_step(name):
     torch.manual_seed(0)

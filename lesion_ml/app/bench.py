@@ -18,6 +18,7 @@ import numpy as np
 from lesion_ml.app.bench_loader import bench_loader, format_loader_table  # re-exported: `lesion bench loader`
 from lesion_ml.app.bench_train import bench_train, format_train_table  # re-exported: `lesion bench train`
 from lesion_ml.config import PrepareConfig, SplitConfig, TrainGbdtConfig
+from lesion_ml.config.cnn import BENCH_BACKBONES
 from lesion_ml.data.split import assign_folds
 from lesion_ml.data.synthetic_tabular import generate_metadata
 from lesion_ml.evaluate.metrics import partial_auc
@@ -143,7 +144,6 @@ def _noop_dvc_repro(repo: Path) -> dict[str, Any]:
     return {"seconds": seconds if ok else None, "note": "nothing reran" if ok else run.stdout[-300:]}
 
 
-BENCH_BACKBONES = ("resnet18", "resnet50", "efficientnet-b0", "efficientnet-lite0")
 
 
 def bench_all(backbones: tuple[str, ...] = BENCH_BACKBONES, size: int = 128, tabular_rows: int = 401_059,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -264,9 +265,21 @@ def _run_predict(data: Path, workdir: Path, env: dict[str, str], workers: int, b
     r.update(images=n, workers=workers, batch_size=batch, images_per_s=round(n / r["seconds"], 1),
              bare_forward_per_s=round(bare, 1) if bare else None,
              ratio_vs_bare=round(n / r["seconds"] / bare, 3) if bare else None)
+    passes = image_pass_seconds(log.read_text(errors="replace"))
+    if bare and passes:
+        r.update(image_pass_seconds=round(passes, 1), image_pass_ratio_vs_bare=round(n / passes / bare, 3))
     print(f"{r['seconds']:.0f} s, {r['images_per_s']:.0f} images/s"
           + (f" ({r['ratio_vs_bare']:.2f} x bare forward)" if bare else " (no image network)"))
     return r
+
+
+def image_pass_seconds(log: str) -> float | None:
+    """The seconds `lesion predict` spent in its passes over the images (read, decode, forward),
+    from its log; None when it logged none."""
+    from lesion_ml.model.predict import PASS_LOG
+
+    found = re.findall(rf"{PASS_LOG} \S+: \d+ images in ([\d.]+) s", log)
+    return sum(map(float, found)) if found else None
 
 
 def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Path = Path("params.scale.yaml"),
@@ -323,6 +336,10 @@ def format_scale_table(r: dict[str, Any]) -> str:
               if p["ratio_vs_bare"] is not None else " (no image network in the final model)")
         lines.append(f"  {'lesion predict':<28}{p['seconds']:>9.0f}s{p['peak_rss_gib']:>9.2f}GiB"
                      f"{p['peak_rss_tree_gib']:>8.2f}GiB  {p['images_per_s']:,.0f} images/s{vs}")
+        if p.get("image_pass_seconds"):
+            lines.append(f"    of which the image pass     {p['image_pass_seconds']:>6.0f}s  = "
+                         f"{p['image_pass_ratio_vs_bare']:.2f} x bare forward (the rest: start-up, metadata, "
+                         "the metadata models, the CSV)")
     for name, o in r.get("oof_inference", {}).items():
         lines.append(f"  OOF inference {name}: {o['images_per_s']:,.0f} images/s = {o['ratio_vs_bare']:.2f} x bare "
                      f"forward ({o['bare_forward_per_s']:,.0f}/s, batch {o['batch_size']})")

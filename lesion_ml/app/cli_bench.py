@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lesion_ml.config.cnn import BACKBONE_NAMES, BENCH_BACKBONES
+
 
 def _report(result: dict, table: str, json_path: str | None) -> int:
     """Print a benchmark's table, then its figures as JSON (or write them to `json_path`)."""
@@ -151,10 +153,8 @@ def _add_scale(bench_sub: argparse._SubParsersAction) -> None:
 
 def _add_train(bench_sub: argparse._SubParsersAction) -> None:
     """`lesion bench train`: image-model train-step and inference rates."""
-    from lesion_ml.image.backbones import BACKBONES
-
     tr = bench_sub.add_parser("train", help="image-model train-step rate: bare vs through our loader, plus inference")
-    tr.add_argument("--backbone", default="resnet18", choices=BACKBONES)
+    tr.add_argument("--backbone", default="resnet18", choices=BACKBONE_NAMES)
     tr.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--steps", type=int, default=8, help="timed steps per measurement (default 8)")
@@ -183,11 +183,8 @@ def _add_loader(bench_sub: argparse._SubParsersAction) -> None:
 
 def _add_all(bench_sub: argparse._SubParsersAction) -> None:
     """`lesion bench all`: every benchmark, one table."""
-    from lesion_ml.app.bench import BENCH_BACKBONES
-    from lesion_ml.image.backbones import BACKBONES
-
     al = bench_sub.add_parser("all", help="every benchmark, one table (tabular, image input, train steps, dvc)")
-    al.add_argument("--backbones", nargs="+", default=list(BENCH_BACKBONES), choices=BACKBONES)
+    al.add_argument("--backbones", nargs="+", default=list(BENCH_BACKBONES), choices=BACKBONE_NAMES)
     al.add_argument("--size", type=int, default=128)
     al.add_argument("--rows", type=int, default=401_059, help="rows of the tabular benchmark")
     al.add_argument("--repo", default=".", help="repository whose no-op `dvc repro` is timed")

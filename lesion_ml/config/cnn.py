@@ -2,7 +2,7 @@
 fusion and early stopping, and the minority set."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -64,11 +64,16 @@ class EarlyStoppingConfig(_Section):
     holdout: float = Field(0.1, gt=0, lt=0.5, description="share of training patients held out")
 
 
+BackboneName = Literal["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1", "efficientnet-b2",
+                       "efficientnet-b3", "efficientnet-lite0"]
+BACKBONE_NAMES: tuple[str, ...] = get_args(BackboneName)  # lesion_ml.image.backbones.REGISTRY builds each one
+BENCH_BACKBONES = ("resnet18", "resnet50", "efficientnet-b0", "efficientnet-lite0")  # lesion bench all's default
+
+
 class CnnModelConfig(_Section):
     """One entry of train_cnn.models (a DVC foreach item)."""
 
-    backbone: Literal["resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-b1", "efficientnet-b2",
-                      "efficientnet-b3", "efficientnet-lite0"] = "resnet18"
+    backbone: BackboneName = "resnet18"
     pretrained: Literal["auto", "true", "false"] = "false"
     image_size: int = Field(64, ge=16)
     resize: Literal["squash", "pad", "crop"] = Field("squash", description="squash: resize to a square; pad: "

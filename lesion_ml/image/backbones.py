@@ -74,7 +74,7 @@ REGISTRY: dict[str, BackboneSpec] = {
     "efficientnet-b3": _efficientnet("efficientnet-b3", "efficientnet-b3-5fb5a3c3.pth"),
     "efficientnet-lite0": BackboneSpec(_lite0, _lite0_file, "_fc", LITE_MEAN, LITE_STD),
 }
-BACKBONES = tuple(REGISTRY)
+BACKBONES = tuple(REGISTRY)  # the names params.yaml allows (config.BACKBONE_NAMES)
 
 
 def backbone_spec(name: str) -> BackboneSpec:

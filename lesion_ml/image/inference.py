@@ -1,6 +1,12 @@
 """Running an image model: the device, the forward pass on a batch (channels-last, bf16 on
-CUDA), test-time augmentation over the 8 dihedral views, and prediction over a loader."""
+CUDA), test-time augmentation over the 8 dihedral views, and prediction over a loader, on CPU
+streams of batches (`on_streams`)."""
 from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -9,7 +15,11 @@ from torch.utils.data import DataLoader
 
 from lesion_ml.image.net import LesionNet
 
-__all__ = ["dihedral", "forward_logits", "forward_prob", "predict", "select_device", "to_device", "use_threads"]
+__all__ = ["MAX_STREAMS", "cpu_streams", "dihedral", "forward_logits", "forward_prob", "on_streams", "predict",
+           "select_device", "to_device", "use_threads"]
+
+T, R = TypeVar("T"), TypeVar("R")
+MAX_STREAMS = 4  # batches in flight at once on a CPU; each holds its own activations
 
 
 def select_device(name: str) -> torch.device:
@@ -52,11 +62,56 @@ def forward_prob(model: nn.Module, batch: dict, device: torch.device, tta: bool 
                         for v in dihedral(batch["image"])]).mean(0)
 
 
+def cpu_streams(device: torch.device) -> tuple[int, int]:
+    """(streams, torch threads each) for inference on `device`: on a CPU, the process's torch
+    threads split into up to `MAX_STREAMS` streams; on a GPU one stream (the device runs the
+    batches; its kernels are already asynchronous)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2:
+        return 1, threads
+    streams = min(threads, MAX_STREAMS)
+    return streams, threads // streams
+
+
+def on_streams(fn: Callable[[T], R], batches: Iterable[T], device: torch.device) -> Iterator[R]:
+    """`fn(batch)` for each batch, in order, without gradients, on the streams of `cpu_streams`:
+    several batches at once on a CPU, each on its own thread with fewer torch threads.
+
+    One forward pass on all of a CPU's cores waits at every layer for its slowest thread, and a
+    loader worker decoding the next batch takes a core from it: the pass then stalls on both.
+    Streams of one thread each lose only the time the decoder takes from one of them (on 2 cores a
+    32 px resnet18 predicted at 0.79-0.82 x its bare forward rate with one loader worker, and
+    0.96-0.99 x on two streams). The batches are the same and each image's output is the same
+    whatever the thread count. torch's thread count is restored afterwards."""
+    streams, threads = cpu_streams(device)
+
+    def run(batch: T) -> R:
+        with torch.no_grad():  # grad mode is per thread
+            return fn(batch)
+
+    if streams == 1:
+        yield from map(run, batches)
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with ThreadPoolExecutor(streams, thread_name_prefix="lesion-infer") as pool:
+            pending: deque = deque()
+            for batch in batches:
+                pending.append(pool.submit(run, batch))
+                if len(pending) > streams:  # the next batch is fetched while `streams` run
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:
+        torch.set_num_threads(before)
+
+
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, tta: bool = False) -> np.ndarray:
-    """Malignancy probabilities for every sample of `loader`, in order (see `forward_prob`)."""
+    """Malignancy probabilities for every sample of `loader`, in order (see `forward_prob`), on
+    the CPU streams of `on_streams`."""
     model.eval()
-    with torch.no_grad():
-        out = [forward_prob(model, batch, device, tta).cpu().numpy() for batch in loader]
+    out = list(on_streams(lambda batch: forward_prob(model, batch, device, tta).cpu().numpy(), loader, device))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

@@ -5,7 +5,9 @@ a list of files, metadata from a CSV, one output row per image.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from lesion_ml.data.images import IMAGE_SUFFIXES, ImageStore
 from lesion_ml.data.sources import RENAMES, _index_folder, read_csv
 from lesion_ml.errors import BadImageError, DataError
 from lesion_ml.image.augment import model_transforms
-from lesion_ml.image.inference import forward_prob
+from lesion_ml.image.inference import forward_prob, on_streams
 from lesion_ml.image.loaders import LesionImages, make_loader
 from lesion_ml.model.bundle import FinalModel
 from lesion_ml.tabular.export import apply_preprocessor
@@ -29,6 +31,7 @@ from lesion_ml.tabular.prepare import clean_metadata
 log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("isic_id", "image_id", "image_name", "image")  # first present names the image
+PASS_LOG = "image pass"  # starts the log line that times each pass over the images (lesion bench scale reads it)
 
 
 def open_images(paths: Sequence[Path | str]) -> tuple[ImageStore, list[str]]:
@@ -172,16 +175,30 @@ def score_components(model: FinalModel, components: list[str], store: ImageStore
         ds = _SafeImages(store, ids, None, model_transforms(model.cnns[names[0]].config, False),
                          meta if needs_meta else None, size, skip_bad=skip_bad)
         nets = {c: model.cnns[c].net.to(device).to(memory_format=torch.channels_last).eval() for c in names}
-        seen = []
-        for batch in tqdm(make_loader(ds, batch_size, num_workers, device), desc=f"predict {'+'.join(names)}",
-                          disable=None, mininterval=5):
-            for c, net in nets.items():
-                inputs = batch if model.cnns[c].n_meta else {k: v for k, v in batch.items() if k != "meta"}
-                p = forward_prob(net, inputs, device, tta or model.cnns[c].config.tta)
-                probs[c].append(p.cpu().numpy())
-            seen += list(batch["error"])
+        seen, start = [], time.perf_counter()
+        batches = tqdm(make_loader(ds, batch_size, num_workers, device, index=False), desc=f"predict {'+'.join(names)}",
+                       disable=None, mininterval=5)
+        score = functools.partial(_score_batch, model, nets, device, tta)
+        for scores, batch_errors in on_streams(score, batches, device):
+            for c, p in scores.items():
+                probs[c].append(p)
+            seen += batch_errors
         errors = [a or b for a, b in zip(errors, seen)]
+        seconds = time.perf_counter() - start
+        log.info("%s %s: %d images in %.1f s (%.0f images/s)", PASS_LOG, "+".join(names), len(ids), seconds,
+                 len(ids) / max(seconds, 1e-9))
     return {c: (np.concatenate(v) if v else np.zeros(0)) for c, v in probs.items()}, errors
+
+
+def _score_batch(model: FinalModel, nets: dict[str, torch.nn.Module], device: torch.device, tta: bool,
+                 batch: dict) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Each network's probabilities for one batch (the fusion networks with its metadata), and the
+    batch's per-image error texts."""
+    out = {}
+    for c, net in nets.items():
+        inputs = batch if model.cnns[c].n_meta else {k: v for k, v in batch.items() if k != "meta"}
+        out[c] = forward_prob(net, inputs, device, tta or model.cnns[c].config.tta).cpu().numpy()
+    return out, list(batch["error"])
 
 
 def score_images(model: FinalModel, component: str, store: ImageStore, ids: list[str], meta: np.ndarray | None,

@@ -78,10 +78,22 @@ def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path, monke
         assert oof["images"] == 90 and oof["batch_size"] == 32 and oof["bare_forward_per_s"] > 0
     p = result["predict"]
     assert p["images"] == 90 and p["returncode"] == 0 and p["ratio_vs_bare"] > 0  # both CNNs, one decode pass
+    assert 0 < p["image_pass_seconds"] < p["seconds"] and p["image_pass_ratio_vs_bare"] > p["ratio_vs_bare"]
     assert len((tmp_path / "work/predictions.csv").read_text().splitlines()) == 91
     assert {"cnn_small", "cnn_small_fusion", "gbdt"} <= set(result["metrics"]["models"])
     table = format_scale_table(result)
     assert all(s in table for s in stages) and "lesion predict" in table and "OOF inference small_fusion" in table
+    assert "of which the image pass" in table
     again = bench_scale(data, tmp_path / "work", REPO, overrides, predict_workers=0, predict_batch=16, out=out,
                         predict_only=True)  # the stage figures kept, predict measured again
     assert again["stages"] == result["stages"] and again["predict_rerun"] and again["predict"]["images"] == 90
+
+
+def test_the_image_pass_seconds_are_read_from_the_predict_log():
+    from lesion_ml.app.bench_scale import image_pass_seconds
+
+    log = ("INFO lesion_ml.model.predict: image pass cnn_a+cnn_b: 401059 images in 380.5 s (1054 images/s)\n"
+           "predict cnn_a+cnn_b: 100%|##########| 1567/1567\n"
+           "INFO lesion_ml.model.predict: image pass cnn_c: 401059 images in 20.0 s (20053 images/s)\n")
+    assert image_pass_seconds(log) == 400.5
+    assert image_pass_seconds("wrote predictions.csv: 90 images\n") is None
