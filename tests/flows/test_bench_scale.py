@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import REPO, TINY
 
+from lesion_ml.app import bench_scale as bs
 from lesion_ml.app.bench_scale import format_scale_table, prepare_workdir, run_measured
 
 CHILD = """
@@ -79,6 +80,9 @@ def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path, monke
     p = result["predict"]
     assert p["images"] == 90 and p["returncode"] == 0 and p["ratio_vs_bare"] > 0  # both CNNs, one decode pass
     assert 0 < p["image_pass_seconds"] < p["seconds"] and p["image_pass_ratio_vs_bare"] > p["ratio_vs_bare"]
+    assert p["bare_forward_per_s"] == pytest.approx((p["bare_before_per_s"] + p["bare_after_per_s"]) / 2, abs=0.1)
+    low, high = p["ratio_vs_bare_range"]
+    assert low <= p["ratio_vs_bare"] <= high
     assert len((tmp_path / "work/predictions.csv").read_text().splitlines()) == 91
     assert {"cnn_small", "cnn_small_fusion", "gbdt"} <= set(result["metrics"]["models"])
     table = format_scale_table(result)
@@ -97,3 +101,37 @@ def test_the_image_pass_seconds_are_read_from_the_predict_log():
            "INFO lesion_ml.model.predict: image pass cnn_c: 401059 images in 20.0 s (20053 images/s)\n")
     assert image_pass_seconds(log) == 400.5
     assert image_pass_seconds("wrote predictions.csv: 90 images\n") is None
+
+
+def test_predict_is_compared_with_bare_rates_taken_before_and_after_it(tmp_path, monkeypatch):
+    """The bare rate is timed on both sides of the command and the ratio is to their mean, with
+    the range against each; the image pass uses the same mean."""
+    rates = iter([1000.0, 1500.0])  # before, after
+    monkeypatch.setattr(bs, "_predict_bare", lambda model, batch: next(rates))
+
+    def fake_predict(cmd, cwd, log, env=None):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("INFO lesion_ml.model.predict: image pass cnn_a+cnn_b: 1200 images in 1.0 s (1200 images/s)\n")
+        return {"returncode": 0, "seconds": 1.2, "peak_rss_gib": 0.1, "peak_rss_tree_gib": 0.1}
+
+    monkeypatch.setattr(bs, "run_measured", fake_predict)
+    r = bs._run_predict(tmp_path / "data", tmp_path, {}, 1, 64, {"data": {"lesions": 1200}}, None)
+    assert next(rates, None) is None  # measured twice
+    assert (r["bare_before_per_s"], r["bare_after_per_s"], r["bare_forward_per_s"]) == (1000.0, 1500.0, 1250.0)
+    assert r["images_per_s"] == 1000.0 and r["ratio_vs_bare"] == 0.8
+    assert r["ratio_vs_bare_range"] == [0.667, 1.0]
+    assert r["image_pass_seconds"] == 1.0 and r["image_pass_ratio_vs_bare"] == 0.96
+    assert "mean of 1,000 before and 1,500 after" in format_scale_table(
+        {"data": {"lesions": 1200, "patients": 1, "malignant": 1}, "stages": [], "predict": r})
+
+
+def test_a_model_without_image_networks_has_no_bare_comparison(tmp_path, monkeypatch):
+    monkeypatch.setattr(bs, "_predict_bare", lambda model, batch: None)
+    monkeypatch.setattr(bs, "run_measured", lambda *a, **k: {"returncode": 0, "seconds": 2.0, "peak_rss_gib": 0.1,
+                                                             "peak_rss_tree_gib": 0.1})
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs/predict.log").write_text("wrote predictions.csv\n")
+    r = bs._run_predict(tmp_path / "data", tmp_path, {}, 1, 64, {"data": {"lesions": 10}}, None)
+    assert r["ratio_vs_bare"] is None and r["bare_forward_per_s"] is None and "image_pass_seconds" not in r
+    assert "no image network" in format_scale_table(
+        {"data": {"lesions": 10, "patients": 1, "malignant": 1}, "stages": [], "predict": r})
