@@ -91,3 +91,42 @@ def test_without_fork_the_loader_falls_back_to_torchs_hand_over(images, monkeypa
     monkeypatch.undo()
     assert isinstance(make_loader(ds, 8, 2, CPU), RingLoader)
     assert type(make_loader(ds, 8, 0, CPU)) is torch.utils.data.DataLoader  # no workers: nothing to hand over
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_batch_fetched_at_once_equals_its_samples_collated(images, train):
+    """`__getitems__` (what the DataLoader calls) gives the batch that collating `__getitem__`'s
+    samples gives: the same seeded augmentations, labels and metadata rows, channels-last."""
+    store, ids, labels, meta = images
+    ds = LesionImages(store, ids, labels, create_transforms(48, train), meta=meta, min_side=48)
+    keys = [(i, 1000 + i) for i in (5, 0, 17, 3)] if train else [5, 0, 17, 3]
+    batch, ref = ds.__getitems__(keys), collate_samples([ds[k] for k in keys])
+    assert batch.keys() == ref.keys() == {"image", "label", "meta"}
+    for k in ref:
+        assert torch.equal(batch[k], ref[k]) and batch[k].dtype == ref[k].dtype and batch[k].stride() == ref[k].stride()
+    assert batch["label"].tolist() == labels[[5, 0, 17, 3]].tolist()
+    assert collate_samples(batch) is batch  # a batch passes the collate function unchanged
+    plain = LesionImages(store, ids, labels, create_transforms(48, False), meta=meta, min_side=48)
+    assert torch.equal(batch["image"], plain.__getitems__([5, 0, 17, 3])["image"]) is not train  # augmented
+
+
+def test_an_unreadable_image_in_a_batch_is_blank_with_its_error_when_skipped(images, tmp_path):
+    from lesion_ml.data.images import ImageStore, MultiStore
+    from lesion_ml.errors import BadImageError
+    from lesion_ml.model.predict import _SafeImages
+
+    store, ids, _, _ = images
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    both = MultiStore([store, ImageStore(root=tmp_path, files={"broken": "broken.jpg"})])
+    keys = [0, 2, 1]
+    for skip in (True, False):
+        ds = _SafeImages(both, [ids[0], ids[1], "broken"], None, create_transforms(32, False), min_side=32,
+                         skip_bad=skip)
+        if not skip:
+            with pytest.raises(BadImageError, match="broken.jpg"):
+                ds.__getitems__(keys)
+            continue
+        batch = ds.__getitems__(keys)
+        assert batch["error"][0] == batch["error"][2] == "" and "broken.jpg" in batch["error"][1]
+        assert int(batch["image"][1].sum()) == 0 and int(batch["image"][0].sum()) > 0
+        assert torch.equal(batch["image"], collate_samples([ds[k] for k in keys])["image"])

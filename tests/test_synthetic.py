@@ -111,13 +111,15 @@ def test_direct_hdf5_reads_equal_h5py_for_every_layout(tmp_path):
 
     rng = np.random.default_rng(0)
     blobs = {f"img{i}": b"\xff\xd8\xff" + rng.integers(1, 255, 300 + 50 * i, dtype=np.uint8).tobytes() + b"\xff\xd9"
-             for i in range(4)}
+             for i in range(6)}
     path = tmp_path / "mixed.hdf5"
     with h5py.File(path, "w") as f:
         f.create_dataset("img0", data=np.bytes_(blobs["img0"]))  # ISIC 2024: a |S<n> scalar
         f.create_dataset("img1", data=np.frombuffer(blobs["img1"], np.uint8))  # a uint8 array
         f.create_dataset("img2", data=np.frombuffer(blobs["img2"], np.uint8), chunks=(64,), compression="gzip")
         f.create_dataset("img3", data=np.array(blobs["img3"] + b"\x00\x00", dtype=f"S{len(blobs['img3']) + 2}"))
+        f.create_dataset("img4", data=blobs["img4"], dtype=h5py.string_dtype("ascii"))  # variable length
+        f.create_dataset("img5", data=np.frombuffer(blobs["img5"], np.int8))  # signed: numpy decides
         f.create_group("folder")
     store = ImageStore(hdf5=path)
     for _ in range(2):  # the first read finds the extent, the second reuses it

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-from lesion_ml.image.augment import output_shape, reseed
+from lesion_ml.image.augment import EvalTransform, output_shape, reseed
 from lesion_ml.image.balance import EpochSampler
 
-__all__ = ["BatchRing", "LesionImages", "SeededSampler", "collate_samples", "loader_worker_init", "make_loader"]
+__all__ = ["BatchRing", "LesionImages", "SeededSampler", "as_hwc", "collate_samples", "loader_worker_init", "make_loader"]
 
 
 class LesionImages(Dataset):
@@ -53,16 +53,58 @@ class LesionImages(Dataset):
         if index is not None:
             index(self.image_ids)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """Sample `key`: a row index, or (row index, augmentation seed) from `SeededSampler`."""
+    def image(self, key: int | tuple[int, int]) -> np.ndarray | torch.Tensor:
+        """The image of sample `key` as the transform leaves it: an H x W x C uint8 array from the
+        evaluation pipeline, a [C, H, W] uint8 tensor (a view of one) from a training pipeline.
+
+        Raises:
+            BadImageError: the image cannot be read or decoded.
+        """
         i, seed = key if isinstance(key, tuple) else (key, None)
         if seed is not None:
             reseed(self.transform, seed)
-        image = self.transform(image=self.store.get(self.image_ids[i], self.min_side))["image"]
+        rgb = self.store.get(self.image_ids[i], self.min_side)
+        if isinstance(self.transform, EvalTransform):
+            return self.transform.fit.apply(rgb)
+        return self.transform(image=rgb)["image"]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample `key`: a row index, or (row index, augmentation seed) from `SeededSampler`."""
+        image = self.image(key)
+        i = key[0] if isinstance(key, tuple) else key
+        image = torch.from_numpy(image).permute(2, 0, 1) if isinstance(image, np.ndarray) else image
         sample = {"image": image, "label": torch.tensor(self.labels[i])}
         if self.meta is not None:
             sample["meta"] = torch.from_numpy(self.meta[i])
         return sample
+
+    def __getitems__(self, keys: list) -> dict | list[dict]:
+        """The samples `keys` already collated as `collate_samples` collates them: the DataLoader
+        calls this once per batch instead of `__getitem__` per sample. Each image is written
+        straight into the batch, and labels and metadata are taken as arrays, which saves the
+        per-sample tensors (a label tensor alone costs about 10 us, more than resizing a tile). When
+        the transform does not fix the image shape, the samples are returned for `collate_samples`."""
+        shape = self.image_shape()
+        if shape is None:
+            return [self[k] for k in keys]
+        c, h, w = shape
+        images = np.empty((len(keys), h, w, c), np.uint8)
+        rest = self.fill(images, keys)
+        rows = [k[0] if isinstance(k, tuple) else k for k in keys]
+        return _batch(torch.from_numpy(images), None, self.labels[rows], None if self.meta is None else self.meta[rows],
+                      rest)
+
+    def fill(self, images: np.ndarray, keys: list) -> dict:
+        """Write the images of samples `keys` into `images` ([N, H, W, C]); returns the batch's
+        other keys (none here)."""
+        for n, key in enumerate(keys):
+            images[n] = as_hwc(self.image(key))
+        return {}
+
+
+def as_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """An image from `LesionImages.image` as an H x W x C array (a view where it can be)."""
+    return image if isinstance(image, np.ndarray) else image.permute(1, 2, 0).numpy()
 
 
 class SeededSampler(Sampler):
@@ -122,6 +164,8 @@ def collate_samples(samples: list[dict]) -> dict:
     view of an H x W x C array) and the one the networks run in (`inference.to_device`), so each
     image is one contiguous copy instead of a gather, and the forward pass changes no layout.
     Samples that are not such dicts are collated as torch does."""
+    if isinstance(samples, dict):  # a batch already (`LesionImages.__getitems__`)
+        return samples
     if not (isinstance(samples[0], dict) and isinstance(samples[0].get("image"), torch.Tensor)):
         return default_collate(samples)
     return _batch(torch.from_numpy(_stack_images(samples)), samples)
@@ -158,17 +202,24 @@ class BatchRing:
         """The workers' collate function: the images into this worker's next slot, when they fit;
         returns what travels through the result queue (the slot, labels and metadata as arrays)."""
         worker = get_worker_info()
-        if worker is None or len(samples) > self.batch_size or any(tuple(s["image"].shape) != self.shape
-                                                                  for s in samples):
+        batch = samples if isinstance(samples, dict) else None  # collated by `LesionImages.__getitems__`
+        size = len(batch["label"]) if batch is not None else len(samples)
+        shapes = {tuple(batch["image"].shape[1:])} if batch is not None else {tuple(s["image"].shape) for s in samples}
+        if worker is None or size > self.batch_size or shapes != {self.shape}:
             return collate_samples(samples)
         w, n = worker.id, self.written
         k = n % self.slots
         self.written += 1
         self.tags[w, k, 0] = n
-        _stack_images(samples, self.images[w, k, :len(samples)])
+        if batch is None:
+            _stack_images(samples, self.images[w, k, :size])
+            labels, meta, rest = _fields(samples)
+        else:
+            self.images[w, k, :size] = batch["image"].permute(0, 2, 3, 1).numpy()
+            labels, meta = batch["label"].numpy(), None if "meta" not in batch else batch["meta"].numpy()
+            rest = {key: v for key, v in batch.items() if key not in _OWN_KEYS}
         self.tags[w, k, 1] = n
-        labels, meta, rest = _fields(samples)
-        return {"slot": (w, k, n, len(samples)), "label": labels, "meta": meta, "rest": rest}
+        return {"slot": (w, k, n, size), "label": labels, "meta": meta, "rest": rest}
 
     def take(self, batch: dict, pin: bool) -> dict:
         """In this process: the batch a worker left in a slot, as `collate_samples` gives it (the

@@ -23,7 +23,7 @@ from lesion_ml.data.sources import RENAMES, _index_folder, read_csv
 from lesion_ml.errors import BadImageError, DataError
 from lesion_ml.image.augment import model_transforms
 from lesion_ml.image.inference import forward_prob, on_streams
-from lesion_ml.image.loaders import LesionImages, make_loader
+from lesion_ml.image.loaders import LesionImages, as_hwc, make_loader
 from lesion_ml.model.bundle import FinalModel
 from lesion_ml.tabular.export import apply_preprocessor
 from lesion_ml.tabular.prepare import clean_metadata
@@ -153,6 +153,21 @@ class _SafeImages(LesionImages):
             if self.meta is not None:
                 sample["meta"] = torch.from_numpy(self.meta[i])
         return sample
+
+    def fill(self, images: np.ndarray, keys: list) -> dict:
+        """`LesionImages.fill`, with a blank image and the error text for each unreadable one
+        (with `skip_bad`; otherwise the error is raised)."""
+        errors = []
+        for n, key in enumerate(keys):
+            try:
+                images[n] = as_hwc(self.image(key))
+                errors.append("")
+            except BadImageError as err:
+                if not self.skip_bad:
+                    raise
+                images[n] = 0
+                errors.append(str(err))
+        return {"error": errors}
 
 
 @torch.no_grad()
