@@ -62,11 +62,22 @@ def _tree_memory(root: int) -> tuple[int, int]:
     return total, largest
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's waited-for children (and theirs), so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_measured(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None,
                  interval: float = 0.25) -> dict[str, Any]:
-    """Run `cmd`, its output to `log`; its wall time, exit status and peak memory (see the module)."""
+    """Run `cmd`, its output to `log`; its wall time, exit status, peak memory (see the module) and
+    CPU time (`cpu_seconds`: user + system of the command and every process it waited for, such as
+    its loader workers)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
+        cpu_before = _children_cpu()
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         peak, done = [0, 0], threading.Event()
@@ -81,9 +92,10 @@ def run_measured(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | Non
         sampler.start()
         proc.wait()
         seconds = time.perf_counter() - start
+        cpu = _children_cpu() - cpu_before
         done.set()
         sampler.join()
-    return {"seconds": round(seconds, 1), "returncode": proc.returncode,
+    return {"seconds": round(seconds, 1), "returncode": proc.returncode, "cpu_seconds": round(cpu, 1),
             "peak_rss_gib": round(peak[1] / GIB, 2),  # the largest single process's peak (VmHWM)
             "peak_rss_tree_gib": round(peak[0] / GIB, 2)}  # the whole tree at once
 
@@ -274,6 +286,9 @@ def _run_predict(data: Path, workdir: Path, env: dict[str, str], workers: int, b
     n = result["data"]["lesions"]
     r.update(images=n, workers=workers, batch_size=batch, images_per_s=round(n / r["seconds"], 1))
     r.update(_versus_bare(n, r["seconds"], before, _predict_bare(model, batch) if before else None))
+    if "cpu_seconds" in r:  # bound by the CPU when the cores were busy all along
+        r.update(cpu_us_per_image=round(r["cpu_seconds"] / n * 1e6, 1),
+                 cores_busy=round(r["cpu_seconds"] / r["seconds"] / len(os.sched_getaffinity(0)), 3))
     passes = image_pass_seconds(log.read_text(errors="replace"))
     if before and passes:
         r.update(image_pass_seconds=round(passes, 1),
@@ -359,6 +374,9 @@ def format_scale_table(r: dict[str, Any]) -> str:
               if p["ratio_vs_bare"] is not None else " (no image network in the final model)")
         lines.append(f"  {'lesion predict':<28}{p['seconds']:>9.0f}s{p['peak_rss_gib']:>9.2f}GiB"
                      f"{p['peak_rss_tree_gib']:>8.2f}GiB  {p['images_per_s']:,.0f} images/s{vs}")
+        if "cpu_us_per_image" in p:
+            lines.append(f"    CPU time                    {p['cpu_seconds']:>6.0f}s  = {p['cpu_us_per_image']:,.0f} "
+                         f"core-us an image; the cores {p['cores_busy']:.0%} busy")
         if p.get("image_pass_seconds"):
             lines.append(f"    of which the image pass     {p['image_pass_seconds']:>6.0f}s  = "
                          f"{p['image_pass_ratio_vs_bare']:.2f} x bare forward (the rest: start-up, metadata, "

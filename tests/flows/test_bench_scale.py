@@ -30,6 +30,21 @@ def test_run_measured_reports_the_largest_process_and_the_whole_tree(tmp_path):
     assert (tmp_path / "logs/child.log").exists()
 
 
+BUSY = """
+import subprocess, sys, time
+kid = subprocess.Popen([sys.executable, "-c", "import time\\nend = time.process_time() + 0.6\\nwhile time.process_time() < end: pass"])
+time.sleep(0.8)  # waiting costs no CPU
+kid.wait()
+"""
+
+
+def test_run_measured_counts_the_cpu_time_of_the_command_and_its_children(tmp_path):
+    r = run_measured([sys.executable, "-c", BUSY], tmp_path, tmp_path / "logs/busy.log")
+    assert r["returncode"] == 0, (tmp_path / "logs/busy.log").read_text()
+    assert 0.6 <= r["cpu_seconds"] < 0.6 + 1.5  # the child's 0.6 s of CPU, plus two interpreters starting
+    assert r["cpu_seconds"] < r["seconds"]  # the parent's sleep is wall time only
+
+
 def test_prepare_workdir_links_the_data_and_merges_the_profile(tmp_path):
     data = tmp_path / "full"
     data.mkdir()
@@ -112,17 +127,19 @@ def test_predict_is_compared_with_bare_rates_taken_before_and_after_it(tmp_path,
     def fake_predict(cmd, cwd, log, env=None):
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("INFO lesion_ml.model.predict: image pass cnn_a+cnn_b: 1200 images in 1.0 s (1200 images/s)\n")
-        return {"returncode": 0, "seconds": 1.2, "peak_rss_gib": 0.1, "peak_rss_tree_gib": 0.1}
+        return {"returncode": 0, "seconds": 1.2, "peak_rss_gib": 0.1, "peak_rss_tree_gib": 0.1, "cpu_seconds": 1.8}
 
     monkeypatch.setattr(bs, "run_measured", fake_predict)
+    monkeypatch.setattr(bs.os, "sched_getaffinity", lambda pid: {0, 1})
     r = bs._run_predict(tmp_path / "data", tmp_path, {}, 1, 64, {"data": {"lesions": 1200}}, None)
     assert next(rates, None) is None  # measured twice
     assert (r["bare_before_per_s"], r["bare_after_per_s"], r["bare_forward_per_s"]) == (1000.0, 1500.0, 1250.0)
     assert r["images_per_s"] == 1000.0 and r["ratio_vs_bare"] == 0.8
     assert r["ratio_vs_bare_range"] == [0.667, 1.0]
     assert r["image_pass_seconds"] == 1.0 and r["image_pass_ratio_vs_bare"] == 0.96
-    assert "mean of 1,000 before and 1,500 after" in format_scale_table(
-        {"data": {"lesions": 1200, "patients": 1, "malignant": 1}, "stages": [], "predict": r})
+    assert r["cpu_us_per_image"] == 1500.0 and r["cores_busy"] == 0.75  # 1.8 core-s in 1.2 s on 2 cores
+    table = format_scale_table({"data": {"lesions": 1200, "patients": 1, "malignant": 1}, "stages": [], "predict": r})
+    assert "mean of 1,000 before and 1,500 after" in table and "1,500 core-us an image; the cores 75% busy" in table
 
 
 def test_a_model_without_image_networks_has_no_bare_comparison(tmp_path, monkeypatch):
