@@ -3,7 +3,9 @@ training and evaluation pass uses (persistent workers, one thread each, image lo
 before they fork, batches handed over through reused shared memory).
 
 Samples are dicts ``{"image": uint8 Tensor[3, H, W], "label": float[, "meta": Tensor[n_meta]]}``;
-batches stack them with the images in channels-last memory (`collate_samples`).
+batches stack them with the images in channels-last memory (`collate_samples`). The DataLoader
+fetches a batch at once (`LesionImages.__getitems__`), which writes each image straight into the
+batch instead of building a sample per image.
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ class LesionImages(Dataset):
         """The samples `keys` already collated as `collate_samples` collates them: the DataLoader
         calls this once per batch instead of `__getitem__` per sample. Each image is written
         straight into the batch, and labels and metadata are taken as arrays, which saves the
-        per-sample tensors (a label tensor alone costs about 10 us, more than resizing a tile). When
+        per-sample tensors (a label tensor alone costs 4-13 us, as much as resizing a tile). When
         the transform does not fix the image shape, the samples are returned for `collate_samples`."""
         shape = self.image_shape()
         if shape is None:
