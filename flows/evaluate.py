@@ -16,7 +16,8 @@ def evaluate_flow(params: str = str(paths.PARAMS)) -> dict:
     models = base_models(p.train_cnn.models)
     oof = {r.name: paths.GBDT_DIR / "oof.parquet" if r.kind == "gbdt" else paths.CNN_DIR / r.cnns[0] / "oof.parquet"
            for r in models}
-    return evaluate_models(oof, models, p.evaluate, paths.LESIONS, paths.FEATURES, p.train_gbdt, paths.GBDT_DIR,
+    importance = [paths.importance_path(k) for k in range(p.split.n_folds)]
+    return evaluate_models(oof, models, p.evaluate, paths.LESIONS, paths.FEATURES, p.train_gbdt, importance,
                            paths.REPORTS / "metrics.json", paths.REPORTS / "evaluation.json",
                            paths.REPORTS / "report.html", paths.OOF_SCORES, paths.CURVES)
 

@@ -28,3 +28,28 @@ EXTERNAL = REPORTS / "external"  # external validation: <name>/ (report, scores)
 
 def features_path(fold: int) -> Path:
     return FEATURES / f"fold{fold}.parquet"
+
+
+def importance_path(fold: int) -> Path:
+    return GBDT_DIR / f"importance_fold{fold}.json"
+
+
+# What each persisted (DVC `persist: true`) output folder holds for the current params: the stage
+# removes every other file there (`tasks.outputs.keep_only`) before anything reads the folder.
+def feature_files(n_folds: int) -> set[str]:
+    return {"clean.parquet"} | {features_path(k).name for k in range(n_folds)}
+
+
+def gbdt_files(n_folds: int, seeds: list[int]) -> set[str]:
+    return {"oof.parquet"} | {f"pred_fold{k}.parquet" for k in range(n_folds)} | \
+        {importance_path(k).name for k in range(n_folds)} | {f"fold{k}_seed{s}.txt" for k in range(n_folds) for s in seeds}
+
+
+def cnn_files(n_folds: int) -> set[str]:
+    return {"config.yaml", "oof.parquet"} | {f"{p}fold{k}{ext}" for k in range(n_folds)
+                                             for p, ext in (("", ".safetensors"), ("history_", ".json"),
+                                                            ("pred_", ".parquet"))}
+
+
+def plot_files(n_folds: int) -> set[str]:
+    return {f"fold{k}.csv" for k in range(n_folds)}

@@ -12,15 +12,19 @@ from flows.runner import run_all, visible_gpus
 from lesion_ml.config import Params, load_params, to_plain
 from lesion_ml.errors import ConfigError
 from lesion_ml.io import write_text
+from tasks.outputs import keep_only
 from tasks.train import combine_oof, train_cnn_fold
 
 
 def fold_calls(p: Params, name: str) -> list[dict]:
-    """The train_cnn_fold arguments of every fold of model `name` (small: paths and configs)."""
+    """The train_cnn_fold arguments of every fold of model `name` (small: paths and configs); the
+    model's output and plot folders are left with only the files of these folds."""
     if name not in p.train_cnn.models:
         raise ConfigError(f"no model {name!r} in params.yaml train_cnn.models; have {sorted(p.train_cnn.models)}")
     cfg = p.train_cnn.models[name]
     out = paths.CNN_DIR / name
+    keep_only(out, paths.cnn_files(p.split.n_folds))
+    keep_only(paths.TRAIN_PLOTS / name, paths.plot_files(p.split.n_folds))
     write_text(yaml.safe_dump(to_plain(cfg), sort_keys=True), out / "config.yaml")
     return [{"images": paths.IMAGES, "folds": paths.FOLDS, "cfg": cfg, "device": p.train_cnn.device,
              "num_workers": p.train_cnn.num_workers, "fold": k, "out": out, "name": name,

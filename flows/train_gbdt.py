@@ -8,6 +8,7 @@ from prefect import flow
 from flows import paths
 from flows.runner import run_all
 from lesion_ml.config import load_params
+from tasks.outputs import keep_only
 from tasks.train import combine_oof, train_gbdt_fold
 
 
@@ -15,6 +16,7 @@ from tasks.train import combine_oof, train_gbdt_fold
 def train_gbdt_flow(params: str = str(paths.PARAMS)) -> Path:
     """One model per fold; their validation predictions form the OOF table."""
     p = load_params(params)
+    keep_only(paths.GBDT_DIR, paths.gbdt_files(p.split.n_folds, p.train_gbdt.seeds))
     calls = [{"features": paths.features_path(k), "folds": paths.FOLDS, "cfg": p.train_gbdt, "fold": k,
               "out": paths.GBDT_DIR} for k in range(p.split.n_folds)]
     preds = run_all(train_gbdt_fold, calls, p.orchestration, "train_gbdt-folds")

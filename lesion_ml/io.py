@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,40 @@ def record_written(path: Path | str) -> None:
         written.append(Path(path))
 
 
+def fsync_path(path: Path | str) -> None:
+    """Flush a file's (or a folder's entries') data to the disk, so that a rename that follows
+    survives a power loss, not only a crash of the process."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_folder(tmp: Path | str, out: Path | str) -> Path:
+    """Put the finished folder `tmp` (a sibling of `out`) in place of `out`, atomically: the files
+    are flushed to the disk first, an existing `out` is moved aside and removed only once `tmp` is
+    in its place. A reader sees the old folder or the new one, never a mixture."""
+    tmp, out = Path(tmp), Path(out)
+    for f in tmp.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            fsync_path(f)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    fsync_path(out.parent)
+    record_written(out)
+    return out
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success rename it to `target`.
+    """Yield a temporary path beside `target`; on success flush it to the disk and rename it to
+    `target` (then flush the folder's entry), so the result survives a crash and a power loss.
 
     On any exception the temporary file is removed and `target` is left untouched.
     """
@@ -66,7 +97,9 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        fsync_path(tmp_path)
         os.replace(tmp_path, target)
+        fsync_path(target.parent)
         record_written(target)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -126,6 +159,48 @@ def save_torch(obj: Any, target: Path | str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(buf.getbuffer())
     return Path(target)
+
+
+def remove_stale(folder: Path | str, keep: Iterable[str]) -> list[str]:
+    """Delete every file directly in `folder` whose name is not in `keep` (what the current
+    settings write there); return the deleted names, sorted. A folder that does not exist is left
+    alone.
+
+    A stage whose outputs persist between runs (DVC `persist: true`, for resumability) calls it
+    before anything reads the folder, so files of folds or seeds that no longer exist are neither
+    read back nor committed to the DVC cache.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    keep = set(keep)
+    gone = sorted(f.name for f in folder.iterdir() if f.is_file() and f.name not in keep)
+    for name in gone:
+        (folder / name).unlink()
+    return gone
+
+
+def weights_bytes(state: Mapping[str, Any]) -> bytes:
+    """A model's state dict as safetensors bytes: tensors only (copied to the CPU, contiguous),
+    no pickle, so a reader never runs code from the file."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+
+
+def save_weights(state: Mapping[str, Any], target: Path | str) -> Path:
+    """`weights_bytes` of `state`, written atomically to `target` (a .safetensors file)."""
+    data = weights_bytes(state)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def load_weights(source: Path | str | bytes) -> dict[str, Any]:
+    """The tensors of a safetensors file (or its bytes), on the CPU."""
+    from safetensors.torch import load, load_file
+
+    return load(source) if isinstance(source, bytes) else load_file(str(source), device="cpu")
 
 
 TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE,

@@ -6,7 +6,10 @@ A task's cache key is a hash of
   * its other arguments (params sections as JSON);
   * the source of the task function and of every lesion_ml module it uses, followed through the
     imports, function-local ones included (editing lesion_ml/tabular/gbdt.py reruns the LightGBM
-    tasks, not ingest).
+    tasks, not ingest);
+  * the environment: every installed library's version and the contents of requirements.lock.
+The code and environment part is lesion_ml.fingerprint's `code_fingerprint`, the same function
+that keys the image models' checkpoints: one rule decides what changed.
 Prefect's own INPUTS policy hashes a Path as text and TASK_SOURCE sees only the wrapper's lines,
 so neither notices new data or edited library code.
 
@@ -39,6 +42,7 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
+from lesion_ml.fingerprint import ENVIRONMENT, code_fingerprint
 from lesion_ml.io import FILE_HASHES, image_store_digest, is_transient, path_digest, recording_writes, write_json
 
 log = logging.getLogger("lesion_ml.cache")
@@ -49,6 +53,8 @@ KEYS = CACHE_DIR / "keys"  # Prefect's cache records (key -> result location)
 RESULTS = CACHE_DIR / "results"  # the persisted (small) results
 OUTPUTS = CACHE_DIR / "outputs"  # key -> fingerprints of the files the run wrote
 MEMO = CACHE_DIR / "file-hashes.json"
+LOCK = Path("requirements.lock")  # the locked dependency versions: part of every task's and checkpoint's key
+OURS = ("lesion_ml", "tasks")  # the packages whose sources a task key covers
 
 #: Names of the tasks whose bodies ran in this process, in order (a cached task is not listed).
 executed: list[str] = []
@@ -74,6 +80,8 @@ IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "ret
 # checkpoints' keys; here the memo is made persistent.
 HASHES = FILE_HASHES
 HASHES.use_memo_file(MEMO)
+# The same fingerprint (lesion_ml.fingerprint) keys the image models' checkpoints: both see the lock file.
+ENVIRONMENT.use_lock_file(LOCK)
 
 
 def _store_digest(manifest: Path) -> str:
@@ -113,72 +121,13 @@ def _code_names(code: types.CodeType) -> set[str]:
 
 
 def _is_ours(module_name: str | None) -> bool:
-    return bool(module_name) and module_name.split(".")[0] in ("lesion_ml", "tasks")
-
-
-def _imported_modules(file: str) -> set[str]:
-    """The lesion_ml/tasks modules that a source file imports anywhere: at module level or inside
-    a function, which module-level references miss."""
-    import ast
-    import importlib.util
-
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(Path(file).read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        else:
-            continue
-        for name in names:
-            if _is_ours(name) and name not in found:
-                try:
-                    if importlib.util.find_spec(name) is not None:
-                        found.add(name)
-                except (ImportError, ValueError):  # a name imported from a module, not a module
-                    pass
-    return found
-
-
-def _module_file(name: str) -> str | None:
-    import importlib.util
-
-    module = sys.modules.get(name)
-    if module is not None:
-        return getattr(module, "__file__", None)
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    return spec.origin if spec is not None and spec.has_location else None
-
-
-def _module_closure(start: Iterable[str]) -> set[str]:
-    """lesion_ml/tasks modules reachable from `start` through module-level references and
-    through import statements anywhere in their source (a function-local import included)."""
-    seen: set[str] = set()
-    todo = [m for m in start if _is_ours(m)]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        file = _module_file(name)
-        if file is None:
-            continue
-        seen.add(name)
-        refs = _imported_modules(file)
-        if name in sys.modules:
-            for obj in vars(sys.modules[name]).values():
-                ref = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
-                if _is_ours(ref):
-                    refs.add(ref)
-        todo.extend(r for r in refs if r not in seen)
-    return seen
+    return bool(module_name) and module_name.split(".")[0] in OURS
 
 
 @functools.lru_cache(maxsize=None)
 def code_digest(fn: Callable) -> str:
-    """The task function's source plus the sources of every lesion_ml module it reaches.
+    """The task function's source plus `code_fingerprint` of the lesion_ml modules it reaches (and
+    the environment: library versions and requirements.lock).
 
     Library modules are followed through everything they import; the tasks/ module of the task
     only through the names the function uses (so a task does not depend on its neighbours)."""
@@ -203,11 +152,7 @@ def code_digest(fn: Callable) -> str:
                 todo.append(obj)
             elif mod.startswith("lesion_ml") or isinstance(obj, types.ModuleType):
                 start.add(mod)
-    for name in sorted(_module_closure(start)):
-        file = _module_file(name)
-        if file:
-            h.update(f"{name}\n".encode() + Path(file).read_bytes())
-    return h.hexdigest()
+    return code_fingerprint(start, OURS, [h.hexdigest()])
 
 
 def task_key(fn: Callable, arguments: dict[str, Any], outputs: tuple[str, ...], code: str) -> str:

@@ -14,18 +14,18 @@ from tasks.cache import cached_task
 
 @cached_task(outputs=('out_metrics', 'out_detail', 'out_html', 'out_scores', 'out_curves'))
 def evaluate_models(oof_files: dict[str, Path], models: list[ModelRef], cfg: EvaluateConfig, lesions: Path,
-                    features_dir: Path, gbdt_cfg: TrainGbdtConfig, gbdt_dir: Path, out_metrics: Path,
+                    features_dir: Path, gbdt_cfg: TrainGbdtConfig, importance: list[Path], out_metrics: Path,
                     out_detail: Path, out_html: Path, out_scores: Path | None = None,
                     out_curves: Path | None = None) -> dict:
     """Every model, plus ensembles and a stack, scored the same way on the same out-of-fold rows
-    (`compare_models`; `oof_files` maps each of `models` by name to its out-of-fold scores), written
-    by `write_comparison`. Returns ROC-AUC / pAUC per model."""
+    (`compare_models`; `oof_files` maps each of `models` by name to its out-of-fold scores; `importance`
+    lists the metadata model's per-fold feature importances), written by `write_comparison`. Returns ROC-AUC / pAUC per model."""
     oof = merge_oof({n: pd.read_parquet(f) for n, f in oof_files.items()}, oof_files)
 
     def features_of(k: int) -> pd.DataFrame:
         return pd.read_parquet(features_dir / f"fold{k}.parquet").set_index("image_id").loc[oof["image_id"]]
 
-    result = compare_models(oof, models, pd.read_parquet(lesions), features_of, mean_importance(gbdt_dir), cfg,
+    result = compare_models(oof, models, pd.read_parquet(lesions), features_of, mean_importance(importance), cfg,
                             gbdt_cfg)
     write_comparison(result, oof["target"].to_numpy().astype(int), out_metrics, out_detail, out_html, out_scores,
                      out_curves)

@@ -13,7 +13,7 @@ from lesion_ml.errors import BadImageError
 from lesion_ml.image.balance import write_minority_set
 from lesion_ml.image.fold import cnn_history, train_image_fold
 from lesion_ml.image.inference import use_threads
-from lesion_ml.io import save_torch, write_csv, write_json, write_parquet
+from lesion_ml.io import save_weights, write_csv, write_json, write_parquet
 from lesion_ml.tabular.gbdt import fit_gbdt, predict_gbdt
 from tasks.cache import cached_task
 
@@ -44,7 +44,7 @@ def train_cnn_fold(images: Path, folds: Path, cfg: CnnModelConfig, device: str, 
     except BadImageError as err:  # passed ingest's check (data.verify_images) but does not decode
         raise BadImageError(f"{err} (params.yaml data.verify_images: decode finds such images at ingest, and "
                             "data.on_bad_image: skip drops them)") from None
-    save_torch(result.model.state_dict(), out / f"fold{fold}.pt")
+    save_weights(result.model.state_dict(), out / f"fold{fold}.safetensors")
     write_json(cnn_history(result), out / f"history_fold{fold}.json")
     if plots is not None:
         write_csv(pd.DataFrame(result.history), plots / f"fold{fold}.csv")

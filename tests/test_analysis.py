@@ -6,8 +6,7 @@ import pytest
 
 from lesion_ml.config import TrainGbdtConfig
 from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
-from lesion_ml.evaluate.calibration import cross_fit_calibration
-from lesion_ml.evaluate.ensemble import mean_ensemble, rank_ensemble, stack_oof
+from lesion_ml.evaluate.combine import MeanEnsemble, RankEnsemble, StackEnsemble, cross_fit, cross_fit_calibration
 from lesion_ml.evaluate.metrics import classification_metrics
 from lesion_ml.evaluate.report import build_report
 
@@ -47,7 +46,7 @@ def test_bootstrap_resample_metrics_equal_sklearn_on_the_resampled_rows(case):
         y[g == "P3"], y[g == "P5"] = 0, 1
     codes, uniques = pd.factorize(pd.Series(g))
     thr = 0.45
-    curve = _PatientCurves(y, p, codes, len(uniques), thr)
+    curve = _PatientCurves(y, p, codes, len(uniques), p >= thr)
     rng = np.random.default_rng(0)
     counts = np.stack([np.bincount(rng.integers(0, len(uniques), len(uniques)), minlength=len(uniques))
                        for _ in range(40)]).astype(float)
@@ -114,10 +113,13 @@ def test_stack_sees_only_out_of_fold_rows():
     feats = pd.DataFrame({"a": np.random.default_rng(0).normal(size=len(y)) + y, "b": np.arange(len(y)) % 7})
     scores = pd.DataFrame({"cnn_x": p})
     cfg = TrainGbdtConfig(n_estimators=30, seeds=(1,), n_jobs=1, balance="none")
-    a = stack_oof(lambda k: feats, scores, fold, y, cfg)
+    def stack_oof(labels):
+        return cross_fit(lambda: StackEnsemble(["cnn_x"], cfg), scores, labels, fold, lambda k: feats)
+
+    a = stack_oof(y)
     y2 = y.copy()
     y2[fold == 2] = 1 - y2[fold == 2]
-    b = stack_oof(lambda k: feats, scores, fold, y2, cfg)
+    b = stack_oof(y2)
     np.testing.assert_array_equal(a[fold == 2], b[fold == 2])
     assert not np.array_equal(a[fold == 0], b[fold == 0])
 
@@ -130,8 +132,11 @@ def test_stack_sees_only_out_of_fold_rows():
 
 def test_mean_and_rank_ensembles():
     s = pd.DataFrame({"a": [0.1, 0.4, 0.9], "b": [0.001, 0.002, 0.003]})
-    np.testing.assert_allclose(mean_ensemble(s), [0.0505, 0.201, 0.4515])
-    np.testing.assert_allclose(rank_ensemble(s), [1 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose(MeanEnsemble(["a", "b"]).fit(s).predict(s), [0.0505, 0.201, 0.4515])
+    rank = RankEnsemble(["a", "b"]).fit(s)
+    np.testing.assert_allclose(rank.predict(s), [0.0, 0.5, 1.0])  # each row's place among the fitted scores
+    np.testing.assert_allclose(rank.predict({"a": np.array([0.0, 1.0]), "b": np.array([0.0015, 0.0025])}),
+                               [0.125, 0.875])  # below / above the reference, between two quantiles
 
 
 def test_small_groups_are_pooled_into_other():

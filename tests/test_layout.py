@@ -69,7 +69,7 @@ def test_every_subpackage_states_its_purpose() -> None:
         doc = ast.get_docstring(ast.parse((pkg / "__init__.py").read_text()))
         assert doc and len(doc.split()) >= 8, f"{pkg.relative_to(REPO)}/__init__.py: no docstring saying what it is for"
     top = sorted(p.stem for p in LIBRARY.glob("*.py") if p.stem != "__init__")
-    assert top == ["catalogue", "errors", "io", "sampling"], top
+    assert top == ["catalogue", "errors", "fingerprint", "io", "sampling"], top
 
 
 def _long_parts(path: Path, max_function: int = 60, max_module: int = 400) -> list[str]:

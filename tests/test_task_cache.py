@@ -1,7 +1,11 @@
 """The task cache's code keys: which library modules a task's key covers."""
 from __future__ import annotations
 
-from tasks.cache import _module_closure
+from lesion_ml.fingerprint import module_closure
+
+
+def _module_closure(start: set[str]) -> set[str]:
+    return module_closure(start, ("lesion_ml", "tasks"))
 
 
 def test_code_keys_follow_imports_made_inside_functions():

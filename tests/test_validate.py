@@ -29,15 +29,13 @@ def _bundle(path, threshold=0.5, seed=0):
     torch.manual_seed(seed)
     cfg = CnnModelConfig(backbone="resnet18", image_size=32)
     net = LesionNet("resnet18", "false", 0)
-    import io
+    from lesion_ml.io import weights_bytes
 
-    buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
     manifest = {"model": "cnn_x", "combine": "single", "components": ["cnn_x"], "needs_metadata": False,
-                "cnn": {"cnn_x": {"weights": "cnn_x.pt", "config": to_plain(cfg), "n_meta": 0}},
+                "cnn": {"cnn_x": {"weights": "cnn_x.safetensors", "config": to_plain(cfg), "n_meta": 0}},
                 "threshold": threshold, "threshold_rule": "test rule", "calibration": None,
                 "metrics": {"recall": 0.95, "specificity": 0.4}}
-    return write_bundle(path, manifest, {"cnn_x.pt": buf.getvalue()}, "# card\n")
+    return write_bundle(path, manifest, {"cnn_x.safetensors": weights_bytes(net.state_dict())}, "# card\n")
 
 
 def _images(folder, n=40, seed=0):
@@ -58,6 +56,43 @@ class _Model:
         self.manifest, self.path = manifest, path
 
 
+def test_with_a_fallback_every_figure_takes_each_row_at_its_own_models_threshold():
+    """Rows scored by the image-only fallback are decided at the fallback's threshold: the confusion
+    matrix, sensitivity, specificity, precision, their intervals and the subgroups all agree with
+    the per-row decisions, and each model's figures are also given on its own rows."""
+    rng = np.random.default_rng(3)
+    n = 400
+    y = (rng.random(n) < 0.35).astype(int)
+    p = 1 / (1 + np.exp(-(1.2 * y - 0.6 + rng.normal(0, 1, n))))
+    ids = [f"I{i}" for i in range(n)]
+    fb = np.arange(n) % 2 == 1  # half the images had no metadata
+    thr = np.where(fb, 0.7, 0.3)
+    decision = (p >= thr).astype(int)
+    table = pd.DataFrame({"image_id": ids, "target": y, "patient_id": [f"P{i // 2}" for i in range(n)],
+                          "sex": np.where(rng.random(n) < 0.5, "male", "female")})
+    pred = pd.DataFrame({"image_id": ids, "probability": p, "decision": decision, "threshold": thr,
+                         "model": np.where(fb, "cnn_x (image-only fallback)", "m"), "status": "ok"})
+    model = _Model({"model": "m", "threshold": 0.3, "threshold_rule": "r", "metrics": {"recall": 0.95}})
+    res = validate_external(model, LabelledSet(table, "x.csv", True, []), pred, n_boot=200)
+    tp, fn = int(((decision == 1) & (y == 1)).sum()), int(((decision == 0) & (y == 1)).sum())
+    fp, tn = int(((decision == 1) & (y == 0)).sum()), int(((decision == 0) & (y == 0)).sum())
+    assert res["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    ext = res["threshold_transfer"]["external"]
+    assert ext["sensitivity"] == pytest.approx(tp / (tp + fn), abs=1e-4)
+    assert ext["specificity"] == pytest.approx(tn / (tn + fp), abs=1e-4)
+    assert res["precision"] == pytest.approx(tp / (tp + fp))
+    lo, hi = res["ci95"]["sensitivity"]
+    assert lo <= tp / (tp + fn) <= hi
+    for g in res["subgroups"]:
+        if g["attribute"] == "sex":
+            rows = (table["sex"] == g["group"]).to_numpy()
+            assert g["sensitivity"] == pytest.approx(decision[rows & (y == 1)].mean(), abs=1e-4)
+    by = res["by_model"]
+    assert by["m"]["n_images"] == (~fb).sum() and by["m"]["threshold"] == 0.3
+    assert by["cnn_x (image-only fallback)"]["recall"] == pytest.approx(decision[fb & (y == 1)].mean())
+    assert "own model's threshold" in res["thresholds_note"]
+
+
 def test_figures_match_scikit_learn_and_the_threshold_transfer_counts_each_class():
     rng = np.random.default_rng(1)
     n = 300
@@ -67,7 +102,7 @@ def test_figures_match_scikit_learn_and_the_threshold_transfer_counts_each_class
     table = pd.DataFrame({"image_id": ids, "target": y, "patient_id": [f"P{i // 3}" for i in range(n)],
                           "sex": np.where(rng.random(n) < 0.5, "male", "female")})
     pred = pd.DataFrame({"image_id": ids[::-1], "probability": p[::-1], "decision": (p[::-1] >= 0.4).astype(int),
-                         "model": "m", "status": "ok"})  # another order than the labels
+                         "threshold": 0.4, "model": "m", "status": "ok"})  # another order than the labels
     model = _Model({"model": "m", "threshold": 0.4, "threshold_rule": "r",
                     "metrics": {"recall": 0.95, "specificity": 0.5}})
     res = validate_external(model, LabelledSet(table, "x.csv", True, []), pred, n_boot=50,
@@ -195,7 +230,7 @@ def test_bad_input_is_named_and_nothing_is_written(tmp_path, external, capsys):
     man = json.loads((model / "manifest.json").read_text())
     (model / "manifest.json").write_text(json.dumps({**man, "format": "lesion-ml-model/0"}))
     assert main(base + ["--labels", str(ext / "labels.csv")]) == 2
-    assert "format 'lesion-ml-model/0', expected 'lesion-ml-model/1'" in capsys.readouterr().err
+    assert "format 'lesion-ml-model/0', expected 'lesion-ml-model/2'" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -161,6 +161,7 @@ def _oof_inference(workdir: Path, params: dict) -> dict[str, Any]:
     import torch
 
     from lesion_ml.image.net import LesionNet
+    from lesion_ml.io import load_weights
 
     out = {}
     for name, cfg in params["train_cnn"]["models"].items():
@@ -170,7 +171,7 @@ def _oof_inference(workdir: Path, params: dict) -> dict[str, Any]:
         if not runs:
             continue
         images, seconds = sum(r["images"] for r in runs), sum(r["seconds"] for r in runs)
-        state = torch.load(folder / "fold0.pt", map_location="cpu", weights_only=True)
+        state = load_weights(folder / "fold0.safetensors")
         n_meta = int(state["meta.0.weight"].shape[1]) if "meta.0.weight" in state else 0
         fusion = cfg.get("fusion", {})
         net = LesionNet(cfg["backbone"], "false", n_meta, fusion.get("hidden", 64), fusion.get("dropout", 0.2))

@@ -47,13 +47,12 @@ def write_gbdt_fold(model: Any, columns: Sequence[str], seeds: Sequence[int], fo
     write_json(dict(zip(columns, model.feature_importances_.round(4))), out / f"importance_fold{fold}.json")
 
 
-def mean_importance(folder: Path) -> dict[str, float]:
-    """The feature importances of `write_gbdt_fold`'s folds in `folder`, averaged over the folds
-    (a feature a fold did not use counts 0 there); empty when there are none."""
-    files = sorted(folder.glob("importance_fold*.json"))
+def mean_importance(files: Sequence[Path]) -> dict[str, float]:
+    """The feature importances of `write_gbdt_fold`'s folds, one file per fold (named by the caller:
+    no folder is searched, so a file of a fold that no longer exists is never averaged in),
+    averaged over the folds (a feature a fold did not use counts 0 there); empty for no files."""
     importance: dict[str, float] = {}
     for f in files:
-        for k, v in json.loads(f.read_text()).items():
+        for k, v in json.loads(Path(f).read_text()).items():
             importance[k] = importance.get(k, 0.0) + v / len(files)
     return importance
-

@@ -19,11 +19,15 @@ RANKING: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
-def bootstrap_intervals(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: float, n_boot: int = 1000,
-                        seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+def bootstrap_intervals(y: np.ndarray, p: np.ndarray, groups: np.ndarray, threshold: float | np.ndarray,
+                        n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                        decide: np.ndarray | None = None) -> dict[str, list[float]]:
     """Percentile intervals of ROC-AUC, pAUC, PR-AUC, sensitivity and specificity (at `threshold`),
     resampling whole patients (`groups`) with replacement, since lesions of one patient are not
     independent. Resamples with a single class are skipped for the ranking metrics.
+
+    A row counts as flagged when `decide >= threshold` (`decide` defaults to `p`; `threshold` may
+    hold one value per row), as in `classification_metrics`.
 
     A resample is a count per patient (how often it was drawn), so every metric is a weighted sum
     over patients: the ROC curve of a resample only has corners at the scores of malignant rows,
@@ -35,7 +39,7 @@ def bootstrap_intervals(y: np.ndarray, p: np.ndarray, groups: np.ndarray, thresh
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
     codes, uniques = pd.factorize(pd.Series(groups).astype(str))
     n_groups = len(uniques)
-    curve = _PatientCurves(y, p, codes, n_groups, threshold)
+    curve = _PatientCurves(y, p, codes, n_groups, np.asarray(p if decide is None else decide, float) >= threshold)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[np.ndarray]] = {k: [] for k in (*RANKING, "sensitivity", "specificity")}
     for counts in _resample_counts(rng, n_groups, n_boot):
@@ -53,7 +57,8 @@ def paired_bootstrap(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, groups: np
     y = np.asarray(y).astype(int)
     codes, uniques = pd.factorize(pd.Series(groups).astype(str))
     n_groups = len(uniques)
-    curves = [_PatientCurves(y, np.asarray(p, dtype=float), codes, n_groups, 0.5) for p in (p_a, p_b)]
+    curves = [_PatientCurves(y, np.asarray(p, dtype=float), codes, n_groups, np.asarray(p, float) >= 0.5)
+              for p in (p_a, p_b)]
     draws: dict[str, list[np.ndarray]] = {k: [] for k in RANKING}
     for counts in _resample_counts(np.random.default_rng(seed), n_groups, n_boot):
         a, b = (c.metrics(counts) for c in curves)
@@ -89,7 +94,7 @@ class _PatientCurves:
     benign rows of every patient scored above it and at it, and each patient's malignant rows at
     each corner."""
 
-    def __init__(self, y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int, threshold: float):
+    def __init__(self, y: np.ndarray, p: np.ndarray, codes: np.ndarray, n_groups: int, flagged: np.ndarray):
         pos, neg = y == 1, y == 0
         corners, pos_corner = np.unique(-p[pos], return_inverse=True)  # descending scores
         self.corner_score = -corners
@@ -109,8 +114,8 @@ class _PatientCurves:
                 self.neg_above[b] = s.size - below_or_at
                 self.neg_at[b] = below_or_at - below
         self.neg_total = np.bincount(neg_codes, minlength=n_groups).astype(float)
-        self.neg_flagged = np.bincount(neg_codes[neg_scores >= threshold], minlength=n_groups).astype(float)
-        self.pos_flagged = np.bincount(codes[pos & (p >= threshold)], minlength=n_groups).astype(float)
+        self.neg_flagged = np.bincount(codes[neg & flagged], minlength=n_groups).astype(float)
+        self.pos_flagged = np.bincount(codes[pos & flagged], minlength=n_groups).astype(float)
 
     def metrics(self, counts: np.ndarray) -> dict[str, np.ndarray]:
         """Every metric for each row of `counts` (resamples x patients); NaN where undefined."""
@@ -194,12 +199,15 @@ AGE_BANDS = [0, 30, 50, 70, 200]
 AGE_LABELS = ["<30", "30-49", "50-69", "70+"]
 
 
-def subgroup_table(table: pd.DataFrame, p: np.ndarray, threshold: float, min_rows: int = 10) -> list[dict]:
+def subgroup_table(table: pd.DataFrame, p: np.ndarray, threshold: float | np.ndarray, min_rows: int = 10,
+                   decide: np.ndarray | None = None) -> list[dict]:
     """Per subgroup of sex, age band, anatomic site and source (those columns the data has):
-    rows, malignant, ROC-AUC (when both classes), sensitivity and specificity at `threshold`.
+    rows, malignant, ROC-AUC (when both classes), sensitivity and specificity at `threshold`
+    (flagged: `decide >= threshold`, as in `classification_metrics`).
     Groups with fewer than `min_rows` rows are pooled as "other"; a pool still that small is left
     out, so no tiny cell is reported."""
-    df = table.assign(_p=np.asarray(p, dtype=float))
+    flagged = np.asarray(p if decide is None else decide, dtype=float) >= threshold
+    df = table.assign(_p=np.asarray(p, dtype=float), _flag=flagged)
     if "age_approx" in df:
         age = pd.to_numeric(df["age_approx"], errors="coerce")
         df["age_band"] = pd.cut(age, AGE_BANDS, right=False, labels=AGE_LABELS).astype("string")
@@ -213,10 +221,10 @@ def subgroup_table(table: pd.DataFrame, p: np.ndarray, threshold: float, min_row
         for value, g in df.groupby(values, sort=True):
             if len(g) < min_rows:  # even pooled, too small to show
                 continue
-            y, s = g["target"].to_numpy().astype(int), g["_p"].to_numpy()
+            y, s, flag = g["target"].to_numpy().astype(int), g["_p"].to_numpy(), g["_flag"].to_numpy()
             both = 0 < y.sum() < len(y)
             out.append({"attribute": col, "group": str(value), "n": int(len(g)), "n_malignant": int(y.sum()),
                         "roc_auc": round(float(roc_auc_score(y, s)), 4) if both else None,
-                        "sensitivity": round(float((s[y == 1] >= threshold).mean()), 4) if y.sum() else None,
-                        "specificity": round(float((s[y == 0] < threshold).mean()), 4) if (y == 0).any() else None})
+                        "sensitivity": round(float(flag[y == 1].mean()), 4) if y.sum() else None,
+                        "specificity": round(float((~flag[y == 0]).mean()), 4) if (y == 0).any() else None})
     return out

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lesion_ml.catalogue import ModelRef, derived_models, image_models
+from lesion_ml.catalogue import ModelRef, derived_models
 from lesion_ml.config import EvaluateConfig, TrainGbdtConfig
-from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
-from lesion_ml.evaluate.calibration import cross_fit_calibration
-from lesion_ml.evaluate.ensemble import mean_ensemble, rank_ensemble, stack_oof
+from lesion_ml.evaluate.analysis import (bootstrap_intervals, calibration, choose_threshold, paired_bootstrap,
+                                         subgroup_table)
+from lesion_ml.evaluate.combine import Calibrator, combiner, cross_fit, cross_fit_calibration
 from lesion_ml.evaluate.metrics import classification_metrics, curve_points
 from lesion_ml.evaluate.report import build_report
 from lesion_ml.io import write_csv, write_json, write_parquet, write_text
@@ -73,46 +73,113 @@ def _threshold(y: np.ndarray, p: np.ndarray, cfg: EvaluateConfig) -> float:
     return choose_threshold(y, p, cfg.threshold_method, cfg.target_sensitivity)
 
 
+def calibration_method(ref: ModelRef, cfg: EvaluateConfig) -> str:
+    """The calibration of `ref`'s scores: `cfg.calibrate`, except for the rank ensemble (ranks are
+    not probabilities)."""
+    return cfg.calibrate if ref.is_probability else "none"
+
+
 def model_scores(oof: pd.DataFrame, base: list[ModelRef], cfg: EvaluateConfig, gbdt_cfg: TrainGbdtConfig,
-                 features_of: Callable[[int], pd.DataFrame]) -> tuple[list[ModelRef], pd.DataFrame, pd.DataFrame]:
-    """(every model, their evaluated scores, their raw scores): the base models' out-of-fold
-    scores plus the catalogue's ensembles and stack, calibrated (cross-fitted by fold) when
-    `cfg.calibrate` asks, except the rank ensemble (ranks are not probabilities). The base
-    models go in name order (the order of their score columns and of the stack's inputs)."""
+                 features_of: Callable[[int], pd.DataFrame]
+                 ) -> tuple[list[ModelRef], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(every model, their evaluated scores, their raw scores, their decision scores).
+
+    The base models' out-of-fold scores plus the catalogue's ensembles and stack (the estimators
+    of lesion_ml.evaluate.combine, the ones the exported model uses; the stack cross-fitted by
+    fold). With `cfg.calibrate`, the evaluated scores are calibrated cross-fitted by fold (for the
+    ranking and calibration figures), and the decision scores are the raw scores through the
+    calibrator fitted on every out-of-fold row: exactly what the exported model's threshold is
+    applied to, so the threshold chosen on them keeps its sensitivity there. Without calibration
+    all three are the same. The base models go in name order (the order of their score columns
+    and of the stack's inputs)."""
     y, fold = oof["target"].to_numpy().astype(int), oof["fold"].to_numpy()
     base = sorted(base, key=lambda r: r.name)
     scores = oof[[r.name for r in base]].copy()
     models = base + derived_models(base, cfg)
     for ref in models[len(base):]:
-        if ref.combine == "mean":
-            scores[ref.name] = mean_ensemble(scores[list(ref.components)])
-        elif ref.combine == "rank":
-            scores[ref.name] = rank_ensemble(scores[list(ref.components)])
+        parts = scores[list(ref.components)]
+        if ref.combine == "stack":
+            scores[ref.name] = cross_fit(lambda r=ref: combiner("stack", r.components, gbdt_cfg), parts, y, fold,
+                                         features_of)
         else:
-            scores[ref.name] = stack_oof(features_of, scores[[r.name for r in image_models(base)]], fold, y, gbdt_cfg)
+            scores[ref.name] = combiner(ref.combine, ref.components).fit(parts).predict(parts)
     raw = pd.DataFrame({r.raw: scores[r.name] for r in models})
-    if cfg.calibrate != "none":
-        for ref in models:
-            if ref.is_probability:
-                scores[ref.name] = cross_fit_calibration(y, scores[ref.name].to_numpy(), fold, cfg.calibrate)
-    return models, scores, raw
+    decided = scores.copy()
+    for ref in models:
+        method = calibration_method(ref, cfg)
+        if method != "none":
+            p = scores[ref.name].to_numpy()
+            scores[ref.name] = cross_fit_calibration(y, p, fold, method)
+            decided[ref.name] = Calibrator(method).fit(y, p).predict(p)
+    return models, scores, raw, decided
 
 
 def score_model(ref: ModelRef, p: np.ndarray, y: np.ndarray, fold: np.ndarray, table: pd.DataFrame,
-                cfg: EvaluateConfig) -> tuple[dict, dict]:
+                cfg: EvaluateConfig, decide: np.ndarray | None = None) -> tuple[dict, dict]:
     """(metrics at its threshold with intervals, calibration and per-fold ROC-AUC; its
-    reliability table and subgroups) of one model's out-of-fold scores `p`."""
+    reliability table and subgroups) of one model's out-of-fold scores `p`. The threshold is
+    chosen on, and applied to, `decide` (default `p`: see `model_scores`)."""
     groups = table["patient_id"].astype(str).to_numpy()
-    thr = _threshold(y, p, cfg)
-    m = classification_metrics(y, p, thr)
+    decide = p if decide is None else decide
+    thr = _threshold(y, decide, cfg)
+    m = classification_metrics(y, p, thr, decide=decide)
     m["fold_roc_auc"] = {str(k): classification_metrics(y[fold == k], p[fold == k], thr)["roc_auc"]
                          for k in np.unique(fold)}
-    m["ci95"] = bootstrap_intervals(y, p, groups, thr, cfg.bootstrap, cfg.seed) if cfg.bootstrap else {}
+    m["ci95"] = bootstrap_intervals(y, p, groups, thr, cfg.bootstrap, cfg.seed, decide=decide) \
+        if cfg.bootstrap else {}
     cal = calibration(y, p, cfg.calibration_bins) if ref.is_probability else \
         {"ece": None, "brier": None, "reliability": []}
     m["calibration"] = {"ece": cal["ece"], "brier": cal["brier"]}
     m["threshold_method"] = cfg.threshold_method
-    return m, {"reliability": cal["reliability"], "subgroups": subgroup_table(table, p, thr)}
+    return m, {"reliability": cal["reliability"], "subgroups": subgroup_table(table, p, thr, decide=decide)}
+
+
+def complexity(ref: ModelRef) -> tuple[int, int]:
+    """How simple a model is, simplest first: fewer components (a stack counts its metadata model as
+    one more), then image-only before the metadata model before fusion before an ensemble before a
+    stack."""
+    order = {"gbdt": 1, "ensemble": 3, "stack": 4}.get(ref.kind, 2 if ref.needs_metadata else 0)
+    return len(ref.components) + (ref.kind == "stack"), order
+
+
+def select_model(models: list[ModelRef], metrics: dict[str, dict], scores: pd.DataFrame, y: np.ndarray,
+                 groups: np.ndarray, cfg: EvaluateConfig) -> dict:
+    """The model that evaluate names best, and why.
+
+    The leader is the model with the highest `cfg.select_metric` (models where it is undefined
+    are never chosen; equal values go to the simpler model, then by name). Each other model is
+    compared with the leader on the same patient-level resamples (`paired_bootstrap`,
+    `cfg.bootstrap` resamples): where the 95% interval of the leader's advantage reaches 0, the
+    data do not tell the two apart, and the simplest such model (`complexity`) is chosen.
+
+    Returns:
+        {"chosen", "leader", "metric", "rule", "margins": {model: {difference, ci95, share_better}}}:
+        the leader's advantage over each other model, as metrics.json records it.
+    """
+    metric = cfg.select_metric
+    finite = [r for r in models if np.isfinite(_value(metrics[r.name][metric]))]
+    if not finite:
+        raise ValueError(f"{metric} is undefined for every model (one class in the out-of-fold rows?); "
+                         "nothing can be chosen (params.yaml evaluate.select_metric)")
+    leader = min(finite, key=lambda r: (-metrics[r.name][metric], complexity(r), r.name))
+    margins, tied = {}, [leader]
+    for ref in finite:
+        if ref is leader or not cfg.bootstrap:
+            continue
+        diff = paired_bootstrap(y, scores[ref.name].to_numpy(), scores[leader.name].to_numpy(), groups,
+                                cfg.bootstrap, cfg.seed)[metric]
+        margins[ref.name] = diff
+        if not diff["ci95"][0] > 0:  # the leader's advantage is within the resampling noise
+            tied.append(ref)
+    chosen = min(tied, key=lambda r: (complexity(r), -metrics[r.name][metric], r.name))
+    rule = (f"highest out-of-fold {metric}; a simpler model (fewer components; image-only, metadata, fusion, "
+            f"ensemble, stack) is preferred when the leader's advantage over it has a 95% patient-bootstrap "
+            f"interval ({cfg.bootstrap} paired resamples) that reaches 0")
+    return {"chosen": chosen.name, "leader": leader.name, "metric": metric, "rule": rule, "margins": margins}
+
+
+def _value(v: float | None) -> float:
+    return float("nan") if v is None else float(v)
 
 
 def compare_models(oof: pd.DataFrame, base: list[ModelRef], table: pd.DataFrame,
@@ -127,21 +194,27 @@ def compare_models(oof: pd.DataFrame, base: list[ModelRef], table: pd.DataFrame,
         importance: the metadata model's mean feature importance, for the report.
     """
     y, fold = oof["target"].to_numpy().astype(int), oof["fold"].to_numpy()
-    models, scores, raw = model_scores(oof, base, cfg, gbdt_cfg, features_of)
+    models, scores, raw, decided = model_scores(oof, base, cfg, gbdt_cfg, features_of)
     table = table.set_index("image_id").loc[oof["image_id"]].reset_index()
     metrics, detail = {}, {}
     for ref in models:
-        metrics[ref.name], detail[ref.name] = score_model(ref, scores[ref.name].to_numpy(), y, fold, table, cfg)
+        metrics[ref.name], detail[ref.name] = score_model(ref, scores[ref.name].to_numpy(), y, fold, table, cfg,
+                                                          decided[ref.name].to_numpy())
         m = metrics[ref.name]
         log.info("%s: ROC-AUC %.4f, pAUC %.4f, threshold %.4g", ref.name, m["roc_auc"], m["pauc_80"], m["threshold"])
-    best = max(metrics, key=lambda n: metrics[n][cfg.select_metric])
+    selection = select_model(models, metrics, scores, y, table["patient_id"].astype(str).to_numpy(), cfg)
+    best = selection["chosen"]
+    if best != selection["leader"]:
+        log.info("chose %s over %s (highest %s): the difference is within the patient-bootstrap noise", best,
+                 selection["leader"], cfg.select_metric)
     meta = {"n": len(y), "n_malignant": int(y.sum()), "n_patients": int(table["patient_id"].astype(str).nunique()),
             "n_folds": int(len(np.unique(fold))), "n_boot": cfg.bootstrap, "threshold_rule": threshold_rule(cfg)}
     for_report = {n: {**m, "calibration": {**m["calibration"], "reliability": detail[n]["reliability"]}}
                   for n, m in metrics.items()}
     report = build_report(y, {n: scores[n].to_numpy() for n in scores.columns}, for_report,
                           {n: d["subgroups"] for n, d in detail.items()}, importance, meta)
-    return Comparison({"best_model": best, "select_metric": cfg.select_metric, "models": metrics}, detail,
+    return Comparison({"best_model": best, "select_metric": cfg.select_metric, "selection": selection,
+                       "models": metrics}, detail,
                       pd.concat([oof[ROWS], scores, raw], axis=1), report, models)
 
 

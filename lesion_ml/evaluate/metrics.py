@@ -19,16 +19,22 @@ def partial_auc(y: np.ndarray, p: np.ndarray, min_tpr: float = 0.80) -> float:
     return float(0.5 * max_fpr**2 + (max_fpr - 0.5 * max_fpr**2) / (1.0 - 0.5) * (s - 0.5))
 
 
-def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float | list]:
+def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray = 0.5,
+                           decide: np.ndarray | None = None) -> dict[str, float | list]:
     """Threshold-free and thresholded metrics for binary labels `y` and scores `p` in [0, 1].
 
     Returns a JSON-ready dict: roc_auc, pauc_80 (ISIC 2024), pr_auc, and at `threshold`:
     accuracy, balanced_accuracy, precision, recall (sensitivity), specificity, f1 and the
     confusion matrix [[tn, fp], [fn, tp]]. Ranking metrics are NaN when `y` has one class.
+
+    The decision is `decide >= threshold` (`decide` defaults to `p`): a model exported with a
+    calibrator decides on the exported calibrator's probabilities, while its ranking metrics come
+    from the cross-fitted ones. `threshold` may hold one value per row (each row's own model's
+    threshold); the returned "threshold" is then None.
     """
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
-    pred = (p >= threshold).astype(int)
+    pred = (np.asarray(p if decide is None else decide, dtype=float) >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
     both = len(np.unique(y)) == 2
     return {
@@ -37,7 +43,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5)
         "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
         "pauc_80": partial_auc(y, p) if both else float("nan"),
         "pr_auc": float(average_precision_score(y, p)) if both else float("nan"),
-        "threshold": float(threshold),
+        "threshold": float(threshold) if np.ndim(threshold) == 0 else None,
         "accuracy": float(accuracy_score(y, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if both else float("nan"),
         "precision": float(precision_score(y, pred, zero_division=0)),

@@ -16,7 +16,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.data.split import FoldData, fold_data
 from lesion_ml.evaluate.metrics import partial_auc
+from lesion_ml.fingerprint import code_fingerprint
 from lesion_ml.image.augment import create_transforms, model_transforms
 from lesion_ml.image.backbones import backbone_spec
 from lesion_ml.image.balance import EpochSampler, make_loss
@@ -83,15 +83,11 @@ class FoldResult:
     predict_seconds: float = 0.0  # wall time of predicting the validation rows (input path included)
 
 
-@lru_cache(maxsize=1)
-def _source_hash() -> str:
-    """A hash of the lesion_ml sources: a checkpoint is resumed only by the code that wrote it."""
-    h = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
+def _code_fingerprint(store) -> str:
+    """`code_fingerprint` of training (every lesion_ml module lesion_ml.image.train imports, and the
+    store's own module) and of the environment: the task cache's key rule, so a checkpoint is
+    resumed only by the code, library versions and lock file that wrote it."""
+    return code_fingerprint([__name__, type(store).__module__])
 
 
 def _store_fingerprint(store) -> str:
@@ -110,7 +106,7 @@ def _run_key(data: FoldData, cfg: CnnModelConfig, seed: int, store=None, device:
     count trains the same weights, see SeededSampler)."""
     h = hashlib.sha256()
     h.update(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
-    h.update(f"{seed}|{_source_hash()}|{device}|{_store_fingerprint(store)}".encode())
+    h.update(f"{seed}|{_code_fingerprint(store)}|{device}|{_store_fingerprint(store)}".encode())
     for ids in (data.train_ids, data.valid_ids, data.extra_ids):
         h.update("\n".join(ids).encode() + b"\x00")
     for arr in (data.train_y, data.train_groups, data.train_meta, data.valid_meta):

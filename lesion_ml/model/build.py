@@ -3,7 +3,6 @@ with its preprocessing, calibration, threshold and model card (written by `bundl
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -11,18 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lesion_ml.catalogue import GBDT, ModelRef, cnn_ref, find
-from lesion_ml.config import Params, to_plain
+from lesion_ml.config import EvaluateConfig, Params, to_plain
 from lesion_ml.data.images import open_store
 from lesion_ml.data.split import fold_data
 from lesion_ml.errors import ConfigError
-from lesion_ml.evaluate.calibration import fit_calibrator
-from lesion_ml.evaluate.compare import threshold_rule
+from lesion_ml.evaluate.combine import Calibrator, combiner
+from lesion_ml.evaluate.compare import calibration_method, threshold_rule
 from lesion_ml.image.inference import select_device, use_threads
 from lesion_ml.image.train import train_fold
-from lesion_ml.model.bundle import rank_reference
+from lesion_ml.io import weights_bytes
 from lesion_ml.model.card import model_card
 from lesion_ml.tabular.export import export_preprocessor
 from lesion_ml.tabular.gbdt import fit_gbdt
@@ -64,7 +62,7 @@ def fallback_model(p: Params) -> ModelRef | None:
 def retrain_cnn(p: Params, key: str, table: pd.DataFrame, features: pd.DataFrame | None, images: dict,
                 minority: Path, checkpoints: Path) -> tuple[bytes, int]:
     """Image model train_cnn.models.<key> trained on every row of `table`; (its state dict as
-    bytes, number of metadata inputs). `images` is the image store's manifest."""
+    safetensors bytes, number of metadata inputs). `images` is the image store's manifest."""
     cfg = p.train_cnn.models[key]
     use_threads(p.train_cnn.threads)
     data = fold_data(table, np.ones(len(table), bool), cfg, features, minority)
@@ -73,31 +71,48 @@ def retrain_cnn(p: Params, key: str, table: pd.DataFrame, features: pd.DataFrame
         result = train_fold(store, data, cfg, select_device(p.train_cnn.device), p.train_cnn.num_workers,
                             seed=cfg.seed + p.final.seed_offset, checkpoint=checkpoints / f"{key}.pt",
                             label=f"final {key}")
-    buf = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, buf)
-    return buf.getvalue(), int(data.train_meta.shape[1]) if cfg.fusion.enabled else 0
+    return weights_bytes(result.model.state_dict()), int(data.train_meta.shape[1]) if cfg.fusion.enabled else 0
 
 
-def _metadata_models(p: Params, ref: ModelRef, feats: pd.DataFrame, y: np.ndarray, scores: pd.DataFrame,
-                     manifest: dict, files: dict) -> pd.DataFrame | None:
-    """The preprocessing fitted on every row, the metadata model and the stack, as `ref` needs
-    them (into `manifest` and `files`); the preprocessed features, or None without metadata."""
+def _metadata_models(p: Params, ref: ModelRef, feats: pd.DataFrame, y: np.ndarray, manifest: dict,
+                     files: dict) -> pd.DataFrame | None:
+    """The preprocessing fitted on every row and, when `ref` uses it, the metadata model (into
+    `manifest` and `files`); the preprocessed features, or None when `ref` needs no metadata."""
     if not ref.needs_metadata:
         return None
     X, names, pipe = fit_transform_fold(feats, pd.Series(y), np.ones(len(y), bool), p.prepare)  # noqa: N806
     files["preprocess.json"] = json.dumps(export_preprocessor(pipe, names, p.prepare.features), indent=1)
     manifest.update(preprocess="preprocess.json", preprocess_features=names)
-    boosted = {GBDT: X} if GBDT in ref.components else {}
-    if ref.combine == "stack":
-        boosted["stack"] = X.copy()
-        for c in ref.components:
-            boosted["stack"][f"score_{c}"] = scores[find(c, p.train_cnn.models).raw].to_numpy()
-    for part, Xb in boosted.items():  # noqa: N806
-        model = fit_gbdt(Xb, y, p.train_gbdt)
-        manifest[part] = {"files": [f"{part}_seed{s}.txt" for s in p.train_gbdt.seeds], "columns": list(Xb.columns)}
+    if GBDT in ref.components:
+        model = fit_gbdt(X, y, p.train_gbdt)
+        manifest[GBDT] = {"files": [f"{GBDT}_seed{s}.txt" for s in p.train_gbdt.seeds], "columns": list(X.columns)}
         for s, m in zip(p.train_gbdt.seeds, model.models):
-            files[f"{part}_seed{s}.txt"] = m.booster_.model_to_string()
+            files[f"{GBDT}_seed{s}.txt"] = m.booster_.model_to_string()
     return X
+
+
+def combination(p: Params, ref: ModelRef, scores: pd.DataFrame, y: np.ndarray, X: pd.DataFrame | None,  # noqa: N803
+                files: dict) -> dict | None:
+    """How `ref` combines its components' scores, fitted on every row: evaluate's estimator
+    (lesion_ml.evaluate.combine) on the components' out-of-fold scores `scores` (raw columns), as
+    JSON; a stack's LightGBM models go into `files`. None for a single model."""
+    if ref.combine == "single":
+        return None
+    parts = pd.DataFrame({c: scores[find(c, p.train_cnn.models).raw].to_numpy() for c in ref.components})
+    spec = combiner(ref.combine, ref.components, p.train_gbdt).fit(parts, y, X).to_json()
+    if ref.combine == "stack":
+        spec["files"] = [f"stack_seed{s}.txt" for s in p.train_gbdt.seeds]
+        files.update(zip(spec["files"], spec.pop("models")))
+    return spec
+
+
+def operating_point(ref: ModelRef, cfg: EvaluateConfig, m: dict, oof: pd.DataFrame) -> dict:
+    """The exported calibration and threshold of `ref`: the calibrator fitted on every out-of-fold
+    row (rows in evaluate's order: `oof` is its score table), and the threshold evaluate chose on
+    those calibrated scores (`model_scores`' decision scores), so that on the out-of-fold rows they
+    give the sensitivity and specificity that `m` (its reports/metrics.json entry) reports."""
+    cal = Calibrator(calibration_method(ref, cfg)).fit(oof["target"].to_numpy().astype(int), oof[ref.raw].to_numpy())
+    return {"calibration": cal.to_json(), "threshold": m["threshold"]}
 
 
 def build_bundle(p: Params, metrics: dict, detail: dict, scores: pd.DataFrame, table: pd.DataFrame,
@@ -106,38 +121,37 @@ def build_bundle(p: Params, metrics: dict, detail: dict, scores: pd.DataFrame, t
 
     Args:
         metrics, detail: reports/metrics.json and reports/evaluation.json.
-        scores: evaluate's out-of-fold scores by image_id (raw ones: calibration, stack, ranks).
+        scores: evaluate's out-of-fold scores by image_id, in its row order (raw ones: calibration,
+            stack, ranks).
         table: the lesion table; `feats`: the cleaned metadata, one row per image of `table`.
         images: the image store's manifest; minority: the minority-set folder.
         checkpoints: where the retraining keeps its resumable checkpoints.
     """
     ref, fb = choose_model(p, metrics), fallback_model(p)
+    oof = scores
     feats = feats.set_index("image_id").loc[table["image_id"]].reset_index()
     ids, y = feats.pop("image_id"), feats.pop("target").to_numpy().astype(int)
     scores = scores.loc[ids]
     files: dict[str, bytes | str] = {}
     manifest: dict = {"model": ref.name, "combine": ref.combine, "components": list(ref.components),
                       "select_metric": metrics.get("select_metric", "roc_auc"), "needs_metadata": ref.needs_metadata,
-                      "cnn": {}}
-    X = _metadata_models(p, ref, feats, y, scores, manifest, files)  # noqa: N806
+                      "selection": _selection(p, metrics), "cnn": {}}
+    X = _metadata_models(p, ref, feats, y, manifest, files)  # noqa: N806
+    manifest["combiner"] = combination(p, ref, scores, y, X, files)
     cnn_table = table[["image_id", "target", "patient_id"]].reset_index(drop=True)
     meta_table = X.assign(image_id=ids.to_numpy()) if X is not None else None
     for key in sorted(set(ref.cnns) | (set(fb.cnns) if fb else set())):
         weights, n_meta = retrain_cnn(p, key, cnn_table, meta_table, images, minority, checkpoints)
         name = cnn_ref(key, p.train_cnn.models[key]).name
-        files[f"{name}.pt"] = weights
-        manifest["cnn"][name] = {"weights": f"{name}.pt", "config": to_plain(p.train_cnn.models[key]), "n_meta": n_meta}
-    if ref.combine == "rank":
-        manifest["rank_reference"] = {c: rank_reference(scores[find(c, p.train_cnn.models).raw]) for c in ref.components}
+        files[f"{name}.safetensors"] = weights
+        manifest["cnn"][name] = {"weights": f"{name}.safetensors", "config": to_plain(p.train_cnn.models[key]),
+                                 "n_meta": n_meta}
     m = metrics["models"][ref.name]
-    manifest.update(calibration=fit_calibrator(p.evaluate.calibrate if ref.is_probability else "none", y,
-                                               scores[ref.raw].to_numpy()),
-                    threshold=m["threshold"], threshold_rule=threshold_rule(p.evaluate), metrics=m,
+    manifest.update(operating_point(ref, p.evaluate, m, oof), threshold_rule=threshold_rule(p.evaluate), metrics=m,
                     inputs="the lesion image and its metadata" if ref.needs_metadata else "the lesion image alone")
     if fb:
         fm = metrics["models"][fb.name]
-        manifest["fallback"] = {"component": fb.name, "threshold": fm["threshold"],
-                                "calibration": fit_calibrator(p.evaluate.calibrate, y, scores[fb.raw]),
+        manifest["fallback"] = {"component": fb.name, **operating_point(fb, p.evaluate, fm, oof),
                                 "metrics": {k: fm[k] for k in ("roc_auc", "pauc_80", "recall", "specificity")}}
     data = {"source": ", ".join(sorted(table["source"].astype(str).unique())), "n_images": len(table),
             "n_malignant": int(y.sum()), "n_patients": int(table["patient_id"].nunique()),
@@ -146,3 +160,10 @@ def build_bundle(p: Params, metrics: dict, detail: dict, scores: pd.DataFrame, t
     subgroups = detail.get(ref.name, {}).get("subgroups", [])
     log.info("final model %s (%s of %s)", ref.name, ref.combine, ", ".join(ref.components))
     return Bundle(manifest, files, model_card(manifest, data, subgroups))
+
+
+def _selection(p: Params, metrics: dict) -> dict:
+    """Why this model: evaluate's choice (metrics.json "selection") or params.yaml final.model."""
+    if p.final.model != "best":
+        return {"chosen": p.final.model, "rule": "named in params.yaml final.model"}
+    return metrics.get("selection") or {"chosen": metrics["best_model"], "rule": f"highest {metrics['select_metric']}"}

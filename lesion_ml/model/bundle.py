@@ -2,15 +2,16 @@
 
 Layout of a bundle folder (written by `write_bundle`, read by `FinalModel.load`):
 
-    manifest.json        what the model is: components, how their scores combine, calibration,
-                         threshold, metrics with intervals, what it needs as input
+    manifest.json        what the model is: components, how their scores combine (the combiner:
+                         lesion_ml.evaluate.combine's estimator as JSON), calibration, threshold,
+                         metrics with intervals, why it was chosen, what it needs as input
     preprocess.json      the metadata preprocessor (lesion_ml.tabular.export), when metadata is used
     gbdt_seed<s>.txt     LightGBM text models (the metadata model), one per seed
     stack_seed<s>.txt    LightGBM text models of the stack (metadata + image scores)
-    cnn_<name>.pt        image-model weights: a plain state dict, read with weights_only=True
+    cnn_<name>.safetensors  image-model weights (safetensors: tensors only)
     MODEL_CARD.md        data, metrics with intervals, subgroups, intended use, limitations
 
-Nothing in it is a pickle: JSON, LightGBM's own text format and torch state dicts of tensors.
+Nothing in it is a pickle: JSON, LightGBM's own text format and safetensors.
 """
 from __future__ import annotations
 
@@ -26,19 +27,13 @@ import torch
 
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.errors import DataError
-from lesion_ml.evaluate.calibration import apply_calibrator
+from lesion_ml.evaluate.combine import Calibrator, StackEnsemble, combiner_from_json
 from lesion_ml.image.net import LesionNet
-from lesion_ml.io import _finite, record_written
+from lesion_ml.io import _finite, load_weights, replace_folder
 
 log = logging.getLogger(__name__)
 
-FORMAT = "lesion-ml-model/1"
-
-
-def rank_reference(scores: np.ndarray, points: int = 2001) -> list[float]:
-    """Quantiles of a model's out-of-fold scores: a new score's percentile among them is
-    `np.interp(s, ref, linspace(0, 1, len(ref)))` (what the rank ensemble averages)."""
-    return [float(v) for v in np.quantile(np.asarray(scores, float), np.linspace(0, 1, points))]
+FORMAT = "lesion-ml-model/2"  # 2: safetensors weights, combiners and calibration as estimator JSON
 
 
 def inside(folder: Path, name: object, key: str) -> Path:
@@ -82,8 +77,13 @@ class FinalModel:
     manifest: dict[str, Any]
     preprocess: dict[str, Any] | None = None
     gbdt: list[Any] = field(default_factory=list)
-    stack: list[Any] = field(default_factory=list)
+    combiner: Any = None  # how the components' scores combine (None for a single model)
     cnns: dict[str, CnnComponent] = field(default_factory=dict)
+
+    @property
+    def stack(self) -> list[Any]:
+        """The stack's LightGBM boosters (empty unless the model is a stack)."""
+        return self.combiner.boosters() if isinstance(self.combiner, StackEnsemble) else []
 
     @property
     def needs_metadata(self) -> bool:
@@ -120,15 +120,23 @@ class FinalModel:
             return lgb.Booster(model_str=inside(path, file, key).read_text())
 
         model.gbdt = [booster(f, "gbdt.files") for f in manifest.get("gbdt", {}).get("files", [])]
-        model.stack = [booster(f, "stack.files") for f in manifest.get("stack", {}).get("files", [])]
+        spec = manifest.get("combiner")
+        if spec is not None:
+            if spec.get("kind") == "stack":
+                spec = {**spec, "models": [inside(path, f, "combiner.files").read_text() for f in spec["files"]]}
+            try:
+                model.combiner = combiner_from_json(spec)
+            except (KeyError, TypeError, ValueError) as err:
+                raise DataError(f"{man_file}: combiner is not one lesion-ml writes ({err!r})") from None
         for name, spec in manifest.get("cnn", {}).items():
             cfg = CnnModelConfig.model_validate(spec["config"])
             net = LesionNet(cfg.backbone, "false", spec["n_meta"], cfg.fusion.hidden, cfg.fusion.dropout)
             weights = inside(path, spec["weights"], f"cnn.{name}.weights")
             try:
-                state = torch.load(weights, map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - a corrupt or non-tensor file: say which
-                raise DataError(f"{weights}: cannot load the weights safely (weights_only): {err}") from None
+                state = load_weights(weights)
+            except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: say which
+                raise DataError(f"{weights}: cannot load the weights (not a safetensors file of tensors: {err}); "
+                                "re-export the model with this version of lesion-ml") from None
             net.load_state_dict(state)
             # channels-last, as in training: `forward_logits` feeds NHWC batches
             net = net.to(torch.device(device)).to(memory_format=torch.channels_last).eval()
@@ -140,30 +148,17 @@ class FinalModel:
         cols = self.manifest["gbdt"]["columns"]
         return np.mean([b.predict(features[cols].to_numpy(np.float64)) for b in self.gbdt], axis=0)
 
-    def score_stack(self, features: pd.DataFrame, image_scores: dict[str, np.ndarray]) -> np.ndarray:
-        X = features.copy()  # noqa: N806
-        for name, s in image_scores.items():
-            X[f"score_{name}"] = s
-        cols = self.manifest["stack"]["columns"]
-        return np.mean([b.predict(X[cols].to_numpy(np.float64)) for b in self.stack], axis=0)
-
     def combine(self, parts: dict[str, np.ndarray], features: pd.DataFrame | None = None) -> np.ndarray:
-        """The model's probability from its components' scores (before calibration)."""
-        kind = self.manifest["combine"]
-        names = self.manifest["components"]
-        if kind == "single":
-            return parts[names[0]]
-        if kind == "mean":
-            return np.mean([parts[n] for n in names], axis=0)
-        if kind == "rank":
-            ref = self.manifest["rank_reference"]
-            return np.mean([np.interp(parts[n], ref[n], np.linspace(0, 1, len(ref[n]))) for n in names], axis=0)
-        return self.score_stack(features, {n: parts[n] for n in names})
+        """The model's score from its components' scores (before calibration): the combiner
+        evaluate scored the out-of-fold rows with."""
+        if self.combiner is None:
+            return parts[self.manifest["components"][0]]
+        return self.combiner.predict(parts, features)
 
     def finish(self, score: np.ndarray, fallback: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(calibrated probability, decision 0/1) with the saved calibration and threshold."""
         spec = self.fallback if fallback else self.manifest
-        p = apply_calibrator(spec.get("calibration"), score)
+        p = Calibrator.from_json(spec.get("calibration")).predict(score)
         return p, (p >= spec["threshold"]).astype(int)
 
 
@@ -172,7 +167,6 @@ def write_bundle(out: Path, manifest: dict[str, Any], files: dict[str, bytes | s
 
     An interrupted export leaves the previous bundle (or nothing), never a partial one.
     """
-    import os
     import shutil
     import tempfile
 
@@ -185,15 +179,7 @@ def write_bundle(out: Path, manifest: dict[str, Any], files: dict[str, bytes | s
         (tmp / "MODEL_CARD.md").write_text(card)
         text = json.dumps(_finite({"format": FORMAT, **manifest}), indent=1, allow_nan=False)
         (tmp / "manifest.json").write_text(text + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        return replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    record_written(out)
-    return out

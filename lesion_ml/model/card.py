@@ -54,7 +54,7 @@ def _what_it_is(manifest: dict[str, Any]) -> list[str]:
              f"- Decision: malignant when the probability is at least **{manifest['threshold']:.6g}** "
              f"({manifest['threshold_rule']}, chosen on the out-of-fold scores).",
              f"- Calibration: {manifest['calibration']['method'] if manifest.get('calibration') else 'none'}.",
-             ]
+             ] + _selection_lines(manifest.get("selection") or {}, manifest["model"])
     for name, spec in manifest.get("cnn", {}).items():
         lines.append(_image_model_line(name, spec))
     if manifest.get("preprocess_features"):
@@ -64,6 +64,21 @@ def _what_it_is(manifest: dict[str, Any]) -> list[str]:
     if fb:
         lines.append(f"- Image-only fallback: `{fb['component']}` (threshold {fb['threshold']:.6g}) scores images "
                      "that have no metadata; such rows are marked in the predictions.")
+    return lines
+
+
+def _selection_lines(sel: dict[str, Any], name: str) -> list[str]:
+    """Why this model was chosen: the rule, and the margin to the model with the best figure."""
+    if not sel.get("rule"):
+        return []
+    lines = [f"- Choice: {sel['rule']}."]
+    leader = sel.get("leader")
+    margin = (sel.get("margins") or {}).get(name)
+    if leader and leader != name and margin:
+        lo, hi = margin["ci95"]
+        lines.append(f"- `{leader}` had the highest out-of-fold {sel['metric']}, ahead by {_fmt(margin['difference'])} "
+                     f"(95% paired patient-bootstrap interval {_fmt(lo)} to {_fmt(hi)}): within the noise, so the "
+                     "simpler model was chosen.")
     return lines
 
 

@@ -150,7 +150,7 @@ def explain_metadata(model: FinalModel, features: pd.DataFrame, out: Path, top: 
     """Per image, the `top` metadata features that pushed its GBDT score most (TreeSHAP, log-odds),
     written to out/metadata_contributions.csv, and out/feature_importance.csv + .png (gain)."""
     boosters, cols = (model.gbdt, model.manifest["gbdt"]["columns"]) if model.gbdt else \
-        (model.stack, model.manifest.get("stack", {}).get("columns"))
+        (model.stack, (model.manifest.get("combiner") or {}).get("columns"))
     if not boosters or features is None or features.empty:
         return None
     missing = [c for c in cols if c not in features.columns]

@@ -25,7 +25,6 @@ import base64
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from lesion_ml.data.sources import RENAMES, _canonical, parse_labels, read_csv
 from lesion_ml.errors import DataError
 from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
 from lesion_ml.evaluate.metrics import classification_metrics
-from lesion_ml.io import record_written, write_csv, write_json, write_text
+from lesion_ml.io import replace_folder, write_csv, write_json, write_text
 from lesion_ml.model.bundle import FinalModel, inside
 from lesion_ml.model.validate_report import build_validation_report
 
@@ -127,6 +126,11 @@ def validate_external(model: FinalModel, labelled: LabelledSet, predictions: pd.
                       bins: int = 10, target_sensitivity: float | None = None, seed: int = 0) -> dict[str, Any]:
     """The validation figures of `predictions` (lesion predict's rows for the labelled images).
 
+    Every thresholded figure (sensitivity, specificity, the confusion matrix, precision, F1, their
+    intervals, the subgroups, the gallery) takes each row at its own model's threshold: the
+    model's, or the image-only fallback's for the images it scored. When the fallback scored some
+    images, "by_model" also gives each model's figures on its own images.
+
     `target_sensitivity` also picks a local threshold (the highest reaching it here) and reports
     the operating point there; that figure is fitted on this set, so it is optimistic for it.
     """
@@ -135,13 +139,13 @@ def validate_external(model: FinalModel, labelled: LabelledSet, predictions: pd.
     scored = pred["status"].eq("ok").to_numpy()
     y_all = table["target"].to_numpy().astype(int)
     y, p = y_all[scored], pred["probability"].to_numpy(float)[scored]
-    decision = pred["decision"].to_numpy(float)[scored].astype(int)
+    row_threshold = pred["threshold"].to_numpy(float)[scored]  # each row's own model's threshold
+    used = pred["model"].to_numpy()[scored]
     groups = table["patient_id"].to_numpy()[scored] if labelled.by_patient else table.index.to_numpy()[scored]
     man = model.manifest
     threshold = float(man["threshold"])
-    m = classification_metrics(y, p, threshold)
-    m["recall"], m["specificity"] = _operating_point(y, decision).values()  # each row by its own model's threshold
-    ci = bootstrap_intervals(y, p, groups, threshold, n_boot, seed=seed)
+    m = classification_metrics(y, p, row_threshold)
+    ci = bootstrap_intervals(y, p, groups, row_threshold, n_boot, seed=seed)
     oof = man.get("metrics", {})
     result: dict[str, Any] = {
         "model": man["model"], "model_path": str(model.path), "labels": str(labelled.csv),
@@ -160,12 +164,29 @@ def validate_external(model: FinalModel, labelled: LabelledSet, predictions: pd.
         "confusion_matrix": m["confusion_matrix"],
         "precision": m["precision"], "f1": m["f1"], "accuracy": m["accuracy"],
         "calibration": {**calibration_fit(y, p), **calibration(y, p, bins)},
-        "subgroups": subgroup_table(table[scored].reset_index().drop(columns="source", errors="ignore"), p, threshold),
+        "subgroups": subgroup_table(table[scored].reset_index().drop(columns="source", errors="ignore"), p,
+                                    row_threshold),
     }
+    if len(set(used)) > 1:
+        result["by_model"] = _by_model(y, p, row_threshold, used)
+        result["thresholds_note"] = ("the image-only fallback scored the images without metadata: every "
+                                     "thresholded figure takes each image at its own model's threshold, and "
+                                     "by_model gives each model's figures on its own images")
     if target_sensitivity is not None:
         result["local_threshold"] = _local_thresholds(y, p, pred.loc[scored, "model"].to_numpy(), man["model"],
                                                       target_sensitivity)
     return result
+
+
+def _by_model(y: np.ndarray, p: np.ndarray, threshold: np.ndarray, used: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Each model's figures on the images it scored, at its threshold."""
+    out = {}
+    for name in sorted(set(used)):
+        rows = used == name
+        m = classification_metrics(y[rows], p[rows], float(threshold[rows][0]))
+        out[str(name)] = {"n_images": int(rows.sum()), "n_malignant": int(y[rows].sum()),
+                          **{k: m[k] for k in ("threshold", "roc_auc", "recall", "specificity", "confusion_matrix")}}
+    return out
 
 
 def _local_thresholds(y: np.ndarray, p: np.ndarray, used: np.ndarray, main: str, target: float) -> dict[str, Any]:
@@ -269,12 +290,10 @@ def export_recalibrated(model: FinalModel, dest: Path, res: dict, labels: Path) 
                  "same images, so expect somewhat less on new ones; the metrics above are still the training "
                  "data's, out of fold.\n")
         (tmp / "MODEL_CARD.md").write_text(card)
-        os.replace(tmp, dest)
+        return replace_folder(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    record_written(dest)
-    return dest
 
 
 def run_validation(model_dir: Path | str, images: list[Path | str], labels: Path | str, out: Path | str,
@@ -289,7 +308,7 @@ def run_validation(model_dir: Path | str, images: list[Path | str], labels: Path
     (HAM10000, ISIC 2019/2020 and ISIC 2024 label files carry age, sex and site).
     """
     from lesion_ml.image.inference import select_device
-    from lesion_ml.model.predict import open_images, predict_cases, prepare_inputs
+    from lesion_ml.model.predict import open_images, prepare_inputs
 
     if export is not None and target_sensitivity is None:
         raise DataError("--export writes a recalibrated copy of the model: add --recalibrate (and optionally "
@@ -308,6 +327,19 @@ def run_validation(model_dir: Path | str, images: list[Path | str], labels: Path
             raise
         raise DataError(f"{err} (model {model.manifest['model']!r} uses metadata, read from --labels since no "
                         "--metadata was given: pass --metadata CSV with those columns, empty values allowed)") from None
+    try:
+        return _score_and_write(model, inputs, labelled, Path(out), Path(labels), dev, batch_size, tta, workers,
+                                n_boot, target_sensitivity, export)
+    finally:
+        inputs.store.close()
+
+
+def _score_and_write(model: FinalModel, inputs, labelled: LabelledSet, out: Path, labels: Path, dev, batch_size: int,
+                     tta: bool, workers: int, n_boot: int, target_sensitivity: float | None,
+                     export: Path | str | None) -> dict[str, Any]:
+    """`run_validation` once the images are open: score, figure, write (the caller closes the store)."""
+    from lesion_ml.model.predict import predict_cases
+
     keep = set(labelled.table["image_id"])
     inputs.image_ids = [i for i in inputs.image_ids if i in keep]
     if inputs.features is not None:
@@ -322,11 +354,10 @@ def run_validation(model_dir: Path | str, images: list[Path | str], labels: Path
     shots = gallery(inputs.store, pred, table)
     report = build_validation_report(res, y, p, shots)
     out_pred = pred.merge(table[["image_id", "target"]], on="image_id", how="left")
-    write_validation(Path(out), res, out_pred, report)
+    write_validation(out, res, out_pred, report)
     if export is not None:
-        res["exported"] = str(export_recalibrated(model, Path(export), res, Path(labels)))
-        write_json(res, Path(out) / "validation.json")
-    inputs.store.close()
+        res["exported"] = str(export_recalibrated(model, Path(export), res, labels))
+        write_json(res, out / "validation.json")
     return res
 
 

@@ -132,14 +132,20 @@ def test_final_bundle_is_the_chosen_model_with_its_oof_threshold(pipeline):
     assert manifest["threshold"] == metrics["stack_gbdt_images"]["threshold"]
     assert manifest["fallback"]["threshold"] == metrics["cnn_tiny"]["threshold"]
     assert sorted(p.name for p in bundle.iterdir()) == sorted(
-        ["MODEL_CARD.md", "manifest.json", "preprocess.json", "cnn_tiny.pt", "cnn_tiny_fusion.pt"]
+        ["MODEL_CARD.md", "manifest.json", "preprocess.json", "cnn_tiny.safetensors", "cnn_tiny_fusion.safetensors"]
         + [f"stack_seed{s}.txt" for s in (42, 43, 44)])
     card = (bundle / "MODEL_CARD.md").read_text()
     ci = metrics["stack_gbdt_images"]["ci95"]["roc_auc"]
     assert f"{ci[0]:.3f} to {ci[1]:.3f}" in card and "GENERATED DEMO DATA" in card and "## Subgroups" in card
-    for f in bundle.glob("*.pt"):  # plain tensors: loadable without unpickling arbitrary objects
-        state = torch.load(f, weights_only=True)
-        assert all(isinstance(v, torch.Tensor) for v in state.values())
+    from safetensors.torch import load_file
+
+    for f in bundle.glob("*.safetensors"):  # tensors only, no pickle
+        state = load_file(f)
+        assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    for f in bundle.iterdir():  # no file of the bundle is a pickle (protocol 2+ starts with 0x80)
+        assert not f.read_bytes().startswith(b"\x80"), f
+    assert manifest["combiner"]["kind"] == "stack" and manifest["combiner"]["files"] == [
+        f"stack_seed{s}.txt" for s in (42, 43, 44)]
     preprocess = json.loads((bundle / "preprocess.json").read_text())
     assert len(preprocess["features"]) == 8
 
@@ -277,7 +283,7 @@ def test_explain_writes_gradcam_overlays_and_metadata_contributions(pipeline, tm
         assert (png[256:] < 100).any()  # the caption (dark text below the pictures)
     contrib = pd.read_csv(out / "metadata_contributions.csv")
     assert contrib["image_id"].nunique() == 3 and (contrib["rank"] <= 5).all()
-    stack_columns = json.loads((root / "models/final/manifest.json").read_text())["stack"]["columns"]
+    stack_columns = json.loads((root / "models/final/manifest.json").read_text())["combiner"]["columns"]
     assert set(contrib["feature"]) <= set(stack_columns)
     assert (out / "feature_importance.png").stat().st_size > 1000
 

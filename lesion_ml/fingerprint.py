@@ -1,0 +1,160 @@
+"""The one rule for "what changed": a content fingerprint of the code a step runs and of the
+environment it runs in.
+
+`code_fingerprint` keys both the pipeline's task cache (tasks/cache.py) and the image models'
+resumable checkpoints (lesion_ml.image.train), so a result is reused only by the code, the
+library versions and the lock file that produced it. It hashes
+  * the source of every module of the given packages reachable from the start modules, followed
+    through their imports (module level and inside functions): a checkpoint of
+    lesion_ml.image.train depends on lesion_ml.sampling, lesion_ml.data.images and the rest of
+    what training imports, not only on one folder;
+  * the environment (`environment_digest`): the version of every installed distribution and,
+    where the caller names one (`use_lock_file`), the contents of the project's lock file.
+
+File contents and image stores are fingerprinted by lesion_ml.io (`path_digest`).
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import sys
+import types
+from collections.abc import Iterable
+from pathlib import Path
+
+LIBRARY = ("lesion_ml",)
+
+
+class Environment:
+    """What besides the code decides a result: installed library versions and the lock file.
+
+    The lock file's location is set by the caller (`use_lock_file`); the library builds no path.
+    """
+
+    def __init__(self) -> None:
+        self.lock: Path | None = None
+
+    def use_lock_file(self, path: Path | str | None) -> None:
+        """Include the contents of `path` (requirements.lock) in every fingerprint from now on."""
+        self.lock = Path(path) if path is not None else None
+        environment_digest.cache_clear()
+        code_fingerprint.cache_clear()
+
+
+ENVIRONMENT = Environment()
+
+
+@functools.lru_cache(maxsize=1)
+def _installed() -> str:
+    """Every installed distribution as name==version, sorted (one line each)."""
+    names = {f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in importlib.metadata.distributions()}
+    return "\n".join(sorted(names))
+
+
+@functools.lru_cache(maxsize=4)
+def environment_digest() -> str:
+    """sha256 of the installed distributions' versions and of the lock file's contents (when one is
+    set with `ENVIRONMENT.use_lock_file`; "no lock file" when it is absent)."""
+    h = hashlib.sha256(_installed().encode())
+    lock = ENVIRONMENT.lock
+    h.update(b"\nlock:" + (_read_source(lock) if lock is not None and lock.is_file() else b"none"))
+    return h.hexdigest()
+
+
+def _read_source(path: Path | str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _in(module_name: str | None, packages: tuple[str, ...]) -> bool:
+    return bool(module_name) and module_name.split(".")[0] in packages
+
+
+def module_file(name: str) -> str | None:
+    """The source file of module `name` (None for a namespace or a module without a file)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return getattr(module, "__file__", None)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
+
+
+def _imported_modules(file: str, packages: tuple[str, ...]) -> set[str]:
+    """The modules of `packages` that a source file imports anywhere: at module level or inside
+    a function, which module-level references miss."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(_read_source(file))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if _in(name, packages) and name not in found:
+                try:
+                    if importlib.util.find_spec(name) is not None:
+                        found.add(name)
+                except (ImportError, ValueError):  # a name imported from a module, not a module
+                    pass
+    return found
+
+
+def module_closure(start: Iterable[str], packages: tuple[str, ...] = LIBRARY) -> set[str]:
+    """The modules of `packages` reachable from `start` through module-level references and
+    through import statements anywhere in their source (a function-local import included)."""
+    seen: set[str] = set()
+    todo = [m for m in start if _in(m, packages)]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        file = module_file(name)
+        if file is None:
+            continue
+        seen.add(name)
+        refs = _imported_modules(file, packages)
+        if name in sys.modules:
+            for obj in vars(sys.modules[name]).values():
+                ref = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+                if _in(ref, packages):
+                    refs.add(ref)
+        todo.extend(r for r in refs if r not in seen)
+    return seen
+
+
+@functools.lru_cache(maxsize=256)
+def _fingerprint(start: tuple[str, ...], packages: tuple[str, ...], extra: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for text in extra:
+        h.update(text.encode() + b"\x00")
+    for name in sorted(module_closure(start, packages)):
+        file = module_file(name)
+        if file:
+            h.update(f"{name}\n".encode() + _read_source(file))
+    h.update(b"\nenvironment:" + environment_digest().encode())
+    return h.hexdigest()
+
+
+def code_fingerprint(start: Iterable[str], packages: Iterable[str] = LIBRARY, extra: Iterable[str] = ()) -> str:
+    """The fingerprint of running code that starts in the modules `start`.
+
+    Args:
+        start: module names (e.g. "lesion_ml.image.train"); those outside `packages` are ignored.
+        packages: the top-level packages whose sources count (the library; the task cache adds its
+            own package).
+        extra: further texts to include (a task function's own source).
+
+    Returns:
+        The hex sha256 of `extra`, the sources of `module_closure(start, packages)` and
+        `environment_digest()`. Memoised per process: sources are read once.
+    """
+    return _fingerprint(tuple(sorted(set(start))), tuple(packages), tuple(extra))
+
+
+code_fingerprint.cache_clear = _fingerprint.cache_clear  # type: ignore[attr-defined]
