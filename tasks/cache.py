@@ -204,6 +204,25 @@ def _outputs_intact(key: str) -> bool:
     return True
 
 
+def _relocate(key: str) -> None:
+    """Point a cache record at this project's result folder: Prefect stores the result's absolute
+    path, so a copied or moved project (a second clone with its .lesion, a test's copy) would
+    otherwise look in the old place, or refuse a path outside its result storage."""
+    record = KEYS / key
+    try:
+        meta = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return
+    stored = Path(meta.get("storage_key") or "")
+    here = RESULTS.resolve() / stored.name
+    if stored == here:
+        return
+    if here.is_file():
+        write_json({**meta, "storage_key": str(here)}, record)
+    else:
+        record.unlink(missing_ok=True)
+
+
 @dataclass
 class ContentKeyed(CachePolicy):
     """Prefect cache policy: `task_key` of the call; a hit only while the outputs are intact."""
@@ -217,6 +236,8 @@ class ContentKeyed(CachePolicy):
         key = task_key(self.fn, inputs, self.outputs, self.code)
         if not _outputs_intact(key):  # outputs gone or rewritten since: forget the result, run again
             (KEYS / key).unlink(missing_ok=True)
+        else:
+            _relocate(key)
         return key
 
 

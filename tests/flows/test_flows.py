@@ -480,3 +480,50 @@ def test_predict_mixed_scores_rows_with_metadata_by_the_model_and_the_rest_by_th
         pd.testing.assert_series_equal(mixed.loc[ids, "probability"], ref.loc[ids, "probability"], atol=1e-6)
         assert (mixed.loc[ids, "threshold"] == ref.loc[ids, "threshold"]).all()
     assert mixed.loc[with_row, "threshold"].iloc[0] != mixed.loc[~with_row, "threshold"].iloc[0]  # two thresholds
+
+
+def _fold_files(root: Path) -> dict[str, list[str]]:
+    """Every per-fold file of the stage outputs that persist between runs, by folder."""
+    out = {}
+    for rel in ("data/processed/features", "models/gbdt", "models/cnn/tiny", "models/cnn/tiny_fusion",
+                "reports/train_cnn/tiny", "reports/train_cnn/tiny_fusion"):
+        out[rel] = sorted(p.name for p in (root / rel).iterdir() if re.search(r"fold\d", p.name))
+    return out
+
+
+def test_lowering_n_folds_leaves_no_file_of_a_fold_that_no_longer_exists(pipeline, tmp_path, monkeypatch):
+    """3 folds, then back to 2: every persisted output holds the files of folds 0 and 1 only, and
+    the report's feature importances average those two folds (a stale fold's file would be read
+    back by a glob and committed to the DVC cache)."""
+    from flows.evaluate import evaluate_flow
+    from flows.prepare import prepare_flow
+    from flows.split import split_flow
+    from flows.train_cnn import train_cnn_flow
+    from flows.train_gbdt import train_gbdt_flow
+
+    root = tmp_path / "copy"
+    shutil.copytree(pipeline[0], root, symlinks=True)
+    monkeypatch.chdir(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+
+    def run(n_folds: int) -> None:
+        params["split"]["n_folds"] = n_folds
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        split_flow(), prepare_flow(), train_gbdt_flow()
+        for name in params["train_cnn"]["models"]:
+            train_cnn_flow(name)
+        evaluate_flow()
+
+    run(3)
+    assert all(any("fold2" in n for n in names) for names in _fold_files(root).values())
+    imp3 = json.loads((root / "models/gbdt/importance_fold2.json").read_text())
+    (root / "models/gbdt/importance_fold2.json").write_text(json.dumps({**imp3, "stale_feature": 1e9}))
+    run(2)
+    files = _fold_files(root)
+    assert all(not any(re.search(r"fold[2-9]", n) for n in names) for names in files.values()), files
+    assert files["models/gbdt"] == sorted([f"fold{k}_seed{s}.txt" for k in (0, 1) for s in (42, 43, 44)]
+                                          + [f"importance_fold{k}.json" for k in (0, 1)]
+                                          + [f"pred_fold{k}.parquet" for k in (0, 1)])
+    assert "stale_feature" not in (root / "reports/report.html").read_text()
+    metrics = json.loads((root / "reports/metrics.json").read_text())["models"]
+    assert all(set(m["fold_roc_auc"]) == {"0", "1"} for m in metrics.values())
