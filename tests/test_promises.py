@@ -141,3 +141,92 @@ def test_an_undefined_metric_is_never_chosen():
     with pytest.raises(ValueError, match="undefined for every model"):
         select_model(models, {n: {"pauc_80": float("nan")} for n in metrics}, pd.DataFrame(), np.zeros(3),
                      np.zeros(3), EvaluateConfig(bootstrap=0))
+
+
+def _flip_fold(frame: pd.DataFrame, fold_of: pd.Series, k: int) -> pd.DataFrame:
+    """`frame` with the labels of fold k's rows flipped."""
+    out = frame.copy()
+    rows = out["image_id"].map(fold_of).to_numpy() == k
+    out.loc[rows, "target"] = 1 - out.loc[rows, "target"]
+    return out
+
+
+def test_a_folds_labels_never_reach_its_out_of_fold_metadata_predictions(tiny_demo, tmp_path):
+    """The metadata model's pipeline (preprocessing and selection fitted per fold, then LightGBM):
+    flipping every label of fold 1 leaves fold 1's out-of-fold predictions unchanged, and changes
+    fold 0's (the flipped rows are its training rows)."""
+    from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig
+    from lesion_ml.data.sources import ingest
+    from tasks.data import clean_features, make_folds, prepare_fold
+    from tasks.train import train_gbdt_fold
+
+    table = ingest(DataConfig(source="synthetic"), tiny_demo).table
+    table.to_parquet(tmp_path / "lesions.parquet")
+    raw = lambda t: t.fn.__wrapped__  # noqa: E731 - the task body, without the cache
+    raw(make_folds)(tmp_path / "lesions.parquet", SplitConfig(n_folds=2, seed=0), tmp_path / "folds.parquet")
+    prep = PrepareConfig(select={"k": 8})
+    raw(clean_features)(tmp_path / "lesions.parquet", prep, tmp_path / "clean.parquet")
+    folds = pd.read_parquet(tmp_path / "folds.parquet")
+    fold_of = folds.set_index("image_id")["fold"]
+    gbdt = TrainGbdtConfig(n_estimators=20, num_leaves=4, min_child_samples=2, n_jobs=1)
+
+    def oof(run: str, flip: bool) -> dict[int, np.ndarray]:
+        d = tmp_path / run
+        d.mkdir()
+        clean, f = pd.read_parquet(tmp_path / "clean.parquet"), folds
+        if flip:
+            clean, f = _flip_fold(clean, fold_of, 1), _flip_fold(folds, fold_of, 1)
+        clean.to_parquet(d / "clean.parquet")
+        f.to_parquet(d / "folds.parquet")
+        out = {}
+        for k in (0, 1):
+            raw(prepare_fold)(d / "clean.parquet", d / "folds.parquet", prep, k, d / f"features{k}.parquet")
+            pred = raw(train_gbdt_fold)(d / f"features{k}.parquet", d / "folds.parquet", gbdt, k, d)
+            out[k] = pd.read_parquet(pred)["pred"].to_numpy()
+        return out
+
+    a, b = oof("true", False), oof("flipped", True)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], b[0])
+
+
+@pytest.mark.slow
+def test_a_folds_labels_never_reach_its_out_of_fold_image_predictions(tiny_demo):
+    """The image model's fold (rows from `fold_data`, as the train_cnn stage builds them): flipping
+    fold 1's labels leaves its predictions unchanged; flipping the training rows' labels does not."""
+    import torch
+
+    from lesion_ml.config import SplitConfig
+    from lesion_ml.data.split import assign_folds, fold_data
+    from lesion_ml.image.train import train_fold
+    from tests.test_train import _tiny
+
+    store, ids, y, groups = _tiny(tiny_demo)
+    folds = assign_folds(pd.DataFrame({"image_id": ids, "patient_id": groups, "target": y.astype(int)}),
+                         SplitConfig(n_folds=2, seed=0))
+    fold_of = folds.set_index("image_id")["fold"]
+    cfg = CnnModelConfig(image_size=16, epochs=1, batch_size=8, monitor_valid=True)
+
+    def predict(f: pd.DataFrame) -> np.ndarray:
+        train = (f["fold"] != 1).to_numpy()
+        return train_fold(store, fold_data(f, train, cfg, None, None), cfg, torch.device("cpu"), seed=1).valid_pred
+
+    base = predict(folds)
+    np.testing.assert_array_equal(base, predict(_flip_fold(folds, fold_of, 1)))
+    assert not np.array_equal(base, predict(_flip_fold(folds, fold_of, 0)))
+
+
+def test_a_folds_labels_never_reach_its_out_of_fold_stack_predictions():
+    """evaluate's stack (cross-fitted over the metadata features and the image scores): fold 2's
+    stacked scores do not move when fold 2's labels are flipped."""
+    from lesion_ml.evaluate.compare import model_scores
+
+    oof, _, features_of = _oof()
+    gbdt = TrainGbdtConfig(n_estimators=20, num_leaves=4, min_child_samples=5, seeds=(1,), n_jobs=1)
+    flipped = oof.assign(target=np.where(oof["fold"] == 2, 1 - oof["target"], oof["target"]))
+    cfg = EvaluateConfig(bootstrap=0, ensembles=False)
+    a = model_scores(oof, base_models(CNNS), cfg, gbdt, features_of)[1]["stack_gbdt_images"].to_numpy()
+    b = model_scores(flipped, base_models(CNNS), cfg, gbdt, features_of)[1]["stack_gbdt_images"].to_numpy()
+    rows = oof["fold"].to_numpy() == 2
+    np.testing.assert_array_equal(a[rows], b[rows])
+    assert not np.array_equal(a[~rows], b[~rows])
