@@ -8,8 +8,12 @@ library versions and the lock file that produced it. It hashes
     through their imports (module level and inside functions): a checkpoint of
     lesion_ml.image.train depends on lesion_ml.sampling, lesion_ml.data.images and the rest of
     what training imports, not only on one folder;
-  * the environment (`environment_digest`): the version of every installed distribution and,
-    where the caller names one (`use_lock_file`), the contents of the project's lock file.
+  * the environment (`environment_digest`): the version of every installed distribution and the
+    contents of the project's lock file, requirements.lock beside the lesion_ml package (the
+    repository root of a checkout; a wheel install has none).
+
+Every process computes the same fingerprint for the same code, versions and lock file, whatever
+else it imported: a checkpoint written by a stage is resumed by a test, a bench or another stage.
 
 File contents and image stores are fingerprinted by lesion_ml.io (`path_digest`).
 """
@@ -28,17 +32,18 @@ from pathlib import Path
 LIBRARY = ("lesion_ml",)
 
 
-class Environment:
-    """What besides the code decides a result: installed library versions and the lock file.
+PROJECT_LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 
-    The lock file's location is set by the caller (`use_lock_file`); the library builds no path.
-    """
+
+class Environment:
+    """What besides the code decides a result: installed library versions and the lock file
+    (`lock`: the project's requirements.lock, `PROJECT_LOCK`)."""
 
     def __init__(self) -> None:
-        self.lock: Path | None = None
+        self.lock: Path | None = PROJECT_LOCK
 
     def use_lock_file(self, path: Path | str | None) -> None:
-        """Include the contents of `path` (requirements.lock) in every fingerprint from now on."""
+        """Fingerprint the contents of `path` as the lock file from now on (None: no lock file)."""
         self.lock = Path(path) if path is not None else None
         environment_digest.cache_clear()
         code_fingerprint.cache_clear()
@@ -56,8 +61,8 @@ def _installed() -> str:
 
 @functools.lru_cache(maxsize=4)
 def environment_digest() -> str:
-    """sha256 of the installed distributions' versions and of the lock file's contents (when one is
-    set with `ENVIRONMENT.use_lock_file`; "no lock file" when it is absent)."""
+    """sha256 of the installed distributions' versions and of the lock file's contents ("none" when
+    there is no lock file)."""
     h = hashlib.sha256(_installed().encode())
     lock = ENVIRONMENT.lock
     h.update(b"\nlock:" + (_read_source(lock) if lock is not None and lock.is_file() else b"none"))

@@ -42,7 +42,7 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from lesion_ml.fingerprint import ENVIRONMENT, code_fingerprint
+from lesion_ml.fingerprint import code_fingerprint
 from lesion_ml.io import FILE_HASHES, image_store_digest, is_transient, path_digest, recording_writes, write_json
 
 log = logging.getLogger("lesion_ml.cache")
@@ -53,7 +53,6 @@ KEYS = CACHE_DIR / "keys"  # Prefect's cache records (key -> result location)
 RESULTS = CACHE_DIR / "results"  # the persisted (small) results
 OUTPUTS = CACHE_DIR / "outputs"  # key -> fingerprints of the files the run wrote
 MEMO = CACHE_DIR / "file-hashes.json"
-LOCK = Path("requirements.lock")  # the locked dependency versions: part of every task's and checkpoint's key
 OURS = ("lesion_ml", "tasks")  # the packages whose sources a task key covers
 
 #: Names of the tasks whose bodies ran in this process, in order (a cached task is not listed).
@@ -80,8 +79,6 @@ IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "ret
 # checkpoints' keys; here the memo is made persistent.
 HASHES = FILE_HASHES
 HASHES.use_memo_file(MEMO)
-# The same fingerprint (lesion_ml.fingerprint) keys the image models' checkpoints: both see the lock file.
-ENVIRONMENT.use_lock_file(LOCK)
 
 
 def _store_digest(manifest: Path) -> str:

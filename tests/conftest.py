@@ -78,3 +78,103 @@ def write_competition_files(sample: Path, dest: Path) -> int:
             h5.create_dataset(f.stem, data=np.array(data, dtype=f"S{len(data)}"))
     shutil.copy(sample / "sample_metadata.csv", dest / "train-metadata.csv")
     return len(files)
+
+
+# -- the tiny demo repository, built once ------------------------------------------------------
+TINY_PARAMS = {
+    "data": {"synthetic": TINY.model_dump(mode="json")},
+    "split": {"n_folds": 2, "seed": 0},
+    "prepare": {"select": {"k": 8}},
+    "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1},
+    "evaluate": {"bootstrap": 50},
+    "final": {"model": "stack_gbdt_images", "fallback": "tiny"},
+    # the plumbing of stage validate: the demo set itself stands in for an external one
+    "external": {"bootstrap": 20, "sets": {"demo": {"images": "data/interim/demo/train-image.hdf5",
+                                                    "labels": "data/interim/demo/train-metadata.csv"}}},
+    "train_cnn": {"threads": 1, "minority_set": {"copies": 1, "max_side": 48},
+                  "models": {"tiny": {"backbone": "resnet18", "image_size": 32, "epochs": 1, "batch_size": 8,
+                                      "balance": {"minority_set": True}},
+                             "tiny_fusion": {"backbone": "resnet18", "image_size": 32, "epochs": 2, "batch_size": 8,
+                                             "fusion": {"enabled": True}, "monitor_valid": True,
+                                             "balance": {"sampler": "downsample", "neg_per_pos": 2}}}},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def tiny_params() -> dict:
+    """params.yaml with TINY_PARAMS merged in (their model and external-set lists replace the shipped ones)."""
+    import copy
+
+    import yaml
+
+    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    params["train_cnn"]["models"] = copy.deepcopy(TINY_PARAMS["train_cnn"]["models"])
+    params["external"]["sets"] = copy.deepcopy(TINY_PARAMS["external"]["sets"])
+    return params
+
+
+def copy_repo(dest: Path, params: dict) -> None:
+    """The repository's tracked files (tests aside) with `params`, as a git repo in `dest`."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if rel.startswith("tests/") or not (REPO / rel).exists():
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+
+
+def dvc(*args: str, cwd, api_url: str | None = None):
+    """`dvc` in `cwd`; its stage flows report to the Prefect API at `api_url` (the session's
+    server) when given, else each starts a temporary server as a user's run without one does."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "dvc"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory, prefect_api_url) -> Path:
+    """The repository with TINY_PARAMS after `dvc repro`: built once for the whole test session
+    (the pytest-xdist workers share it through a lock), and only read. A test that changes a
+    build works on its own copy (`copy_build`)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every worker of the session
+    root = shared / "demo_build"
+    with FileLock(str(shared / "demo_build.lock")):
+        if not (shared / "demo_build.done").exists():
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            copy_repo(root, tiny_params())
+            run = dvc("repro", cwd=root, api_url=prefect_api_url)
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+            (shared / "demo_build.done").write_text(run.stdout)
+    return root
+
+
+def copy_build(build: Path, dest: Path) -> Path:
+    """A copy of a built repository (git, DVC cache, task cache and outputs) that a test may change."""
+    import shutil
+
+    shutil.copytree(build, dest, symlinks=True, dirs_exist_ok=True)
+    return dest

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from test_flows import TINY_PARAMS, _copy_repo, _tiny_params
+from conftest import TINY_PARAMS, copy_build, tiny_params
 
 pytestmark = pytest.mark.flow
 
@@ -23,12 +23,13 @@ def _run(root, api_url: str) -> list[str]:
     return [] if line.group(1) == "0" else line.group(2).split(", ")
 
 
-def test_reruns_only_what_changed(tmp_path, prefect_api_url):
+def test_reruns_only_what_changed(tmp_path, demo_build, prefect_api_url):
+    """On a copy of the tiny demo build (made by `dvc repro`, whose stage processes filled the task
+    cache): `python -m flows.pipeline` runs nothing, then only what each change touches."""
     api_url = prefect_api_url
-    params = _tiny_params()
-    _copy_repo(tmp_path, params)
-    cold = _run(tmp_path, api_url)
-    assert cold.count("train_cnn_fold") == 4 and "export_final" in cold  # 2 models x 2 folds
+    params = tiny_params()
+    copy_build(demo_build, tmp_path)
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == params
     assert _run(tmp_path, api_url) == []  # nothing changed: every task is a cache hit
     assert (tmp_path / ".lesion/prefect/keys").is_dir() and not (tmp_path / "models/.lesion").exists()
 
