@@ -146,36 +146,36 @@ def select_model(models: list[ModelRef], metrics: dict[str, dict], scores: pd.Da
                  groups: np.ndarray, cfg: EvaluateConfig) -> dict:
     """The model that evaluate names best, and why.
 
-    The leader is the model with the highest `cfg.select_metric` (models where it is undefined
-    are never chosen; equal values go to the simpler model, then by name). Each other model is
-    compared with the leader on the same patient-level resamples (`paired_bootstrap`,
-    `cfg.bootstrap` resamples): where the 95% interval of the leader's advantage reaches 0, the
-    data do not tell the two apart, and the simplest such model (`complexity`) is chosen.
+    The leader has the highest `cfg.select_metric` (a model where it is undefined is never
+    chosen; equal values go to the simpler model, then by name). The runner-up is compared with it
+    on the same patient-level resamples (`paired_bootstrap`, `cfg.bootstrap` resamples): when the
+    95% interval of the leader's advantage reaches 0, the data do not tell the two apart, and the
+    simpler of the two (`complexity`) is chosen.
 
     Returns:
-        {"chosen", "leader", "metric", "rule", "margins": {model: {difference, ci95, share_better}}}:
-        the leader's advantage over each other model, as metrics.json records it.
+        {"chosen", "leader", "runner_up", "metric", "rule", "margin": {difference, ci95,
+        share_better}}: the leader's advantage over the runner-up, as metrics.json records it.
     """
     metric = cfg.select_metric
     finite = [r for r in models if np.isfinite(_value(metrics[r.name][metric]))]
     if not finite:
         raise ValueError(f"{metric} is undefined for every model (one class in the out-of-fold rows?); "
                          "nothing can be chosen (params.yaml evaluate.select_metric)")
-    leader = min(finite, key=lambda r: (-metrics[r.name][metric], complexity(r), r.name))
-    margins, tied = {}, [leader]
-    for ref in finite:
-        if ref is leader or not cfg.bootstrap:
-            continue
-        diff = paired_bootstrap(y, scores[ref.name].to_numpy(), scores[leader.name].to_numpy(), groups,
-                                cfg.bootstrap, cfg.seed)[metric]
-        margins[ref.name] = diff
-        if not diff["ci95"][0] > 0:  # the leader's advantage is within the resampling noise
-            tied.append(ref)
-    chosen = min(tied, key=lambda r: (complexity(r), -metrics[r.name][metric], r.name))
-    rule = (f"highest out-of-fold {metric}; a simpler model (fewer components; image-only, metadata, fusion, "
-            f"ensemble, stack) is preferred when the leader's advantage over it has a 95% patient-bootstrap "
-            f"interval ({cfg.bootstrap} paired resamples) that reaches 0")
-    return {"chosen": chosen.name, "leader": leader.name, "metric": metric, "rule": rule, "margins": margins}
+    ranked = sorted(finite, key=lambda r: (-metrics[r.name][metric], complexity(r), r.name))
+    leader, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+    out = {"chosen": leader.name, "leader": leader.name, "runner_up": runner_up.name if runner_up else None,
+           "metric": metric, "margin": None,
+           "rule": f"highest out-of-fold {metric}; the runner-up instead when it is simpler (fewer components; "
+                   "image-only, metadata, fusion, ensemble, stack) and the leader's advantage over it has a 95% "
+                   f"patient-bootstrap interval ({cfg.bootstrap} paired resamples) that reaches 0"}
+    if runner_up is None or not cfg.bootstrap:
+        return out
+    margin = paired_bootstrap(y, scores[runner_up.name].to_numpy(), scores[leader.name].to_numpy(), groups,
+                              cfg.bootstrap, cfg.seed)[metric]
+    out["margin"] = margin
+    if not margin["ci95"][0] > 0 and complexity(runner_up) < complexity(leader):  # within the noise
+        out["chosen"] = runner_up.name
+    return out
 
 
 def _value(v: float | None) -> float:

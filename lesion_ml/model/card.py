@@ -72,13 +72,13 @@ def _selection_lines(sel: dict[str, Any], name: str) -> list[str]:
     if not sel.get("rule"):
         return []
     lines = [f"- Choice: {sel['rule']}."]
-    leader = sel.get("leader")
-    margin = (sel.get("margins") or {}).get(name)
-    if leader and leader != name and margin:
+    leader, margin = sel.get("leader"), sel.get("margin")
+    if leader and margin and sel.get("runner_up"):
         lo, hi = margin["ci95"]
-        lines.append(f"- `{leader}` had the highest out-of-fold {sel['metric']}, ahead by {_fmt(margin['difference'])} "
-                     f"(95% paired patient-bootstrap interval {_fmt(lo)} to {_fmt(hi)}): within the noise, so the "
-                     "simpler model was chosen.")
+        ahead = (f"`{leader}` had the highest out-of-fold {sel['metric']}, ahead of `{sel['runner_up']}` by "
+                 f"{_fmt(margin['difference'])} (95% paired patient-bootstrap interval {_fmt(lo)} to {_fmt(hi)})")
+        lines.append(f"- {ahead}: " + ("within the noise, so the simpler model was chosen." if leader != name
+                                       else "chosen."))
     return lines
 
 
