@@ -103,9 +103,25 @@ def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path, monke
     table = format_scale_table(result)
     assert all(s in table for s in stages) and "lesion predict" in table and "OOF inference small_fusion" in table
     assert "of which the image pass" in table
-    again = bench_scale(data, tmp_path / "work", REPO, overrides, predict_workers=0, predict_batch=16, out=out,
-                        predict_only=True)  # the stage figures kept, predict measured again
-    assert again["stages"] == result["stages"] and again["predict_rerun"] and again["predict"]["images"] == 90
+
+
+def test_predict_only_keeps_the_stage_figures_of_a_finished_run(tmp_path):
+    """--predict-only takes the stage figures from the earlier run's JSON, and refuses when the
+    stages differ or no model was exported in the work folder."""
+    from lesion_ml.app.bench_scale import _keep_earlier_stages
+
+    out, work = tmp_path / "scale.json", tmp_path / "work"
+    stages = [{"stage": "ingest", "seconds": 3.0}, {"stage": "final", "seconds": 9.0}]
+    out.write_text(json.dumps({"stages": stages}))
+    with pytest.raises(ValueError, match="needs a finished run"):
+        _keep_earlier_stages({}, ["ingest", "final"], work, out)  # no models/final yet
+    (work / "models/final").mkdir(parents=True)
+    (work / "models/final/manifest.json").write_text("{}")
+    result: dict = {}
+    _keep_earlier_stages(result, ["ingest", "final"], work, out)
+    assert result == {"stages": stages, "predict_rerun": True}
+    with pytest.raises(ValueError, match="needs a finished run"):
+        _keep_earlier_stages({}, ["ingest", "split", "final"], work, out)  # another stage list
 
 
 def test_the_image_pass_seconds_are_read_from_the_predict_log():

@@ -1,4 +1,6 @@
-"""Content-keyed task caching, through `python -m flows.pipeline` runs in a copy of the repository."""
+"""Content-keyed task caching, through flows/pipeline.py runs in a copy of the tiny demo build: in
+this process while only data and params change, and as `python -m flows.pipeline` in the copy once
+its library code is edited (the process must import the edited code)."""
 from __future__ import annotations
 
 import os
@@ -23,14 +25,29 @@ def _run(root, api_url: str) -> list[str]:
     return [] if line.group(1) == "0" else line.group(2).split(", ")
 
 
+def _run_here(root) -> list[str]:
+    """flows/pipeline.py in this process, in `root`; the tasks that ran."""
+    from flows.pipeline import pipeline_flow
+    from tasks.cache import executed
+
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        executed.clear()
+        pipeline_flow()
+        return list(executed)
+    finally:
+        os.chdir(here)
+
+
 def test_reruns_only_what_changed(tmp_path, demo_build, prefect_api_url):
     """On a copy of the tiny demo build (made by `dvc repro`, whose stage processes filled the task
-    cache): `python -m flows.pipeline` runs nothing, then only what each change touches."""
+    cache): the pipeline runs nothing, then only what each change touches."""
     api_url = prefect_api_url
     params = tiny_params()
     copy_build(demo_build, tmp_path)
     assert yaml.safe_load((tmp_path / "params.yaml").read_text()) == params
-    assert _run(tmp_path, api_url) == []  # nothing changed: every task is a cache hit
+    assert _run_here(tmp_path) == []  # nothing changed: every task is a cache hit
     assert (tmp_path / ".lesion/prefect/keys").is_dir() and not (tmp_path / "models/.lesion").exists()
 
     # two changes in one run. An output deleted (as `dvc repro` does to a stage's outs): only the task
@@ -39,7 +56,7 @@ def test_reruns_only_what_changed(tmp_path, demo_build, prefect_api_url):
     (tmp_path / "models/gbdt/pred_fold1.parquet").unlink()
     params["train_cnn"]["models"]["tiny"]["lr"] = 0.002
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    changed = _run(tmp_path, api_url)
+    changed = _run_here(tmp_path)
     assert changed.count("train_gbdt_fold") == 1 and (tmp_path / "models/gbdt/pred_fold1.parquet").is_file()
     assert changed.count("train_cnn_fold") == 2 and changed.count("combine_oof") == 1  # tiny's, not the GBDT's
     assert {"evaluate_models", "export_final"} <= set(changed)
