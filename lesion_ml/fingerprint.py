@@ -8,9 +8,11 @@ library versions and the lock file that produced it. It hashes
     through their imports (module level and inside functions): a checkpoint of
     lesion_ml.image.train depends on lesion_ml.sampling, lesion_ml.data.images and the rest of
     what training imports, not only on one folder;
-  * the environment (`environment_digest`): the version of every installed distribution and the
-    contents of the project's lock file, requirements.lock beside the lesion_ml package (the
-    repository root of a checkout; a wheel install has none).
+  * the environment (`environment_digest`): the contents of the project's lock file,
+    requirements.lock beside the lesion_ml package (the repository root of a checkout; a wheel
+    install has none), and the installed version of every distribution it names (of every
+    installed distribution without a lock file): an upgrade reruns, a tool installed beside the
+    pipeline (a notebook, a linter) does not.
 
 Every process computes the same fingerprint for the same code, versions and lock file, whatever
 else it imported: a checkpoint written by a stage is resumed by a test, a bench or another stage.
@@ -24,6 +26,7 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import re
 import sys
 import types
 from collections.abc import Iterable
@@ -52,20 +55,34 @@ class Environment:
 ENVIRONMENT = Environment()
 
 
-@functools.lru_cache(maxsize=1)
-def _installed() -> str:
-    """Every installed distribution as name==version, sorted (one line each)."""
-    names = {f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in importlib.metadata.distributions()}
-    return "\n".join(sorted(names))
+def _canonical(name: str) -> str:
+    """A distribution name as PEP 503 compares them (case, "_" and "." do not matter)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _distributions() -> dict[str, str]:
+    """Installed distributions: canonical name -> version."""
+    return {_canonical(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
+
+
+def locked_names(text: str) -> frozenset[str]:
+    """The canonical names of the distributions a requirements lock file pins (name==version lines)."""
+    names = (re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line) for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith(("#", "-")))
+    return frozenset(_canonical(m.group(1)) for m in names if m)
 
 
 @functools.lru_cache(maxsize=4)
 def environment_digest() -> str:
-    """sha256 of the installed distributions' versions and of the lock file's contents ("none" when
-    there is no lock file)."""
-    h = hashlib.sha256(_installed().encode())
+    """sha256 of the lock file's contents ("none" without one) and of the installed versions of the
+    distributions it names (every installed distribution without a lock file)."""
     lock = ENVIRONMENT.lock
-    h.update(b"\nlock:" + (_read_source(lock) if lock is not None and lock.is_file() else b"none"))
+    text = _read_source(lock) if lock is not None and lock.is_file() else None
+    names = locked_names(text.decode()) if text is not None else None
+    installed = _distributions()
+    versions = "\n".join(f"{n}=={installed[n]}" for n in sorted(installed) if names is None or n in names)
+    h = hashlib.sha256(versions.encode())
+    h.update(b"\nlock:" + (text if text is not None else b"none"))
     return h.hexdigest()
 
 

@@ -125,3 +125,29 @@ def test_every_stage_depends_on_the_lock_file():
     for name, stage in stages.items():
         deps = stage.get("deps") or stage["do"]["deps"]
         assert "requirements.lock" in deps, name
+
+
+def test_the_environment_is_the_locked_distributions_installed_versions(tmp_path, monkeypatch, fresh_fingerprints):
+    """An upgrade of a locked library changes the fingerprint; a tool installed beside the pipeline
+    (not in the lock file) does not; without a lock file every installed distribution counts."""
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("# pinned\nnumpy==2.3.0\nscikit_learn==1.9.1\n")
+    ENVIRONMENT.use_lock_file(lock)
+    assert fingerprint.locked_names(lock.read_text()) == {"numpy", "scikit-learn"}
+    installed = {"numpy": "2.3.0", "scikit-learn": "1.9.1", "jupyter": "1.0"}
+    monkeypatch.setattr(fingerprint, "_distributions", lambda: dict(installed))
+
+    def digest() -> str:
+        fingerprint.environment_digest.cache_clear()
+        return fingerprint.environment_digest()
+
+    first = digest()
+    installed["jupyter"] = "2.0"
+    installed["ruff"] = "0.9"
+    assert digest() == first  # tools outside the lock
+    installed["scikit-learn"] = "1.9.2"
+    assert digest() != first  # an installed upgrade of a locked library, lock file unchanged
+    ENVIRONMENT.use_lock_file(None)
+    unlocked = digest()
+    installed["ruff"] = "1.0"
+    assert digest() != unlocked
