@@ -52,3 +52,14 @@ def test_the_reports_are_tracked_where_dvc_writes_them():
     tracked = subprocess.run(["git", "ls-files", "reports", "dvc.lock"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
     assert {"dvc.lock", "reports/metrics.json", "reports/evaluation.json"} <= set(tracked)
+
+
+def test_the_readme_demo_table_is_what_lesion_metrics_prints_from_the_committed_reports():
+    from lesion_ml.evaluate.compare import metrics_text
+
+    readme = (REPO / "README.md").read_text()
+    table = metrics_text(json.loads((REPO / "reports/metrics.json").read_text()))
+    assert "```\n" + table + "\n```" in readme
+    ingest = json.loads((REPO / "reports/ingest.json").read_text())
+    counts = f"{ingest['n_images']:,} lesions, {ingest['n_malignant']:,} malignant, {ingest['n_patients']:,} patients"
+    assert f"On the demo set ({counts}: `reports/ingest.json`)" in readme
