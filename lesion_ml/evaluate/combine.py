@@ -19,10 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from lesion_ml.config import TrainGbdtConfig
+from lesion_ml.tabular.gbdt import fit_gbdt
 
 CALIBRATIONS = ("none", "isotonic", "platt")
 Scores = Mapping[str, np.ndarray] | pd.DataFrame
@@ -89,7 +91,8 @@ class RankEnsemble:
 
     @classmethod
     def from_json(cls, spec: Mapping[str, Any]) -> RankEnsemble:
-        out = cls(spec["components"], len(next(iter(spec["reference"].values()), [])) or 2001)
+        points = {len(r) for r in spec["reference"].values()}
+        out = cls(spec["components"], points.pop() if len(points) == 1 else 2001)
         out.reference_ = {c: list(spec["reference"][c]) for c in out.components}
         return out
 
@@ -116,8 +119,6 @@ class StackEnsemble:
         return X
 
     def fit(self, scores: Scores, y: np.ndarray, features: pd.DataFrame) -> StackEnsemble:
-        from lesion_ml.tabular.gbdt import fit_gbdt
-
         if self.cfg is None:
             raise ValueError("a StackEnsemble needs the LightGBM settings (cfg) to be fitted")
         X = self.inputs(scores, features)  # noqa: N806
@@ -129,8 +130,6 @@ class StackEnsemble:
 
     def boosters(self) -> list[Any]:
         """The fitted LightGBM boosters (built from their text once)."""
-        import lightgbm as lgb
-
         if self._boosters is None:
             self._boosters = [lgb.Booster(model_str=m) for m in self.models_]
         return self._boosters
