@@ -5,7 +5,7 @@ from prefect import flow
 
 from flows import paths
 from lesion_ml.config import load_params
-from tasks.train import build_minority_set
+from tasks.minority_set import build_minority_set
 
 
 @flow(name="minority_set")

@@ -25,7 +25,8 @@ from flows.train_gbdt import train_gbdt_flow
 from flows.tune import tune_flow
 from flows.validate import validate_flow
 from lesion_ml.config import load_params
-from tasks.train import combine_oof, train_cnn_fold
+from tasks.outputs import combine_oof
+from tasks.train_cnn import train_cnn_fold
 
 
 @flow(name="pipeline")

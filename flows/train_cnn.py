@@ -12,8 +12,8 @@ from flows.runner import run_all, visible_gpus
 from lesion_ml.config import Params, load_params, to_plain
 from lesion_ml.errors import ConfigError
 from lesion_ml.io import write_text
-from tasks.outputs import keep_only
-from tasks.train import combine_oof, train_cnn_fold
+from tasks.outputs import combine_oof, keep_only
+from tasks.train_cnn import train_cnn_fold
 
 
 def fold_calls(p: Params, name: str) -> list[dict]:
@@ -29,7 +29,8 @@ def fold_calls(p: Params, name: str) -> list[dict]:
     return [{"images": paths.IMAGES, "folds": paths.FOLDS, "cfg": cfg, "device": p.train_cnn.device,
              "num_workers": p.train_cnn.num_workers, "fold": k, "out": out, "name": name,
              "features_dir": paths.FEATURES, "minority": paths.MINORITY, "checkpoints": paths.CHECKPOINTS / name,
-             "plots": paths.TRAIN_PLOTS / name, "threads": p.train_cnn.threads} for k in range(p.split.n_folds)]
+             "plots": paths.TRAIN_PLOTS / name, "threads": p.train_cnn.threads,
+             "checkpoint_every_s": p.train_cnn.checkpoint_every_s} for k in range(p.split.n_folds)]
 
 
 @flow(name="train_cnn")

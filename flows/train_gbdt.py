@@ -8,8 +8,8 @@ from prefect import flow
 from flows import paths
 from flows.runner import run_all
 from lesion_ml.config import load_params
-from tasks.outputs import keep_only
-from tasks.train import combine_oof, train_gbdt_fold
+from tasks.outputs import combine_oof, keep_only
+from tasks.train_gbdt import train_gbdt_fold
 
 
 @flow(name="train_gbdt")

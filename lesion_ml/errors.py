@@ -15,7 +15,7 @@ class BadImageError(ValueError):
     """An image is missing, unreadable or corrupt; the message names the image and its file.
 
     The remedy depends on who asked (a params key for the pipeline, a flag for `lesion predict`),
-    so the layer that knows adds it: see `sources.check_images`, tasks/train.py and app/cli.py."""
+    so the layer that knows adds it: see `sources.check_images`, tasks/train_cnn.py and app/cli.py."""
 
 
 class PretrainedWeightsMissing(FileNotFoundError):

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import os
 import re
 import sys
 import types
@@ -106,9 +107,16 @@ def module_file(name: str) -> str | None:
     return spec.origin if spec is not None and spec.has_location else None
 
 
-def _imported_modules(file: str, packages: tuple[str, ...]) -> set[str]:
+def _imported_modules(file: str, packages: tuple[str, ...]) -> frozenset[str]:
     """The modules of `packages` that a source file imports anywhere: at module level or inside
-    a function, which module-level references miss."""
+    a function, which module-level references miss. Memoised per file version (every task of a
+    stage walks mostly the same modules)."""
+    st = os.stat(file)
+    return _imports_of(file, (st.st_mtime_ns, st.st_size), packages)
+
+
+@functools.lru_cache(maxsize=2048)
+def _imports_of(file: str, version: tuple[int, int], packages: tuple[str, ...]) -> frozenset[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(_read_source(file))):
         if isinstance(node, ast.Import):
@@ -124,7 +132,7 @@ def _imported_modules(file: str, packages: tuple[str, ...]) -> set[str]:
                         found.add(name)
                 except (ImportError, ValueError):  # a name imported from a module, not a module
                     pass
-    return found
+    return frozenset(found)
 
 
 def module_closure(start: Iterable[str], packages: tuple[str, ...] = LIBRARY) -> set[str]:
@@ -140,7 +148,7 @@ def module_closure(start: Iterable[str], packages: tuple[str, ...] = LIBRARY) ->
         if file is None:
             continue
         seen.add(name)
-        refs = _imported_modules(file, packages)
+        refs = set(_imported_modules(file, packages))
         if name in sys.modules:
             for obj in vars(sys.modules[name]).values():
                 ref = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)

@@ -152,14 +152,17 @@ def code_digest(fn: Callable) -> str:
     return code_fingerprint(start, OURS, [h.hexdigest()])
 
 
-def task_key(fn: Callable, arguments: dict[str, Any], outputs: tuple[str, ...], code: str) -> str:
+def task_key(fn: Callable, arguments: dict[str, Any], outputs: tuple[str, ...], code: str,
+             runtime: tuple[str, ...] = ()) -> str:
     """The cache key of calling `fn` (the undecorated task function) with `arguments`; `code` is
-    its `code_digest`, taken where the source files are (a Dask worker gets the function by value)."""
+    its `code_digest`, taken where the source files are (a Dask worker gets the function by value).
+    The arguments named in `runtime` change how the task runs, not what it writes: they are not
+    part of the key."""
     sig = inspect.signature(fn)
     bound = sig.bind_partial(**{k: v for k, v in arguments.items() if k in sig.parameters})
     bound.apply_defaults()
     parts = {name: (str(value) if name in outputs else _digest(value, name))
-             for name, value in bound.arguments.items()}
+             for name, value in bound.arguments.items() if name not in runtime}
     text = json.dumps({"task": f"{fn.__module__}.{fn.__qualname__}", "code": code, "args": parts},
                       sort_keys=True, default=str)
     HASHES.save()
@@ -227,10 +230,11 @@ class ContentKeyed(CachePolicy):
     fn: Callable | None = None
     outputs: tuple[str, ...] = field(default_factory=tuple)
     code: str = ""
+    runtime: tuple[str, ...] = field(default_factory=tuple)
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        key = task_key(self.fn, inputs, self.outputs, self.code)
+        key = task_key(self.fn, inputs, self.outputs, self.code, self.runtime)
         if not _outputs_intact(key):  # outputs gone or rewritten since: forget the result, run again
             (KEYS / key).unlink(missing_ok=True)
         else:
@@ -238,18 +242,20 @@ class ContentKeyed(CachePolicy):
         return key
 
 
-def cached_task(outputs: tuple[str, ...] = ("out",), **task_kwargs: Any):
+def cached_task(outputs: tuple[str, ...] = ("out",), runtime: tuple[str, ...] = (), **task_kwargs: Any):
     """@task with content-keyed caching, transient-I/O retries, and small persisted results.
 
     Args:
         outputs: names of the arguments that are output locations (hashed by path, not content).
+        runtime: names of the arguments that change how the task runs but not what it writes
+            (how often a checkpoint is written): left out of the key.
     """
     def decorate(fn: Callable) -> Any:
         code = code_digest(fn)  # here, at import, where the sources are
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            key = task_key(fn, inspect.signature(fn).bind(*args, **kwargs).arguments, outputs, code)
+            key = task_key(fn, inspect.signature(fn).bind(*args, **kwargs).arguments, outputs, code, runtime)
             executed.append(fn.__name__)
             with recording_writes() as written:
                 result = fn(*args, **kwargs)
@@ -258,7 +264,7 @@ def cached_task(outputs: tuple[str, ...] = ("out",), **task_kwargs: Any):
             write_json(_fingerprint(mine), OUTPUTS / f"{key}.json")
             return result
 
-        policy = ContentKeyed(fn=fn, outputs=outputs, code=code).configure(key_storage=KEYS)
+        policy = ContentKeyed(fn=fn, outputs=outputs, code=code, runtime=runtime).configure(key_storage=KEYS)
         return task(run, cache_policy=policy, persist_result=True, result_storage=RESULTS,
                     **{**IO_RETRIES, **task_kwargs})
 

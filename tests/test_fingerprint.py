@@ -85,7 +85,7 @@ def test_a_finished_fold_retrains_when_the_lock_file_changes(tiny_demo, tmp_path
 def test_task_keys_change_with_the_lock_file_and_library_code_the_task_reaches(tmp_path, monkeypatch,
                                                                                fresh_fingerprints):
     from tasks import cache
-    from tasks.train import train_gbdt_fold
+    from tasks.train_gbdt import train_gbdt_fold
 
     fn = train_gbdt_fold.fn.__wrapped__
     args = {"features": tmp_path / "f.parquet", "folds": tmp_path / "folds.parquet", "cfg": None, "fold": 0,
@@ -151,3 +151,22 @@ def test_the_environment_is_the_locked_distributions_installed_versions(tmp_path
     unlocked = digest()
     installed["ruff"] = "1.0"
     assert digest() != unlocked
+
+
+def test_a_runtime_argument_is_not_part_of_the_task_key(tmp_path):
+    """How often a fold writes its checkpoint changes how it runs, not what it writes: a changed
+    train_cnn.checkpoint_every_s reuses the cached folds, while a changed thread count does not."""
+    from tasks import cache
+    from tasks.train_cnn import train_cnn_fold
+
+    fn = train_cnn_fold.fn.__wrapped__
+    code = cache.code_digest(fn)
+    args = {"images": tmp_path / "images.json", "folds": tmp_path / "folds.parquet", "cfg": CnnModelConfig(),
+            "device": "cpu", "num_workers": 0, "fold": 0, "out": tmp_path, "threads": 1, "checkpoint_every_s": 60.0}
+
+    def key(**changed) -> str:
+        return cache.task_key(fn, {**args, **changed}, ("out", "checkpoints", "plots"), code, ("checkpoint_every_s",))
+
+    assert key(checkpoint_every_s=0.0) == key()
+    assert key(threads=2) != key()
+    assert train_cnn_fold.cache_policy.runtime == ("checkpoint_every_s",)

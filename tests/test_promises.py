@@ -157,7 +157,7 @@ def test_a_folds_labels_never_reach_its_out_of_fold_metadata_predictions(tiny_de
     from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig
     from lesion_ml.data.sources import ingest
     from tasks.data import clean_features, make_folds, prepare_fold
-    from tasks.train import train_gbdt_fold
+    from tasks.train_gbdt import train_gbdt_fold
 
     table = ingest(DataConfig(source="synthetic"), tiny_demo).table
     table.to_parquet(tmp_path / "lesions.parquet")

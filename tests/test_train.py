@@ -281,6 +281,27 @@ def test_run_killed_in_epoch_2_resumes_from_its_checkpoint_to_the_same_weights(t
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
 
 
+@pytest.mark.parametrize("every_s", [0.0, 3600.0])
+def test_mid_training_checkpoints_are_written_at_most_every_interval_and_the_finished_one_always(tiny_demo, tmp_path,
+                                                                                                   every_s):
+    """A checkpoint is written at the end of an epoch once `checkpoint_every_s` has passed since the
+    last one (0: every epoch); the finished state is written whatever the interval, and the weights
+    do not depend on it."""
+    store, data, cfg = _resume_setup(tiny_demo)
+    ckpt, seen = tmp_path / "fold0.pt", []
+    # on_epoch runs before the epoch's checkpoint: it sees what the epochs before it left
+    result = train_fold(store, data, cfg, torch.device("cpu"), seed=5, checkpoint=ckpt, checkpoint_every_s=every_s,
+                        on_epoch=lambda epoch, row: seen.append(
+                            len(torch.load(ckpt, weights_only=True)["history"]) if ckpt.exists() else 0))
+    assert seen == ([0, 1, 2] if every_s == 0 else [0, 0, 0])
+    state = torch.load(ckpt, weights_only=True)
+    assert state["done"] and len(state["history"]) == 3
+    again = train_fold(store, data, cfg, torch.device("cpu"), seed=5, checkpoint=ckpt)
+    assert again.resumed_from == 3
+    reference = train_fold(store, data, cfg, torch.device("cpu"), seed=5)
+    np.testing.assert_array_equal(result.valid_pred, reference.valid_pred)
+
+
 def test_fold_uses_only_copies_of_its_own_training_positives_and_their_metadata(tmp_path):
     import pandas as pd
 

@@ -125,5 +125,8 @@ class TrainCnnConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
+    checkpoint_every_s: float = Field(
+        60.0, ge=0, description="the least seconds between two mid-training checkpoints of a fold (written at the "
+        "end of an epoch; a killed run resumes from the last); 0: after every epoch. The weights do not depend on it")
     minority_set: MinoritySetConfig = MinoritySetConfig()
     models: dict[str, CnnModelConfig] = Field(default_factory=lambda: {"resnet18": CnnModelConfig()})

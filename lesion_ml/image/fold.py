@@ -19,18 +19,20 @@ from lesion_ml.image.train import FoldResult, train_fold
 
 def train_image_fold(manifest: Mapping[str, Any], folds: pd.DataFrame, fold: int, cfg: CnnModelConfig, device: str,
                      num_workers: int = 0, name: str = "", features_dir: Path | None = None,
-                     minority: Path | None = None, checkpoints: Path | None = None) -> FoldResult:
+                     minority: Path | None = None, checkpoints: Path | None = None,
+                     checkpoint_every_s: float = 0.0) -> FoldResult:
     """`train_fold` of the image model `cfg` on fold `fold` of the folds table: the images of the
     store `manifest` (data/interim/images.json) and, with cfg.balance.minority_set, the copies in
     `minority`; with fusion, the fold's features `features_dir`/fold<k>.parquet. Seed cfg.seed + fold;
-    resumes from `checkpoints`/fold<k>.pt; `name` labels the progress log."""
+    resumes from `checkpoints`/fold<k>.pt (written at most every `checkpoint_every_s` seconds
+    while training); `name` labels the progress log."""
     train = train_mask(folds, fold)
     data = fold_data(folds, train, cfg, features_dir / f"fold{fold}.parquet" if features_dir is not None else None,
                      minority)
     with open_store(manifest, minority / "images.hdf5" if cfg.balance.minority_set else None) as store:
         return train_fold(store, data, cfg, select_device(device), num_workers, seed=cfg.seed + fold,
                           checkpoint=checkpoints / f"fold{fold}.pt" if checkpoints else None,
-                          label=f"{name} fold {fold}".strip())
+                          label=f"{name} fold {fold}".strip(), checkpoint_every_s=checkpoint_every_s)
 
 
 def cnn_history(result: FoldResult) -> dict[str, Any]:

@@ -173,13 +173,20 @@ class _Loaders:
 
 
 class Checkpoint:
-    """A fold's resumable state in one file, rewritten atomically after every epoch: during
+    """A fold's resumable state in one file, rewritten atomically at the end of an epoch: during
     training the model, optimiser, scheduler and weight average; once finished only the weights
     that are scored (the best epoch's under early stopping). `key` (`_run_key`) must match for
-    it to be resumed."""
+    it to be resumed.
 
-    def __init__(self, path: Path | None, key: str, label: str = ""):
-        self.path, self.key, self.label = path, key, label
+    A mid-training state (about three copies of the weights: 130 MB for a ResNet-18) is written
+    at the end of an epoch only once `every_s` seconds have passed since the last one was written
+    (0: after every epoch), so that short epochs do not spend their time writing checkpoints; a
+    kill then loses at most `every_s` seconds plus one epoch. The finished state is always written.
+    Since every epoch is replayable from its seed, where training resumes does not change the weights."""
+
+    def __init__(self, path: Path | None, key: str, label: str = "", every_s: float = 0.0):
+        self.path, self.key, self.label, self.every_s = path, key, label, every_s
+        self.last = time.monotonic()
 
     def restore(self, run: _Run, device: torch.device) -> tuple[list[dict], bool, dict]:
         """(history, done, best) of the run it holds, its state loaded into `run`; a fresh start
@@ -205,7 +212,7 @@ class Checkpoint:
                                "state": state.get("best_model")}
 
     def save(self, run: _Run, history: list[dict], best: dict, done: bool) -> None:
-        if self.path is None:
+        if self.path is None or (not done and time.monotonic() - self.last < self.every_s):
             return
         state = {"key": self.key, "done": done, "history": history, "best_score": best["score"],
                  "best_epoch": best["epoch"]}
@@ -217,6 +224,7 @@ class Checkpoint:
                          **({"average": run.average.state_dict()} if run.average is not None else {}),
                          **({"best_model": best["state"]} if best["state"] is not None else {}))
         _save(self.path, state)
+        self.last = time.monotonic()
 
 
 def _fit_rows(data: FoldData, cfg: CnnModelConfig, held: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray | None]:
@@ -325,7 +333,8 @@ def _early_stop(best: dict, row: dict, run: _Run, cfg: CnnModelConfig, epoch: in
 
 def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device, num_workers: int = 0,
                seed: int = 0, checkpoint: Path | None = None, on_step: Callable[[int, int], None] | None = None,
-               label: str = "", on_epoch: Callable[[int, dict], None] | None = None) -> FoldResult:
+               label: str = "", on_epoch: Callable[[int, dict], None] | None = None,
+               checkpoint_every_s: float = 0.0) -> FoldResult:
     """Train one model on a fold's training rows and predict its validation rows.
 
     Args:
@@ -335,13 +344,14 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
         device: from `select_device`.
         num_workers: DataLoader worker processes (0: decode in this process).
         seed: all randomness derives from it.
-        checkpoint: file rewritten atomically after every epoch (`Checkpoint`). When it exists and
-            was written for the same data, params, seed and lesion_ml code, training resumes
+        checkpoint: file rewritten atomically at the end of an epoch (`Checkpoint`). When it exists
+            and was written for the same data, params, seed and lesion_ml code, training resumes
             after its last epoch; a finished run is not trained again.
         on_step: called as on_step(epoch, step) after each optimizer step (tests).
         label: prefix for the progress bar and log lines (e.g. "resnet18 fold 2").
         on_epoch: called as on_epoch(epoch, row) after each epoch with its history row (a tuning
             trial reports `valid_pauc` to its pruner there; an exception it raises ends training).
+        checkpoint_every_s: the least time between two mid-training checkpoints (0: every epoch).
     """
     key = _run_key(data, cfg, seed, store, device.type)
     backbone_spec(cfg.backbone)  # an unknown backbone fails before any image is read
@@ -351,7 +361,7 @@ def train_fold(store, data: FoldData, cfg: CnnModelConfig, device: torch.device,
     fit = _fit_rows(data, cfg, held)
     loaders = _loaders(store, data, cfg, held, fit, device, num_workers, seed, label)
     run = _build(cfg, data, fit[1], fit[2], device, len(loaders.train), seed)
-    ckpt = Checkpoint(checkpoint, key, label)
+    ckpt = Checkpoint(checkpoint, key, label, checkpoint_every_s)
     history, done, best = ckpt.restore(run, device)
     resumed = len(history)
     for epoch in range(resumed, cfg.epochs if not done else resumed):

@@ -70,7 +70,7 @@ def retrain_cnn(p: Params, key: str, table: pd.DataFrame, features: pd.DataFrame
     with open_store(images, minority / "images.hdf5" if cfg.balance.minority_set else None) as store:
         result = train_fold(store, data, cfg, select_device(p.train_cnn.device), p.train_cnn.num_workers,
                             seed=cfg.seed + p.final.seed_offset, checkpoint=checkpoints / f"{key}.pt",
-                            label=f"final {key}")
+                            label=f"final {key}", checkpoint_every_s=p.train_cnn.checkpoint_every_s)
     return weights_bytes(result.model.state_dict()), int(data.train_meta.shape[1]) if cfg.fusion.enabled else 0
 
 
