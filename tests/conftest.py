@@ -1,4 +1,6 @@
-"""Shared fixtures. PREFECT_HOME points at a temporary folder before anything imports prefect."""
+"""Shared fixtures. PREFECT_HOME points at a temporary folder before anything imports prefect, and
+every process of the session (stage subprocesses included) gets one BLAS/OpenMP thread: two
+pytest-xdist workers share 2 cores, and more threads than cores only spin."""
 from __future__ import annotations
 
 import os
@@ -7,7 +9,8 @@ import tempfile
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lesion-ml-prefect-")
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                      "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
-                     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}.items():
+                     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+                     "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}.items():
     os.environ[_key] = _value
 
 from pathlib import Path  # noqa: E402
@@ -44,10 +47,14 @@ def tiny_demo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect API server for every flow test of the session."""
+    """One temporary Prefect API server for every flow test of the session. The flows run in the
+    test processes send no heartbeats (Prefect's own test suite turns them off too): each flow run
+    would otherwise wait up to a second at its end for the heartbeat thread to stop."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=60), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

@@ -173,3 +173,14 @@ def test_image_paths_cannot_leave_the_data_folder(tmp_path):
     pd.DataFrame({"image_file": ["../../etc/passwd", "x.png"], "target": [0, 1]}).to_csv(tmp_path / "d/labels.csv")
     with pytest.raises(DataError, match=r"row 2: image_file '../../etc/passwd' points outside the data folder"):
         ingest(DataConfig(source="folder", path=str(tmp_path / "d")))
+
+
+def test_format_detection_lets_an_explicit_target_win_and_names_the_params_key():
+    from lesion_ml.data.sources import detect_format
+
+    assert detect_format(pd.Index(["image_id", "target", "dx"])) == "generic"
+    assert detect_format(pd.Index(["image_id", "lesion_id", "dx", "age"])) == "ham10000"
+    assert detect_format(pd.Index(["image_name", "target", "diagnosis"])) == "isic2020"
+    assert detect_format(pd.Index(["image", "MEL", "NV", "BCC"])) == "isic2019"
+    with pytest.raises(DataError, match="name the format with params.yaml data.folder.format$"):
+        detect_format(pd.Index(["image_id", "label"]))

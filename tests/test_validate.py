@@ -258,3 +258,28 @@ def test_validate_on_the_real_external_set_and_its_report_renders(tmp_path):
                          capture_output=True, text=True, timeout=120).stdout
     shown = min(16, res["confusion_matrix"][1][0]) + min(16, res["confusion_matrix"][0][1])
     assert "<h2>Threshold transfer</h2>" in dom and dom.count("<img") == 3 + shown
+
+
+def test_an_explicit_target_wins_over_dx_and_errors_name_the_validate_flags(tmp_path, caplog):
+    """A labels CSV with image_id, target and a free-text dx is a generic file (its dx describes,
+    target labels); without target, an unknown dx and an unknown format name what a `lesion
+    validate` user changes (a target column, --format), not a params.yaml key; and nothing speaks
+    of folds, which validation does not make."""
+    import logging
+
+    csv = tmp_path / "labels.csv"
+    ids = [f"IMG_{i:03d}" for i in range(4)]
+    pd.DataFrame({"image_id": ids, "target": [1, 0, 0, 1],
+                  "dx": ["Melanoma", "Common Nevus", "Common Nevus", "Melanoma"]}).to_csv(csv, index=False)
+    with caplog.at_level(logging.INFO, logger="lesion_ml"):
+        got = read_labelled_set(csv, ids)
+    assert list(got.table["target"]) == [1, 0, 0, 1]
+    assert "folds" not in caplog.text and "the intervals resample images" in caplog.text
+    pd.DataFrame({"image_id": ids, "dx": ["mel", "Common Nevus", "nv", "bcc"]}).to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"row 3: dx 'Common Nevus' is not one of .*give the CSV a 0/1 target column") \
+            as err:
+        read_labelled_set(csv, ids)
+    assert "params.yaml" not in str(err.value)
+    pd.DataFrame({"image_id": ids, "label": [1, 0, 0, 1]}).to_csv(csv, index=False)
+    with pytest.raises(DataError, match="cannot tell the CSV format .* name the format with --format$"):
+        read_labelled_set(csv, ids)

@@ -99,32 +99,57 @@ def read_isic2024(root: Path, metadata_csv: str = "train-metadata.csv", source: 
     return Ingested(table, store, {"metadata_csv": str(csv), "unexpected_columns": unexpected})
 
 
-def detect_format(columns: pd.Index) -> str:
-    """Guess the folder CSV format from its columns."""
+@dataclass(frozen=True)
+class LabelRemedy:
+    """What a labels CSV's errors tell the user to change, in the user's own interface: params.yaml
+    keys for the pipeline (`PIPELINE`), flags for `lesion validate` (`VALIDATE`).
+
+    Attributes:
+        format: where the CSV format is set.
+        diagnosis: what to do about a diagnosis that is neither a known benign nor a malignant one.
+        folds: whether the table is split into folds (the log then says how lesions are grouped).
+    """
+
+    format: str = "params.yaml data.folder.format"
+    diagnosis: str = "map it in params.yaml data.folder.malignant or fix the CSV"
+    folds: bool = True
+
+
+PIPELINE = LabelRemedy()
+VALIDATE = LabelRemedy(format="--format", diagnosis="give the CSV a 0/1 target column (an explicit target is "
+                       "read as the label, whatever other columns it has) or fix the CSV", folds=False)
+
+
+def detect_format(columns: pd.Index, remedy: LabelRemedy = PIPELINE) -> str:
+    """Guess the folder CSV format from its columns. An explicit `target` column wins: a file with
+    target and dx is a generic file whose dx is only a description."""
     cols = set(columns)
-    if "dx" in cols and "image_id" in cols:
-        return "ham10000"
-    if "image" in cols and {"MEL", "NV"} <= cols:
-        return "isic2019"
     if "image_name" in cols and ({"target", "benign_malignant"} & cols):
         return "isic2020"
     if "target" in cols:
         return "generic"
+    if "dx" in cols and "image_id" in cols:
+        return "ham10000"
+    if "image" in cols and {"MEL", "NV"} <= cols:
+        return "isic2019"
     raise DataError(f"cannot tell the CSV format from its columns {sorted(cols)[:12]}; expected HAM10000 "
                     "(image_id, dx), ISIC 2019 (image, MEL, NV, ...), ISIC 2020 (image_name, target) or "
-                    "a generic file with target and image_file/image_id (params.yaml data.folder.format)")
+                    f"a generic file with target and image_file/image_id; or name the format with {remedy.format}")
 
 
-def parse_labels(meta: pd.DataFrame, cfg: FolderConfig, csv: Path) -> tuple[pd.DataFrame, str]:
+def parse_labels(meta: pd.DataFrame, cfg: FolderConfig, csv: Path,
+                 remedy: LabelRemedy = PIPELINE) -> tuple[pd.DataFrame, str]:
     """A labels table of any folder format (HAM10000, ISIC 2019/2020, generic) with `image_id`,
     a 0/1-mappable `target` and, when the format groups lesions, `patient_id`; and the format.
-    Image paths are not resolved here (`image_file` is kept when the CSV has it)."""
-    fmt = detect_format(meta.columns) if cfg.format == "auto" else cfg.format
+    Image paths are not resolved here (`image_file` is kept when the CSV has it). Errors name the
+    fix in `remedy`'s terms."""
+    fmt = detect_format(meta.columns, remedy) if cfg.format == "auto" else cfg.format
     malignant = {m.lower() for m in cfg.malignant}
     if fmt == "ham10000":
         _require(meta, ["image_id", "dx"], csv)
         table = meta.copy()
-        table["target"] = _map_diagnosis(meta["dx"], malignant, csv, "dx", allowed=HAM10000_DX | malignant)
+        table["target"] = _map_diagnosis(meta["dx"], malignant, csv, "dx", allowed=HAM10000_DX | malignant,
+                                         remedy=remedy.diagnosis)
     elif fmt == "isic2019":
         _require(meta, ["image", "MEL", "NV"], csv)
         classes = [c for c in ISIC2019_CLASSES if c in meta.columns]
@@ -152,7 +177,8 @@ def parse_labels(meta: pd.DataFrame, cfg: FolderConfig, csv: Path) -> tuple[pd.D
     group = cfg.group_column or ("lesion_id" if "patient_id" not in table and "lesion_id" in table else None)
     if group:
         _require(table, [group], csv)
-        log.info("%s: grouping folds by %s (one group per %s)", csv, group, group)
+        if remedy.folds:
+            log.info("%s: grouping folds by %s (one group per %s)", csv, group, group)
         table["patient_id"] = table[group].astype("object")
     return table, fmt
 
@@ -197,14 +223,13 @@ def _index_folder(folder: Path) -> dict[str, str]:
 
 
 def _map_diagnosis(values: pd.Series, malignant: set[str], csv: Path, column: str,
-                   allowed: set[str] | None = None) -> pd.Series:
+                   allowed: set[str] | None = None, remedy: str = PIPELINE.diagnosis) -> pd.Series:
     text = values.astype("string").str.strip().str.lower()
     if allowed is not None:
         bad = text[~text.isin(allowed)]
         if len(bad):
             raise DataError(f"{csv}: row {bad.index[0] + 2}: {column} {values[bad.index[0]]!r} is not one of "
-                            f"{sorted(allowed)} ({len(bad)} such rows); map it in params.yaml "
-                            "data.folder.malignant or fix the CSV")
+                            f"{sorted(allowed)} ({len(bad)} such rows); {remedy}")
     missing = text[text.isna()]
     if len(missing):
         raise DataError(f"{csv}: row {missing.index[0] + 2}: {column} is empty ({len(missing)} such rows); "
@@ -230,8 +255,9 @@ def _parse_target(values: pd.Series, csv: Path) -> pd.Series:
     return numeric.astype("int64")
 
 
-def _canonical(table: pd.DataFrame, source: str, csv: Path) -> pd.DataFrame:
-    """Order and type the canonical columns; validate ids and targets."""
+def _canonical(table: pd.DataFrame, source: str, csv: Path, folds: bool = True) -> pd.DataFrame:
+    """Order and type the canonical columns; validate ids and targets. `folds`: the table is split
+    into folds (what a missing patient_id means is said in those terms)."""
     if table.empty:
         raise DataError(f"{csv}: no rows; the data set is empty")
     _require(table, ["image_id", "target"], csv)
@@ -244,8 +270,8 @@ def _canonical(table: pd.DataFrame, source: str, csv: Path) -> pd.DataFrame:
                         f"({int(dup.sum())} rows share an id); ids must be unique")
     table["target"] = _parse_target(table["target"], csv)
     if "patient_id" not in table.columns or table["patient_id"].isna().all():
-        log.warning("%s: no patient_id; treating each image as its own patient (folds cannot group "
-                    "lesions of one patient)", csv)
+        log.warning("%s: no patient_id; treating each image as its own patient (%s)", csv,
+                    "folds cannot group lesions of one patient" if folds else "the intervals resample images")
         table["patient_id"] = table["image_id"]
     elif table["patient_id"].isna().any():
         n = int(table["patient_id"].isna().sum())

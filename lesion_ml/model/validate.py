@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from lesion_ml.config import FolderConfig
-from lesion_ml.data.sources import RENAMES, _canonical, parse_labels, read_csv
+from lesion_ml.data.sources import RENAMES, VALIDATE, _canonical, parse_labels, read_csv
 from lesion_ml.errors import DataError
 from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
 from lesion_ml.evaluate.metrics import classification_metrics
@@ -75,12 +75,13 @@ def read_labelled_set(labels: Path, image_ids: list[str], fmt: str = "auto",
     if not labels.is_file():
         raise DataError(f"{labels}: no such file (--labels)")
     cfg = FolderConfig(format=fmt, malignant=malignant)  # type: ignore[arg-type]
-    table, _ = parse_labels(read_csv(labels, dtype={"target": "string", "patient_id": "string"}), cfg, labels)
+    table, _ = parse_labels(read_csv(labels, dtype={"target": "string", "patient_id": "string"}), cfg, labels,
+                            VALIDATE)
     table["image_id"] = table["image_id"].astype("string").str.strip().str.replace(r"\.(jpe?g|png)$", "",
                                                                                     regex=True)
     by_patient = "patient_id" in table.columns and table["patient_id"].notna().any()
     table = _canonical(table.rename(columns=RENAMES).drop(columns=["image_file"], errors="ignore"), "external",
-                       labels)
+                       labels, folds=False)
     have = set(image_ids)
     missing = [i for i in table["image_id"] if i not in have]
     if missing:

@@ -134,7 +134,9 @@ def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_
     assert _dvc("remote", "add", "-d", "local", str(remote), cwd=root).returncode == 0
     port = _free_port()
     bin_dir = os.path.dirname(sys.executable)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PREFECT_HOME=str(tmp_path / "prefect-home"))
+    # the served runner looks for scheduled runs every second (default 10 s): the run starts at once
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PREFECT_HOME=str(tmp_path / "prefect-home"),
+               PREFECT_RUNNER_POLL_FREQUENCY="1")
     env.pop("PREFECT_API_URL", None)
     api = f"http://127.0.0.1:{port}/api"
     start = subprocess.run([f"{bin_dir}/lesion", "server", "start", "--port", str(port)], cwd=root, env=env,
@@ -143,7 +145,7 @@ def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_
         assert start.returncode == 0, start.stdout + start.stderr
         assert f"http://127.0.0.1:{port}" in start.stdout and "retrain/demo" in start.stdout
         run = subprocess.run([f"{bin_dir}/prefect", "deployment", "run", "retrain/demo", "--watch",
-                              "--watch-timeout", "600"], cwd=root, env=dict(env, PREFECT_API_URL=api),
+                              "--watch-interval", "1", "--watch-timeout", "600"], cwd=root, env=dict(env, PREFECT_API_URL=api),
                              capture_output=True, text=True, timeout=700)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         runs = _api(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": ["retrain"]}}})
