@@ -34,8 +34,9 @@ run: $(STAMP)
 
 # Two pytest-xdist workers, each taking whole test files (a module's pipeline fixture runs once):
 # the long tests mostly wait on subprocesses (dvc, stage flows, Prefect), so two run side by side
-# on 2 cores in about half the time. Files go out in collection order, tests/flows (the longest)
-# first, so that no long file starts last. TEST_WORKERS=0 runs everything in one process.
+# on 2 cores in about half the time. Files go out in collection order, the longest first
+# (tests/conftest.py LONGEST_FIRST), so that no long file starts last. TEST_WORKERS=0 runs
+# everything in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)

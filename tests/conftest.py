@@ -185,3 +185,33 @@ def copy_build(build: Path, dest: Path) -> Path:
 
     shutil.copytree(build, dest, symlinks=True, dirs_exist_ok=True)
     return dest
+
+
+# -- the order in which `make test` hands out files ----------------------------------------------
+# pytest-xdist (--dist loadfile --no-loadscope-reorder) gives whole files to the first free worker
+# in collection order. The longest files go first, longest first (run times of a 2-core `make
+# test`, in seconds), so that no long file starts while the other worker is nearly done; the
+# demo build's first user (test_cache, which builds it) leads, so its other users find it built.
+LONGEST_FIRST = [
+    "tests/flows/test_cache.py",  # 130, the demo build included
+    "tests/flows/test_bench_scale.py",  # 100
+    "tests/flows/test_dvc.py",  # 85
+    "tests/test_train.py",  # 80
+    "tests/flows/test_real_sample.py",  # 58
+    "tests/test_cli.py",  # 40
+    "tests/test_tune.py",  # 40
+    "tests/test_faults.py",  # 38
+    "tests/flows/test_flows.py",  # 37
+    "tests/test_small_data.py",  # 35
+    "tests/flows/test_dask.py",  # 20
+    "tests/flows/test_promise_unseen.py",  # 14
+    "tests/test_promises.py",  # 12
+    "tests/test_gpu_check.py",  # 11
+    "tests/test_validate.py",  # 10
+]
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Listed files first, in the order of LONGEST_FIRST; the others after them, as collected."""
+    rank = {f: i for i, f in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

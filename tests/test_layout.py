@@ -103,3 +103,12 @@ def test_no_model_kind_is_read_off_its_name() -> None:
     hits = [f"{p.relative_to(REPO)}:{i}" for p in paths if p.name != "catalogue.py"
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert hits == []
+
+
+def test_the_files_make_test_hands_out_first_exist():
+    """tests/conftest.py LONGEST_FIRST orders the slowest files first: a renamed file would
+    silently fall back to collection order."""
+    from tests.conftest import LONGEST_FIRST
+
+    missing = [f for f in LONGEST_FIRST if not (REPO / f).is_file()]
+    assert not missing and len(set(LONGEST_FIRST)) == len(LONGEST_FIRST), missing
