@@ -105,3 +105,10 @@ def test_the_command_line_parser_imports_no_heavy_library():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_help_ends_with_where_training_happens(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the epilog
+    assert text.endswith("`lesion params --merge FILE` sets its params.") and "`dvc repro` (or `make run`)" in text

@@ -290,7 +290,11 @@ def _add_server(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `lesion` parser: one subcommand per group, each with its handler as `func` (listed in this order)."""
-    parser = argparse.ArgumentParser(prog="lesion", description="lesion-ml: skin-lesion malignancy detection")
+    parser = argparse.ArgumentParser(
+        prog="lesion", description="lesion-ml: skin-lesion malignancy detection",
+        epilog="Training is not a lesion command: the pipeline (ingest, folds, features, every model, evaluation, "
+        "the exported model in models/final) runs with `dvc repro` (or `make run`) in the repository, driven by "
+        "params.yaml; `lesion params --merge FILE` sets its params.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     add_bench_commands(sub)
