@@ -227,8 +227,9 @@ def score_images(model: FinalModel, component: str, store: ImageStore, ids: list
 
 def predict_cases(model: FinalModel, inputs: Inputs, device: torch.device | str = "cpu", batch_size: int = 64,
                   tta: bool = False, num_workers: int = 0, skip_bad: bool = False) -> pd.DataFrame:
-    """One row per image: image_id, probability, decision (1 = malignant), label, threshold,
-    model (the bundle's model or its image-only fallback) and status ("ok" or why it was not scored)."""
+    """One row per image: image_id, probability, decision (1 = malignant), predicted_class (the
+    decision in words: the model's prediction, not a ground truth), threshold, model (the bundle's
+    model or its image-only fallback) and status ("ok" or why it was not scored)."""
     device = torch.device(device)
     ids = inputs.image_ids
     with_meta = [] if inputs.features is None else list(inputs.features.index)
@@ -267,6 +268,6 @@ def _frame(ids: list[str], p: np.ndarray, decision: np.ndarray, threshold: float
     return pd.DataFrame({
         "image_id": ids, "probability": np.round(p, 6),
         "decision": pd.array(np.where(bad, pd.NA, decision), dtype="Int64"),
-        "label": np.where(bad, "", np.where(decision == 1, "malignant", "benign")),
+        "predicted_class": np.where(bad, "", np.where(decision == 1, "malignant", "benign")),
         "threshold": threshold, "model": model,
         "status": ["ok" if not e else f"unreadable: {e}" for e in errors]})

@@ -121,6 +121,10 @@ def test_predict_isic2024_sample_with_its_metadata(pipeline, tmp_path):
     assert (pred["model"] == "stack_gbdt_images").all() and (pred["status"] == "ok").all()
     assert pred["probability"].between(0, 1).all() and pred["probability"].nunique() > 1
     assert ((pred["probability"] >= pred["threshold"]) == (pred["decision"] == 1)).all()
+    # the decision in words is named as a prediction, never like a ground-truth label
+    assert list(pred.columns) == ["image_id", "probability", "decision", "predicted_class", "threshold", "model",
+                                  "status"]
+    assert (pred["predicted_class"] == pred["decision"].map({1: "malignant", 0: "benign"})).all()
 
 
 def test_predict_metadata_model_without_metadata_uses_the_image_only_fallback(pipeline, tmp_path):
