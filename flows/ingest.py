@@ -5,7 +5,7 @@ from prefect import flow
 
 from flows import paths
 from lesion_ml.config import load_params
-from tasks.data import generate_demo, ingest_source
+from tasks.ingest import generate_demo, ingest_source
 
 
 @flow(name="ingest")

@@ -6,7 +6,7 @@ from prefect import flow
 from flows import paths
 from lesion_ml.config import load_params
 from lesion_ml.data.sources import count_metadata_columns
-from tasks.data import clean_features, prepare_fold, write_selection
+from tasks.prepare import clean_features, prepare_fold, write_selection
 from tasks.outputs import keep_only
 
 

@@ -5,7 +5,7 @@ from prefect import flow
 
 from flows import paths
 from lesion_ml.config import load_params
-from tasks.data import make_folds
+from tasks.split import make_folds
 
 
 @flow(name="split")

@@ -36,7 +36,9 @@ if kill_at:
 from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig, SelectConfig, SyntheticConfig
 from lesion_ml.data.sources import count_metadata_columns
 from flows import paths
-from tasks.data import clean_features, generate_demo, ingest_source, make_folds, prepare_fold, write_selection
+from tasks.ingest import generate_demo, ingest_source
+from tasks.prepare import clean_features, prepare_fold, write_selection
+from tasks.split import make_folds
 data = DataConfig(source="synthetic", synthetic=SyntheticConfig(**{tiny!r}))
 generate_demo.fn(data.synthetic, paths.DEMO_DIR)
 ingest_source.fn(data, paths.DEMO_DIR, paths.LESIONS, paths.IMAGES, paths.REPORTS / "ingest.json")
@@ -128,7 +130,7 @@ def test_only_transient_io_errors_are_retried():
 def test_prefect_retries_a_task_after_a_transient_oserror(prefect_harness, tmp_path, monkeypatch):
     from prefect import flow
 
-    import tasks.data as td
+    import tasks.split as td
     from lesion_ml.config import SplitConfig
     from lesion_ml.data.sources import DataError
 

@@ -156,7 +156,8 @@ def test_a_folds_labels_never_reach_its_out_of_fold_metadata_predictions(tiny_de
     fold 0's (the flipped rows are its training rows)."""
     from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig
     from lesion_ml.data.sources import ingest
-    from tasks.data import clean_features, make_folds, prepare_fold
+    from tasks.prepare import clean_features, prepare_fold
+    from tasks.split import make_folds
     from tasks.train_gbdt import train_gbdt_fold
 
     table = ingest(DataConfig(source="synthetic"), tiny_demo).table
