@@ -3,18 +3,22 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows import paths
+from lesion_ml import artefacts as cat
 from lesion_ml.config import load_params
+from lesion_ml.model.build import FinalSections
 from tasks.final import export_final
 
 
 @flow(name="final")
-def final_flow(params: str = str(paths.PARAMS)) -> dict:
+def final_flow(params: str = str(cat.PARAMS)) -> dict:
     """Export params.yaml final.model (default: evaluate's best) with its threshold and model card."""
     p = load_params(params)
-    return export_final(p, paths.REPORTS / "metrics.json", paths.REPORTS / "evaluation.json", paths.OOF_SCORES,
-                        paths.LESIONS, paths.FEATURES / "clean.parquet", paths.IMAGES, paths.MINORITY, paths.FINAL,
-                        paths.CHECKPOINTS / "final")
+    cfg = FinalSections(final=p.final, prepare=p.prepare, train_gbdt=p.train_gbdt, train_cnn=p.train_cnn,
+                        evaluate=p.evaluate)
+    return export_final(cfg=cfg, metrics=cat.METRICS, detail=cat.EVALUATION, scores=cat.OOF_SCORES,
+                        lesions=cat.LESIONS, clean=cat.CLEAN, images=cat.IMAGES, minority_index=cat.MINORITY_INDEX,
+                        minority_images=cat.MINORITY_IMAGES, out=cat.FINAL,
+                        checkpoints={k: cat.final_checkpoint(k) for k in p.train_cnn.models})
 
 
 if __name__ == "__main__":

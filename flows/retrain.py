@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from flows import paths
+from lesion_ml import artefacts as cat
 from lesion_ml.app.dvc_cli import has_remote, run_dvc
 from lesion_ml.config import load_params
 from tasks.cache import IO_RETRIES
@@ -39,7 +39,7 @@ def publish_results(metrics: Path, report: Path, card: Path) -> dict:
     if card.is_file():
         text += "\n\n" + card.read_text()
     create_markdown_artifact(key="retrain-metrics", markdown=text, description="out-of-fold metrics after retraining")
-    create_link_artifact(key="retrain-report", link=report.resolve().as_uri(), link_text="report.html",
+    create_link_artifact(key="retrain-report", link=report.resolve().as_uri(), link_text=report.name,
                          description="the HTML model comparison (a local file)")
     best = data["models"][data["best_model"]]
     return {"best_model": data["best_model"], "roc_auc": best["roc_auc"], "pauc_80": best["pauc_80"]}
@@ -54,11 +54,10 @@ def retrain_flow(pull: str = "auto", push: str = "auto", targets: list[str] | No
     dvc(["repro", *(targets or [])])
     if push == "always" or (push == "auto" and remote):
         dvc(["push"])
-    return publish_results(paths.REPORTS / "metrics.json", paths.REPORTS / "report.html",
-                           paths.FINAL / "MODEL_CARD.md")
+    return publish_results(metrics=cat.METRICS, report=cat.REPORT_HTML, card=cat.FINAL / "MODEL_CARD.md")
 
 
-def serve(params: str = str(paths.PARAMS)) -> None:
+def serve(params: str = str(cat.PARAMS)) -> None:
     """Serve the deployment (blocks until SIGINT)."""
     cfg = load_params(params).retrain
     retrain_flow.serve(name=cfg.name, cron=cfg.cron, parameters={"pull": cfg.pull, "push": cfg.push,

@@ -45,7 +45,8 @@ def dask_runner(cfg: OrchestrationConfig, n_gpus: int = 0):
                                           "processes": True, "dashboard_address": None})
 
 
-def run_all(task: Any, calls: list[dict[str, Any]], cfg: OrchestrationConfig, name: str, n_gpus: int = 0) -> list[Any]:
+def run_all(task: Any, calls: list[dict[str, Any]], cfg: OrchestrationConfig, *, name: str,
+            n_gpus: int = 0) -> list[Any]:
     """`task(**kwargs)` for each entry of `calls`, results in order.
 
     local: called one after another (each a task run of the current flow). dask: submitted

@@ -1,6 +1,9 @@
 """Atomic file output: write to a temporary sibling, then rename over the target.
 
 An interrupted run therefore never leaves a half-written artefact that a later stage trusts.
+A folder written as a whole (the model bundle, a recalibrated copy of it) is filled beside its
+destination and swapped in the same way (`atomic_folder`, `replace_folder`): the one place
+that replaces folders.
 
 Also the one content fingerprint of input files (`path_digest`, `image_store_digest`), memoised
 in `FILE_HASHES`: the key scheme of the pipeline's task cache (tasks/cache.py) and of the image
@@ -83,6 +86,28 @@ def replace_folder(tmp: Path | str, out: Path | str) -> Path:
 
 
 @contextlib.contextmanager
+def atomic_folder(out: Path | str) -> Iterator[Path]:
+    """Yield a new, empty folder beside `out` to fill; when the block ends without an exception,
+    put it in place of `out` with `replace_folder` (files flushed, then renamed over it). On any
+    exception the temporary folder is removed and `out` is left untouched.
+
+    An interrupted writer therefore leaves the previous folder (or nothing), never a partial one:
+        with atomic_folder(dest) as tmp:
+            (tmp / "manifest.json").write_text(...)
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; give the folder the usual permissions
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success flush it to the disk and rename it to
     `target` (then flush the folder's entry), so the result survives a crash and a power loss.
@@ -116,17 +141,19 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
 def write_json(obj: Any, target: Path | str) -> Path:
     """Write `obj` as indented, key-sorted JSON, atomically; NaN and infinities become null
     (they are not JSON, and a metric undefined for a one-class fold is NaN)."""
-    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    text = json.dumps(json_ready(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
     with atomic_path(target) as tmp:
         tmp.write_text(text + "\n")
     return Path(target)
 
 
-def _finite(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
+    """`value` with NaN and infinities as None and numpy scalars as Python numbers, in nested dicts,
+    lists and tuples (tuples become lists): what `json.dumps(..., allow_nan=False)` accepts."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_ready(v) for v in value]
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalar
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -241,8 +268,8 @@ class FileHashes:
     a file changed less than `settle_ns` before it is hashed is not memoised (git's "racy" entries):
     a rewrite within the same tick would keep its stamp.
 
-    The memo lives in memory; with `memo_path` set (tasks/cache.py sets .lesion/prefect/
-    file-hashes.json) it is loaded from that file on first use and `save` writes it back, so a
+    The memo lives in memory; with `memo_path` set (tasks/cache.py sets a file in the task
+    cache's folder) it is loaded from that file on first use and `save` writes it back, so a
     file is read once across runs, not once per process.
     """
 

@@ -16,7 +16,7 @@ so neither notices new data or edited library code.
 A hit also needs the task's outputs to be where it left them: every file the task wrote (through
 lesion_ml.io) is fingerprinted (size, mtime, sha256) after the run; when one is missing or its
 contents changed, the cached result is dropped and the task runs again. Results, keys, fingerprints and the hash memo
-live in .lesion/prefect (outside every DVC out, git-ignored); persisted results are small (paths,
+live in the project's state folder (lesion_ml.artefacts.TASK_CACHE: outside every DVC out, git-ignored); persisted results are small (paths,
 metrics dicts). File hashes are lesion_ml.io's (the same fingerprint keys the image models'
 checkpoints), memoised by (path, size, mtime, ctime, inode), so an unchanged 50 GB image file is
 read once.
@@ -42,13 +42,13 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
+from lesion_ml.artefacts import STATE, TASK_CACHE
 from lesion_ml.fingerprint import code_fingerprint
 from lesion_ml.io import FILE_HASHES, image_store_digest, is_transient, path_digest, recording_writes, write_json
 
 log = logging.getLogger("lesion_ml.cache")
 
-STATE = Path(".lesion")  # outside every DVC out (DVC deletes outs before a stage runs); git-ignored
-CACHE_DIR = STATE / "prefect"
+CACHE_DIR = TASK_CACHE
 KEYS = CACHE_DIR / "keys"  # Prefect's cache records (key -> result location)
 RESULTS = CACHE_DIR / "results"  # the persisted (small) results
 OUTPUTS = CACHE_DIR / "outputs"  # key -> fingerprints of the files the run wrote
@@ -152,7 +152,7 @@ def code_digest(fn: Callable) -> str:
     return code_fingerprint(start, OURS, [h.hexdigest()])
 
 
-def task_key(fn: Callable, arguments: dict[str, Any], outputs: tuple[str, ...], code: str,
+def task_key(fn: Callable, arguments: dict[str, Any], *, outputs: tuple[str, ...], code: str,
              runtime: tuple[str, ...] = ()) -> str:
     """The cache key of calling `fn` (the undecorated task function) with `arguments`; `code` is
     its `code_digest`, taken where the source files are (a Dask worker gets the function by value).
@@ -206,7 +206,7 @@ def _outputs_intact(key: str) -> bool:
 
 def _relocate(key: str) -> None:
     """Point a cache record at this project's result folder: Prefect stores the result's absolute
-    path, so a copied or moved project (a second clone with its .lesion, a test's copy) would
+    path, so a copied or moved project (a second clone with its state folder, a test's copy) would
     otherwise look in the old place, or refuse a path outside its result storage."""
     record = KEYS / key
     try:
@@ -234,7 +234,7 @@ class ContentKeyed(CachePolicy):
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        key = task_key(self.fn, inputs, self.outputs, self.code, self.runtime)
+        key = task_key(self.fn, inputs, outputs=self.outputs, code=self.code, runtime=self.runtime)
         if not _outputs_intact(key):  # outputs gone or rewritten since: forget the result, run again
             (KEYS / key).unlink(missing_ok=True)
         else:
@@ -255,7 +255,8 @@ def cached_task(outputs: tuple[str, ...] = ("out",), runtime: tuple[str, ...] = 
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            key = task_key(fn, inspect.signature(fn).bind(*args, **kwargs).arguments, outputs, code, runtime)
+            key = task_key(fn, inspect.signature(fn).bind(*args, **kwargs).arguments, outputs=outputs, code=code,
+                           runtime=runtime)
             executed.append(fn.__name__)
             with recording_writes() as written:
                 result = fn(*args, **kwargs)

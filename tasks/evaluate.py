@@ -1,6 +1,7 @@
 """Task of the evaluate stage."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -8,27 +9,38 @@ import pandas as pd
 from lesion_ml.catalogue import ModelRef
 from lesion_ml.config import EvaluateConfig, TrainGbdtConfig
 from lesion_ml.data.fold_outputs import mean_importance
-from lesion_ml.evaluate.compare import compare_models, merge_oof, metrics_markdown, write_comparison
+from lesion_ml.evaluate.compare import compare_models, curve_tables, merge_oof, metrics_markdown
+from lesion_ml.io import write_csv, write_json, write_parquet, write_text
 from tasks.cache import cached_task
 
 
 @cached_task(outputs=('out_metrics', 'out_detail', 'out_html', 'out_scores', 'out_curves'))
-def evaluate_models(oof_files: dict[str, Path], models: list[ModelRef], cfg: EvaluateConfig, lesions: Path,
-                    features_dir: Path, gbdt_cfg: TrainGbdtConfig, importance: list[Path], out_metrics: Path,
-                    out_detail: Path, out_html: Path, out_scores: Path | None = None,
-                    out_curves: Path | None = None) -> dict:
+def evaluate_models(*, oof_files: dict[str, Path], models: list[ModelRef], cfg: EvaluateConfig,
+                    gbdt_cfg: TrainGbdtConfig, lesions: Path, features: list[Path], importance: list[Path],
+                    out_metrics: Path, out_detail: Path, out_html: Path, out_scores: Path | None = None,
+                    out_curves: dict[str, Path] | None = None) -> dict:
     """Every model, plus ensembles and a stack, scored the same way on the same out-of-fold rows
-    (`compare_models`; `oof_files` maps each of `models` by name to its out-of-fold scores; `importance`
-    lists the metadata model's per-fold feature importances), written by `write_comparison`. Returns ROC-AUC / pAUC per model."""
+    (`compare_models`, written here; `oof_files` maps each of `models` by name to its out-of-fold scores;
+    `features` and `importance` list the folds' metadata features and the metadata model's feature
+    importances, fold k at k). Returns ROC-AUC / pAUC per model."""
     oof = merge_oof({n: pd.read_parquet(f) for n, f in oof_files.items()}, oof_files)
 
     def features_of(k: int) -> pd.DataFrame:
-        return pd.read_parquet(features_dir / f"fold{k}.parquet").set_index("image_id").loc[oof["image_id"]]
+        return pd.read_parquet(features[k]).set_index("image_id").loc[oof["image_id"]]
 
-    result = compare_models(oof, models, pd.read_parquet(lesions), features_of, mean_importance(importance), cfg,
-                            gbdt_cfg)
-    write_comparison(result, oof["target"].to_numpy().astype(int), out_metrics, out_detail, out_html, out_scores,
-                     out_curves)
+    per_fold = [json.loads(f.read_text()) for f in importance]
+    result = compare_models(oof, models, pd.read_parquet(lesions), features_of=features_of,
+                            importance=mean_importance(per_fold), cfg=cfg, gbdt_cfg=gbdt_cfg)
+    write_json(result.metrics, out_metrics)
+    if out_scores is not None:
+        write_parquet(result.scores, out_scores)
+    if out_curves is not None:  # DVC plots: out_curves["roc"] and ["pr"] hold <model>.csv
+        y = oof["target"].to_numpy().astype(int)
+        for name, (roc, pr) in curve_tables(y, result.scores[[r.name for r in result.models]]).items():
+            write_csv(roc, out_curves["roc"] / f"{name}.csv")
+            write_csv(pr, out_curves["pr"] / f"{name}.csv")
+    write_json(result.detail, out_detail)
+    write_text(result.report, out_html)
     _publish(result.metrics, out_html)
     return {name: {"roc_auc": m["roc_auc"], "pauc_80": m["pauc_80"]} for name, m in result.metrics["models"].items()}
 

@@ -11,14 +11,14 @@ from tasks.cache import cached_task
 
 
 @cached_task(outputs=('out',))
-def generate_demo(cfg: SyntheticConfig, out: Path) -> Path:
+def generate_demo(*, cfg: SyntheticConfig, out: Path) -> Path:
     """Write the demo data set (ISIC 2024 format) into `out`."""
     generate_synthetic(out, cfg)
     return out
 
 
 @cached_task(outputs=('lesions', 'images', 'report'))
-def ingest_source(cfg: DataConfig, synthetic_dir: Path, lesions: Path, images: Path, report: Path) -> dict:
+def ingest_source(*, cfg: DataConfig, synthetic_dir: Path, lesions: Path, images: Path, report: Path) -> dict:
     """Read the source into the canonical lesion table and an image-store manifest."""
     ing = ingest(cfg, synthetic_dir)
     write_parquet(ing.table, lesions)

@@ -12,7 +12,7 @@ from tasks.cache import cached_task
 
 
 @cached_task(outputs=('out',))
-def clean_features(lesions: Path, cfg: PrepareConfig, out: Path) -> int:
+def clean_features(*, lesions: Path, cfg: PrepareConfig, out: Path) -> int:
     """Clean the metadata and add the engineered feature families (no fitting, no labels)."""
     features = clean_table(pd.read_parquet(lesions), cfg)
     write_parquet(features, out)
@@ -20,15 +20,15 @@ def clean_features(lesions: Path, cfg: PrepareConfig, out: Path) -> int:
 
 
 @cached_task(outputs=('out',))
-def prepare_fold(clean: Path, folds: Path, cfg: PrepareConfig, fold: int, out: Path) -> list[str]:
+def prepare_fold(*, clean: Path, folds: Path, cfg: PrepareConfig, fold: int, out: Path) -> list[str]:
     """Fit clipping, imputation, encoding and selection on the fold's training rows; transform all rows."""
-    selected, names = fit_transform_table(pd.read_parquet(clean), pd.read_parquet(folds), fold, cfg)
+    selected, names = fit_transform_table(pd.read_parquet(clean), pd.read_parquet(folds), fold=fold, cfg=cfg)
     write_parquet(selected, out)
     return names
 
 
 @cached_task(outputs=('out',))
-def write_selection(per_fold: list[list[str]], n_columns: int, n_candidates: int, out: Path) -> dict:
+def write_selection(*, per_fold: list[list[str]], n_columns: int, n_candidates: int, out: Path) -> dict:
     """Selected features per fold and how often each was chosen."""
     summary = selection_summary(per_fold, n_columns, n_candidates)
     write_json(summary, out)

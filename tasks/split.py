@@ -12,7 +12,7 @@ from tasks.cache import cached_task
 
 
 @cached_task(outputs=('out',))
-def make_folds(lesions: Path, cfg: SplitConfig, out: Path) -> dict:
+def make_folds(*, lesions: Path, cfg: SplitConfig, out: Path) -> dict:
     """Patient-grouped stratified folds for every row."""
     folds = assign_folds(pd.read_parquet(lesions), cfg)
     write_parquet(folds, out)

@@ -96,7 +96,7 @@ TINY_PARAMS = {
     "evaluate": {"bootstrap": 50},
     "final": {"model": "stack_gbdt_images", "fallback": "tiny"},
     # the plumbing of stage validate: the demo set itself stands in for an external one
-    "external": {"bootstrap": 20, "sets": {"demo": {"images": "data/interim/demo/train-image.hdf5",
+    "validate": {"bootstrap": 20, "sets": {"demo": {"images": "data/interim/demo/train-image.hdf5",
                                                     "labels": "data/interim/demo/train-metadata.csv"}}},
     "train_cnn": {"threads": 1, "minority_set": {"copies": 1, "max_side": 48},
                   "models": {"tiny": {"backbone": "resnet18", "image_size": 32, "epochs": 1, "batch_size": 8,
@@ -115,14 +115,14 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def tiny_params() -> dict:
-    """params.yaml with TINY_PARAMS merged in (their model and external-set lists replace the shipped ones)."""
+    """params.yaml with TINY_PARAMS merged in (their model and validate.sets lists replace the shipped ones)."""
     import copy
 
     import yaml
 
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     params["train_cnn"]["models"] = copy.deepcopy(TINY_PARAMS["train_cnn"]["models"])
-    params["external"]["sets"] = copy.deepcopy(TINY_PARAMS["external"]["sets"])
+    params["validate"]["sets"] = copy.deepcopy(TINY_PARAMS["validate"]["sets"])
     return params
 
 

@@ -348,15 +348,14 @@ def test_35_params_file_not_a_mapping(tmp_path):
 
 def test_36_minority_set_requested_but_empty(tmp_path):
     from lesion_ml.config import CnnModelConfig
-    from lesion_ml.image.train import fold_data
+    from lesion_ml.image.data import fold_data
 
-    (tmp_path / "minority").mkdir()
-    pd.DataFrame({"copy_id": [], "source_id": []}, dtype=str).to_parquet(tmp_path / "minority" / "index.parquet")
     f = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p", "q"], "target": [1, 0], "fold": [0, 1]})
     with pytest.raises(ValueError, match=r"balance.minority_set is on but .*minority holds no copies; set "
                                          "params.yaml train_cnn.minority_set.copies above 0"):
         fold_data(f, np.array([True, False]), CnnModelConfig(balance={"minority_set": True}),
-                   None, tmp_path / "minority")
+                  minority_index=pd.DataFrame({"copy_id": [], "source_id": []}, dtype=str),
+                  minority_source=str(tmp_path / "minority"))
 
 
 # The README's catalogue ("Bad input"), behaviour by behaviour, and the tests here that check each.

@@ -57,7 +57,8 @@ def test_tree_shap_contributions_add_up_to_the_models_log_odds(tmp_path):
                           lgb.Dataset(X, y), num_boost_round=20) for s in (1, 2)]
     model = SimpleNamespace(gbdt=boosters, stack=None, manifest={"gbdt": {"columns": cols}})
     features = pd.DataFrame(X[:25], columns=cols, index=[f"IMG_{i}" for i in range(25)])
-    table = explain_metadata(model, features, tmp_path, top=len(cols))
+    explained = explain_metadata(model, features, top=len(cols))
+    table = explained.contributions
     margin = np.mean([b.predict(X[:25], raw_score=True) for b in boosters], axis=0)
     bias = np.mean([b.predict(X[:25], pred_contrib=True)[:, -1] for b in boosters], axis=0)
     sums = table.groupby("image_id", sort=False)["contribution_logodds"].sum().reindex(features.index)
@@ -65,4 +66,5 @@ def test_tree_shap_contributions_add_up_to_the_models_log_odds(tmp_path):
     # the feature that drives the label is each image's largest contribution more often than any other
     top = table[table["rank"] == 1]["feature"].value_counts()
     assert top.index[0] == "clin_size_long_diam_mm"
-    assert (tmp_path / "feature_importance.csv").is_file() and (tmp_path / "metadata_contributions.csv").is_file()
+    assert list(explained.importance["feature"])[0] == "clin_size_long_diam_mm"  # the most gain, listed first
+    assert explained.importance["share"].sum() == pytest.approx(1.0, abs=1e-3)

@@ -35,19 +35,18 @@ if kill_at:
     os.replace = replace
 from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig, SelectConfig, SyntheticConfig
 from lesion_ml.data.sources import count_metadata_columns
-from flows import paths
+from lesion_ml import artefacts as cat
 from tasks.ingest import generate_demo, ingest_source
 from tasks.prepare import clean_features, prepare_fold, write_selection
 from tasks.split import make_folds
 data = DataConfig(source="synthetic", synthetic=SyntheticConfig(**{tiny!r}))
-generate_demo.fn(data.synthetic, paths.DEMO_DIR)
-ingest_source.fn(data, paths.DEMO_DIR, paths.LESIONS, paths.IMAGES, paths.REPORTS / "ingest.json")
-make_folds.fn(paths.LESIONS, SplitConfig(n_folds=3, seed=0), paths.FOLDS)
+generate_demo.fn(cfg=data.synthetic, out=cat.DEMO_DIR)
+ingest_source.fn(cfg=data, synthetic_dir=cat.DEMO_DIR, lesions=cat.LESIONS, images=cat.IMAGES, report=cat.INGEST_REPORT)
+make_folds.fn(lesions=cat.LESIONS, cfg=SplitConfig(n_folds=3, seed=0), out=cat.FOLDS)
 prep = PrepareConfig(select=SelectConfig(k=6))
-clean = paths.FEATURES / "clean.parquet"
-n = clean_features.fn(paths.LESIONS, prep, clean)
-per_fold = [prepare_fold.fn(clean, paths.FOLDS, prep, k, paths.features_path(k)) for k in range(3)]
-write_selection.fn(per_fold, count_metadata_columns(paths.LESIONS), n, paths.REPORTS / "selection.json")
+n = clean_features.fn(lesions=cat.LESIONS, cfg=prep, out=cat.CLEAN)
+per_fold = [prepare_fold.fn(clean=cat.CLEAN, folds=cat.FOLDS, cfg=prep, fold=k, out=cat.features(k)) for k in range(3)]
+write_selection.fn(per_fold=per_fold, n_columns=count_metadata_columns(cat.LESIONS), n_candidates=n, out=cat.SELECTION)
 """
 
 OUTPUTS = ["data/interim/demo/train-image.hdf5", "data/interim/demo/train-metadata.csv",
@@ -154,7 +153,7 @@ def test_prefect_retries_a_task_after_a_transient_oserror(prefect_harness, tmp_p
     @flow
     def split_once():  # refresh_cache: the second call must run again, not hit the first call's result
         task = td.make_folds.with_options(refresh_cache=True)
-        return task(tmp_path / "lesions.parquet", SplitConfig(n_folds=3), tmp_path / "folds.parquet")
+        return task(lesions=tmp_path / "lesions.parquet", cfg=SplitConfig(n_folds=3), out=tmp_path / "folds.parquet")
 
     split_once()
     assert len(calls) == 2 and pd.read_parquet(tmp_path / "folds.parquet")["fold"].nunique() == 3

@@ -42,14 +42,14 @@ def _edited(module_file: str, monkeypatch) -> None:
 
 def test_training_code_covers_what_training_imports_outside_lesion_ml_image():
     closure = module_closure({"lesion_ml.image.train"})
-    assert {"lesion_ml.sampling", "lesion_ml.data.images", "lesion_ml.evaluate.metrics", "lesion_ml.data.split",
+    assert {"lesion_ml.sampling", "lesion_ml.data.images", "lesion_ml.evaluate.metrics", "lesion_ml.image.data",
             "lesion_ml.image.balance", "lesion_ml.io"} <= closure
     assert "lesion_ml.model.predict" not in closure and "lesion_ml.tabular.gbdt" not in closure
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("edited", ["lesion_ml/sampling.py", "lesion_ml/evaluate/metrics.py",
-                                    "lesion_ml/data/split.py"])
+                                    "lesion_ml/data/images.py"])
 def test_a_finished_fold_retrains_after_an_edit_outside_lesion_ml_image(edited, tiny_demo, tmp_path, monkeypatch,
                                                                           fresh_fingerprints):
     from tests.test_train import _tiny
@@ -89,11 +89,12 @@ def test_task_keys_change_with_the_lock_file_and_library_code_the_task_reaches(t
 
     fn = train_gbdt_fold.fn.__wrapped__
     args = {"features": tmp_path / "f.parquet", "folds": tmp_path / "folds.parquet", "cfg": None, "fold": 0,
-            "out": tmp_path}
+            "out_boosters": [tmp_path / "b.txt"], "out_importance": tmp_path / "i.json", "out_pred": tmp_path / "p.pq"}
 
     def key() -> str:
         cache.code_digest.cache_clear()
-        return cache.task_key(fn, args, ("out",), cache.code_digest(fn))
+        return cache.task_key(fn, args, outputs=("out_boosters", "out_importance", "out_pred"),
+                              code=cache.code_digest(fn))
 
     lock = tmp_path / "requirements.lock"
     lock.write_text("lightgbm==4.6.0\n")
@@ -162,10 +163,12 @@ def test_a_runtime_argument_is_not_part_of_the_task_key(tmp_path):
     fn = train_cnn_fold.fn.__wrapped__
     code = cache.code_digest(fn)
     args = {"images": tmp_path / "images.json", "folds": tmp_path / "folds.parquet", "cfg": CnnModelConfig(),
-            "device": "cpu", "num_workers": 0, "fold": 0, "out": tmp_path, "threads": 1, "checkpoint_every_s": 60.0}
+            "device": "cpu", "num_workers": 0, "fold": 0, "out_weights": tmp_path / "w", "out_history": tmp_path / "h",
+            "out_pred": tmp_path / "p", "threads": 1, "checkpoint_every_s": 60.0}
+    outputs = train_cnn_fold.cache_policy.outputs
 
     def key(**changed) -> str:
-        return cache.task_key(fn, {**args, **changed}, ("out", "checkpoints", "plots"), code, ("checkpoint_every_s",))
+        return cache.task_key(fn, {**args, **changed}, outputs=outputs, code=code, runtime=("checkpoint_every_s",))
 
     assert key(checkpoint_every_s=0.0) == key()
     assert key(threads=2) != key()

@@ -12,13 +12,13 @@ from tests.conftest import REPO
 def test_sections_merge_key_by_key_and_named_collections_are_replaced():
     base = {"data": {"source": "synthetic", "path": "x", "folder": {"csv": "a.csv", "images": "im"}},
             "train_cnn": {"device": "auto", "models": {"resnet18": {"epochs": 4}, "fusion": {"epochs": 2}}},
-            "external": {"sets": {"old": {"images": "i", "labels": "l"}}, "tta": False}}
+            "validate": {"sets": {"old": {"images": "i", "labels": "l"}}, "tta": False}}
     over = {"data": {"source": "folder", "folder": {"csv": "b.csv"}}, "train_cnn": {"models": {"lite0": {"epochs": 8}}},
-            "external": {"sets": {"new": {"images": "j", "labels": "m"}}}}
+            "validate": {"sets": {"new": {"images": "j", "labels": "m"}}}}
     got = merge_params(base, over)
     assert got["data"] == {"source": "folder", "path": "x", "folder": {"csv": "b.csv", "images": "im"}}
     assert got["train_cnn"] == {"device": "auto", "models": {"lite0": {"epochs": 8}}}
-    assert got["external"] == {"sets": {"new": {"images": "j", "labels": "m"}}, "tta": False}
+    assert got["validate"] == {"sets": {"new": {"images": "j", "labels": "m"}}, "tta": False}
     assert base["train_cnn"]["models"] == {"resnet18": {"epochs": 4}, "fusion": {"epochs": 2}}  # not mutated
 
 

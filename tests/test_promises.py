@@ -38,7 +38,7 @@ def _compare(oof, table, features_of, **cfg):
     models = base_models(CNNS)
     gbdt = TrainGbdtConfig(n_estimators=20, num_leaves=4, min_child_samples=5, seeds=(1, 2), n_jobs=1)
     cfg = EvaluateConfig(**{"bootstrap": 0, **cfg})
-    return compare_models(oof, models, table, features_of, {}, cfg, gbdt), cfg, gbdt
+    return compare_models(oof, models, table, features_of=features_of, importance={}, cfg=cfg, gbdt_cfg=gbdt), cfg, gbdt
 
 
 @pytest.mark.parametrize("calibrate", ["none", "isotonic", "platt"])
@@ -163,9 +163,10 @@ def test_a_folds_labels_never_reach_its_out_of_fold_metadata_predictions(tiny_de
     table = ingest(DataConfig(source="synthetic"), tiny_demo).table
     table.to_parquet(tmp_path / "lesions.parquet")
     raw = lambda t: t.fn.__wrapped__  # noqa: E731 - the task body, without the cache
-    raw(make_folds)(tmp_path / "lesions.parquet", SplitConfig(n_folds=2, seed=0), tmp_path / "folds.parquet")
+    raw(make_folds)(lesions=tmp_path / "lesions.parquet", cfg=SplitConfig(n_folds=2, seed=0),
+                    out=tmp_path / "folds.parquet")
     prep = PrepareConfig(select={"k": 8})
-    raw(clean_features)(tmp_path / "lesions.parquet", prep, tmp_path / "clean.parquet")
+    raw(clean_features)(lesions=tmp_path / "lesions.parquet", cfg=prep, out=tmp_path / "clean.parquet")
     folds = pd.read_parquet(tmp_path / "folds.parquet")
     fold_of = folds.set_index("image_id")["fold"]
     gbdt = TrainGbdtConfig(n_estimators=20, num_leaves=4, min_child_samples=2, n_jobs=1)
@@ -180,8 +181,11 @@ def test_a_folds_labels_never_reach_its_out_of_fold_metadata_predictions(tiny_de
         f.to_parquet(d / "folds.parquet")
         out = {}
         for k in (0, 1):
-            raw(prepare_fold)(d / "clean.parquet", d / "folds.parquet", prep, k, d / f"features{k}.parquet")
-            pred = raw(train_gbdt_fold)(d / f"features{k}.parquet", d / "folds.parquet", gbdt, k, d)
+            raw(prepare_fold)(clean=d / "clean.parquet", folds=d / "folds.parquet", cfg=prep, fold=k,
+                              out=d / f"features{k}.parquet")
+            pred = raw(train_gbdt_fold)(features=d / f"features{k}.parquet", folds=d / "folds.parquet", cfg=gbdt,
+                                        fold=k, out_boosters=[d / f"fold{k}_seed{s}.txt" for s in gbdt.seeds],
+                                        out_importance=d / f"importance{k}.json", out_pred=d / f"pred{k}.parquet")
             out[k] = pd.read_parquet(pred)["pred"].to_numpy()
         return out
 
@@ -197,7 +201,8 @@ def test_a_folds_labels_never_reach_its_out_of_fold_image_predictions(tiny_demo)
     import torch
 
     from lesion_ml.config import SplitConfig
-    from lesion_ml.data.split import assign_folds, fold_data
+    from lesion_ml.data.split import assign_folds
+    from lesion_ml.image.data import fold_data
     from lesion_ml.image.train import train_fold
     from tests.test_train import _tiny
 
@@ -209,7 +214,7 @@ def test_a_folds_labels_never_reach_its_out_of_fold_image_predictions(tiny_demo)
 
     def predict(f: pd.DataFrame) -> np.ndarray:
         train = (f["fold"] != 1).to_numpy()
-        return train_fold(store, fold_data(f, train, cfg, None, None), cfg, torch.device("cpu"), seed=1).valid_pred
+        return train_fold(store, fold_data(f, train, cfg), cfg, torch.device("cpu"), seed=1).valid_pred
 
     base = predict(folds)
     np.testing.assert_array_equal(base, predict(_flip_fold(folds, fold_of, 1)))

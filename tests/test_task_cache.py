@@ -19,13 +19,15 @@ def test_code_keys_follow_imports_made_inside_functions():
 
 
 def test_code_keys_do_not_spread_to_unrelated_modules():
-    """The LightGBM module reaches config, io, the exception types and the sampling rule only; ingest's
+    """The LightGBM module reaches config, io, the exception types, the sampling rule and the artefact
+    catalogue only; ingest's
     modules never reach it."""
     closure = _module_closure({"lesion_ml.tabular.gbdt"})
     config = {m for m in closure if m.startswith("lesion_ml.config.")}  # the modules of the config package
     assert "lesion_ml.config.data" in config  # TrainGbdtConfig's: editing it changes the LightGBM tasks' keys
+    # the artefact catalogue through config (data.path's default is its raw-data folder)
     assert closure - config == {"lesion_ml.tabular.gbdt", "lesion_ml.config", "lesion_ml.io", "lesion_ml.errors",
-                                "lesion_ml.sampling"}
+                                "lesion_ml.sampling", "lesion_ml.artefacts"}
     ingest = _module_closure({"lesion_ml.data.sources", "lesion_ml.data.split", "lesion_ml.tabular.prepare"})
     assert "lesion_ml.tabular.gbdt" not in ingest and "lesion_ml.image.train" not in ingest
     assert "lesion_ml.data.schema" in ingest  # imported by sources

@@ -305,17 +305,15 @@ def test_mid_training_checkpoints_are_written_at_most_every_interval_and_the_fin
 def test_fold_uses_only_copies_of_its_own_training_positives_and_their_metadata(tmp_path):
     import pandas as pd
 
-    from lesion_ml.image.train import fold_data
+    from lesion_ml.image.data import fold_data, fold_meta
 
     f = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "patient_id": ["p", "p", "q", "r"],
                       "target": [1, 0, 1, 0], "fold": [0, 0, 1, 1]})
-    (tmp_path / "minority").mkdir()
-    pd.DataFrame({"copy_id": ["a__aug0", "a__aug1", "c__aug0"], "source_id": ["a", "a", "c"]}).to_parquet(
-        tmp_path / "minority" / "index.parquet")
-    pd.DataFrame({"image_id": ["d", "c", "b", "a"], "x1": [4.0, 3.0, 2.0, 1.0]}).to_parquet(tmp_path / "f.parquet")
+    index = pd.DataFrame({"copy_id": ["a__aug0", "a__aug1", "c__aug0"], "source_id": ["a", "a", "c"]})
+    features = pd.DataFrame({"image_id": ["d", "c", "b", "a"], "x1": [4.0, 3.0, 2.0, 1.0]})
     cfg = CnnModelConfig(fusion={"enabled": True}, balance={"minority_set": True})
     train = (f["fold"] != 1).to_numpy()
-    data = fold_data(f, train, cfg, tmp_path / "f.parquet", tmp_path / "minority")
+    data = fold_data(f, train, cfg, meta=fold_meta(features, f["image_id"]), minority_index=index)
     assert data.train_ids == ["a", "b"] and data.valid_ids == ["c", "d"]
     assert data.extra_ids == ["a__aug0", "a__aug1"] and data.extra_sources == ["a", "a"]  # not c: validation
     assert data.extra_meta.ravel().tolist() == [1.0, 1.0]
@@ -567,7 +565,8 @@ def _demo_split_auc(demo, shuffled: bool) -> float:
     from sklearn.metrics import roc_auc_score
 
     from lesion_ml.config import SplitConfig
-    from lesion_ml.data.split import assign_folds, fold_data
+    from lesion_ml.data.split import assign_folds
+    from lesion_ml.image.data import fold_data
     from tests.conftest import REPO
 
     table = ingest(DataConfig(source="synthetic"), demo).table
@@ -579,7 +578,7 @@ def _demo_split_auc(demo, shuffled: bool) -> float:
     cfg = CnnModelConfig(**{**default, "image_size": 32, "epochs": 6})
     train = (folds["fold"] != 0).to_numpy()
     store = ingest(DataConfig(source="synthetic"), demo).store
-    pred = train_fold(store, fold_data(folds, train, cfg, None, None), cfg, torch.device("cpu"), seed=0).valid_pred
+    pred = train_fold(store, fold_data(folds, train, cfg), cfg, torch.device("cpu"), seed=0).valid_pred
     return roc_auc_score(folds["target"][~train], pred)
 
 

@@ -20,7 +20,11 @@ from lesion_ml.config import ConfigError, PrepareConfig, SplitConfig, apply_over
 from lesion_ml.data.split import assign_folds
 from lesion_ml.data.synthetic_tabular import generate_metadata
 from lesion_ml.tabular.prepare import clean_metadata, fit_transform_fold
-from lesion_ml.tune.study import GbdtFitter, TuneData, compare, inner_folds, objective, shares
+from lesion_ml.config.tune import TuneBase
+from lesion_ml.tune.data import TuneData
+from lesion_ml.tune.fit import GbdtFitter
+from lesion_ml.tune.report import compare
+from lesion_ml.tune.study import inner_folds, objective, shares
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = {"train_gbdt.learning_rate": {"low": 0.02, "high": 0.3, "log": True},
@@ -48,7 +52,13 @@ def _project(root: Path, n_trials: int, parallel: int = 1, runner: str = "local"
 
 
 def _data(root: Path) -> TuneData:
-    return TuneData.load(root / "data/processed/features/clean.parquet", root / "data/processed/folds.parquet")
+    return TuneData.from_frames(pd.read_parquet(root / "data/processed/features/clean.parquet"),
+                                pd.read_parquet(root / "data/processed/folds.parquet"))
+
+
+def _base(params) -> TuneBase:
+    """What a study reads of the params."""
+    return TuneBase.of(params.prepare, params.train_gbdt, params.train_cnn)
 
 
 def _studies(root: Path) -> dict[str, list]:
@@ -110,7 +120,7 @@ def test_a_trial_never_fits_or_scores_an_outer_validation_row(tmp_path):
     outer = 1
     inner = inner_folds(data, outer, 2, 0)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
-    study.optimize(objective(Recording(data), params, params.tune.studies["t"], inner), n_trials=3)
+    study.optimize(objective(Recording(data), _base(params), params.tune.studies["t"], inner), n_trials=3)
     assert len(seen) == 6 and all(np.isfinite(t.value) for t in study.trials)
     outer_valid = data.fold == outer
     for train, test in seen:
@@ -252,7 +262,7 @@ def _image_study(tiny_demo):
     """A tiny image-model study on the tiny demo set: its data, fitter, params and inner folds."""
     from lesion_ml.config import DataConfig
     from lesion_ml.data.sources import ingest
-    from lesion_ml.tune.study import CnnFitter
+    from lesion_ml.tune.fit import CnnFitter
 
     ing = ingest(DataConfig(source="synthetic"), tiny_demo)
     table = ing.table.reset_index(drop=True)
@@ -281,7 +291,7 @@ def test_image_model_trials_report_each_epoch_and_a_pruned_trial_stops_training(
     monkeypatch.setattr(train_module, "train_one_epoch", lambda *a, **k: (epochs_run.append(1), real(*a, **k))[1])
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0),
                                 pruner=optuna.pruners.NopPruner())
-    study.optimize(objective(fitter, params, params.tune.studies["img"], inner), n_trials=2)
+    study.optimize(objective(fitter, _base(params), params.tune.studies["img"], inner), n_trials=2)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"] and len(epochs_run) == 6
     for t in study.trials:
         assert sorted(t.intermediate_values) == [0, 1, 2]  # one report per epoch
@@ -290,17 +300,17 @@ def test_image_model_trials_report_each_epoch_and_a_pruned_trial_stops_training(
 
     epochs_run.clear()  # a pruner that stops every trial at its first report: training ends there
     pruned = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.0))
-    pruned.optimize(objective(fitter, params, params.tune.studies["img"], inner), n_trials=1)
+    pruned.optimize(objective(fitter, _base(params), params.tune.studies["img"], inner), n_trials=1)
     assert pruned.trials[0].state.name == "PRUNED" and list(pruned.trials[0].intermediate_values) == [0]
     assert len(epochs_run) == 1
 
 
 def test_tuning_an_image_model_with_minority_copies_says_what_to_change(tmp_path):
-    from lesion_ml.tune.study import make_fitter
+    from lesion_ml.tune.fit import make_fitter
 
     params = validate_params({"train_cnn": {"models": {"m": {"balance": {"minority_set": True}}}}})
     with pytest.raises(ValueError, match=r"train_cnn.models.m.balance.minority_set: false"):
-        make_fitter(_data(_project(tmp_path, 1)), params, "m", tmp_path / "images.json")
+        make_fitter(_data(_project(tmp_path, 1)), _base(params), "m", store=object())
 
 
 def test_the_override_of_an_image_model_keeps_the_other_models(tmp_path):
@@ -309,7 +319,7 @@ def test_the_override_of_an_image_model_keeps_the_other_models(tmp_path):
 
     raw = {"train_cnn": {"models": {"a": {"lr": 0.002, "epochs": 6}, "b": {"backbone": "resnet34"}}}}
     base = validate_params(raw)
-    best = override({"train_cnn.models.a.lr": 0.01, "train_gbdt.num_leaves": 7}, base)
+    best = override({"train_cnn.models.a.lr": 0.01, "train_gbdt.num_leaves": 7}, _base(base))
     merged = validate_params(merge_params(raw, best))
     assert set(merged.train_cnn.models) == {"a", "b"} and merged.train_cnn.models["b"].backbone == "resnet34"
     assert merged.train_cnn.models["a"].lr == 0.01 and merged.train_cnn.models["a"].epochs == 6

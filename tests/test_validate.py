@@ -13,11 +13,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from lesion_ml.app.cli import main
+from lesion_ml.app.validation import read_labelled_set
 from lesion_ml.config import CnnModelConfig, to_plain
 from lesion_ml.data.sources import DataError
 from lesion_ml.image.net import LesionNet
 from lesion_ml.model.bundle import write_bundle
-from lesion_ml.model.validate import LabelledSet, calibration_fit, read_labelled_set, validate_external
+from lesion_ml.model.validate import LabelledSet, calibration_fit, validate_external
 from tests.conftest import shared_dataset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -283,3 +284,65 @@ def test_an_explicit_target_wins_over_dx_and_errors_name_the_validate_flags(tmp_
     pd.DataFrame({"image_id": ids, "label": [1, 0, 0, 1]}).to_csv(csv, index=False)
     with pytest.raises(DataError, match="cannot tell the CSV format .* name the format with --format$"):
         read_labelled_set(csv, ids)
+
+
+def test_the_old_section_name_external_is_read_as_validate_with_a_warning(tmp_path):
+    """For one release a params file may still call the section `external`: it is read as
+    `validate`, and a FutureWarning names the new key."""
+    from lesion_ml.config import load_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text("external:\n  bootstrap: 7\n  sets:\n    clinic: {images: ext/images, labels: ext/labels.csv}\n")
+    with pytest.warns(FutureWarning, match=r"params.yaml section `external` is now `validate`; rename it"):
+        p = load_params(params)
+    assert p.validate.bootstrap == 7 and set(p.validate.sets) == {"clinic"}
+    assert p.validate.sets["clinic"].labels == "ext/labels.csv"
+
+
+def test_a_params_file_with_both_external_and_validate_is_refused_naming_both(tmp_path):
+    import warnings
+
+    from lesion_ml.config import ConfigError, load_params, validate_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text("validate:\n  bootstrap: 5\nexternal:\n  bootstrap: 7\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused outright, not warned about
+        with pytest.raises(ConfigError, match=rf"{params}: has both section `external` .* and `validate`"):
+            load_params(params)
+    with pytest.raises(ConfigError, match="`external` is now `validate`: move what `external` holds into `validate`"):
+        validate_params({"external": {}, "validate": {}}, "x.yaml")
+
+
+def test_merging_an_override_with_the_old_section_name_writes_validate(tmp_path):
+    """`lesion params --merge` of an old example (section `external`) into a params.yaml that has
+    `validate`: its sets replace validate.sets, and the written file has no `external` section."""
+    import yaml
+
+    from lesion_ml.config import apply_override
+
+    base, over = tmp_path / "params.yaml", tmp_path / "old.yaml"
+    base.write_text("validate:\n  bootstrap: 9\n  sets:\n    a: {images: i, labels: l}\n")
+    over.write_text("external:\n  sets:\n    b: {images: j, labels: m}\n")
+    with pytest.warns(FutureWarning, match=rf"`external` is now `validate`; rename it in {over}"):
+        p = apply_override(over, base)
+    assert set(p.validate.sets) == {"b"} and p.validate.bootstrap == 9
+    written = yaml.safe_load(base.read_text())
+    assert "external" not in written and set(written["validate"]["sets"]) == {"b"}
+
+
+def test_an_export_that_fails_half_way_leaves_neither_the_folder_nor_a_temporary_one(tmp_path, external, monkeypatch):
+    """The recalibrated copy is filled beside its destination and swapped in only when complete."""
+    from lesion_ml.app import validation
+
+    ext, model = external
+
+    def broken(*args, **kwargs):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(validation, "recalibrated", broken)
+    with pytest.raises(OSError, match="disk went away"):
+        validation.run_validation(model, images=[ext / "images"], labels=ext / "labels.csv", out=tmp_path / "v",
+                                  n_boot=0, target_sensitivity=0.9, export=tmp_path / "site")
+    assert not (tmp_path / "site").exists()
+    assert [f.name for f in tmp_path.iterdir() if "site" in f.name] == []

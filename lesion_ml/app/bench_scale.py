@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lesion_ml import artefacts as cat
 from lesion_ml.config import merge_params
 
 GIB = 2**30
@@ -110,14 +111,13 @@ def prepare_workdir(repo: Path, workdir: Path, data: Path, overrides: Path) -> d
             continue
         (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / rel, workdir / rel)
-    raw = workdir / "data/raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    link = raw / "isic2024"
+    link = workdir / cat.ISIC2024_RAW
+    link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(data.resolve(), target_is_directory=True)
     params = merge_params(yaml.safe_load((repo / "params.yaml").read_text()), yaml.safe_load(overrides.read_text()))
-    params["data"]["path"] = "data/raw/isic2024"
+    params["data"]["path"] = cat.ISIC2024_RAW.as_posix()
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if not (workdir / ".git").exists():
         subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
@@ -165,13 +165,14 @@ def _oof_inference(workdir: Path, params: dict) -> dict[str, Any]:
 
     out = {}
     for name, cfg in params["train_cnn"]["models"].items():
-        folder = workdir / "models/cnn" / name
-        runs = [json.loads(p.read_text()).get("valid_predict") for p in sorted(folder.glob("history_fold*.json"))]
+        n_folds = params["split"]["n_folds"]
+        runs = [json.loads((workdir / cat.cnn_history(name, k)).read_text()).get("valid_predict")
+                for k in range(n_folds) if (workdir / cat.cnn_history(name, k)).is_file()]
         runs = [r for r in runs if r]
         if not runs:
             continue
         images, seconds = sum(r["images"] for r in runs), sum(r["seconds"] for r in runs)
-        state = load_weights(folder / "fold0.safetensors")
+        state = load_weights(workdir / cat.cnn_weights(name, 0))
         n_meta = int(state["meta.0.weight"].shape[1]) if "meta.0.weight" in state else 0
         fusion = cfg.get("fusion", {})
         net = LesionNet(cfg["backbone"], "false", n_meta, fusion.get("hidden", 64), fusion.get("dropout", 0.2))
@@ -199,7 +200,7 @@ def _predict_bare(model_dir: Path, batch_size: int) -> float | None:
 
 
 def _metrics(workdir: Path) -> dict[str, Any]:
-    m = json.loads((workdir / "reports/metrics.json").read_text())
+    m = json.loads((workdir / cat.METRICS).read_text())
     return {"best_model": m["best_model"],
             "models": {k: {"roc_auc": round(v["roc_auc"], 4), "pauc_80": round(v["pauc_80"], 4)}
                        for k, v in m["models"].items()}}
@@ -236,7 +237,7 @@ def _stage_names(workdir: Path, env: dict[str, str]) -> list[str]:
 def _keep_earlier_stages(result: dict[str, Any], stages: list[str], workdir: Path, out: Path | None) -> None:
     """--predict-only: take the stage figures of `out` from a finished run in `workdir`."""
     earlier = json.loads(out.read_text()) if out is not None and out.is_file() else {}
-    if [s["stage"] for s in earlier.get("stages", [])] != stages or not (workdir / "models/final/manifest.json").is_file():
+    if [s["stage"] for s in earlier.get("stages", [])] != stages or not (workdir / cat.FINAL / "manifest.json").is_file():
         raise ValueError(f"--predict-only needs a finished run in {workdir} and its figures in {out}")
     result["stages"], result["predict_rerun"] = earlier["stages"], True
 
@@ -272,11 +273,11 @@ def _run_predict(data: Path, workdir: Path, env: dict[str, str], workers: int, b
     command: the ratio is to their mean (the machine's speed drifts over minutes), and
     `ratio_vs_bare_range` gives it against the faster and the slower of the two."""
     log = workdir / "logs" / "predict.log"
-    model = workdir / "models/final"
+    model = workdir / cat.FINAL
     before = _predict_bare(model, batch)  # None: the final model uses no image network
     print("lesion predict ...", end=" ", flush=True)
     # `python -m` from the work folder: the same lesion_ml copy as the stages ran
-    r = run_measured([sys.executable, "-m", "lesion_ml.app.cli", "predict", "--model", "models/final", "--images",
+    r = run_measured([sys.executable, "-m", "lesion_ml.app.cli", "predict", "--model", str(cat.FINAL), "--images",
                       str((data / "train-image.hdf5").resolve()), "--metadata",
                       str((data / "train-metadata.csv").resolve()), "--out", "predictions.csv",
                       "--workers", str(workers), "--batch-size", str(batch)], workdir, log, env)

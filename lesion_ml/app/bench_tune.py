@@ -8,18 +8,21 @@ from typing import Any
 
 from lesion_ml.app.bench import peak_rss_mib
 from lesion_ml.config import Params
-from lesion_ml.tune.study import (GbdtFitter, TuneData, finished, load_study, open_storage, run_trials,
-                                   study_base, study_names, tuned_vs_default)
+from lesion_ml.config.tune import TuneBase
+from lesion_ml.tune.data import TuneData
+from lesion_ml.tune.fit import GbdtFitter
+from lesion_ml.tune.report import tuned_vs_default
+from lesion_ml.tune.study import finished, load_study, open_storage, run_trials, study_base, study_names
 
 
-def bench_tune(params: Params, study_name: str, n_trials: int | None = None, n_rows: int = 401_059,
+def bench_tune(params: Params, study_name: str, *, n_trials: int | None = None, n_rows: int = 401_059,
                n_patients: int = 1_042, malignant: int = 393, seed: int = 0) -> dict[str, Any]:
     """Run study `study_name` of `params.tune.studies` (`n_trials` per study if given) on generated
     metadata of `n_rows` rows, as the tune stage runs it but in this process and one trial at a time:
     every outer fold's study and the exported one, then default vs tuned out of fold.
 
     Returns the sizes, seconds per study and in all, finished trials per study, peak RSS and the
-    comparison (lesion_ml.tune.study.compare, 200 resamples).
+    comparison (lesion_ml.tune.report.compare, 200 resamples).
     """
     from lesion_ml.data.split import assign_folds
     from lesion_ml.data.synthetic_tabular import generate_metadata
@@ -37,21 +40,22 @@ def bench_tune(params: Params, study_name: str, n_trials: int | None = None, n_r
     data = TuneData(table["image_id"].to_numpy(), clean_metadata(table, params.prepare.features),
                     table["target"].to_numpy().astype(int), folds["patient_id"].astype(str).to_numpy(),
                     folds["fold"].to_numpy())
+    base = TuneBase.of(params.prepare, params.train_gbdt, params.train_cnn)
     seconds: dict[str, float] = {"generate_clean_split": round(time.perf_counter() - start, 1)}
     trials: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="lesion-bench-tune-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'optuna.db'}"
-        names = study_names(study_base(study_name, study, params, data.digest()), params.split.n_folds)
+        names = study_names(study_base(study_name, study, base, data.digest()), params.split.n_folds)
         for outer, name in names.items():
             label = "all folds" if outer is None else f"fold {outer}"
             t = time.perf_counter()
-            run_trials(url, name, study, params, GbdtFitter(data), outer, study.n_trials)
+            run_trials(url, name, study, base=base, fitter=GbdtFitter(data), outer=outer, n_trials=study.n_trials)
             seconds[f"study {label}"] = round(time.perf_counter() - t, 1)
             trials[label] = finished(load_study(open_storage(url), name, study))
         t = time.perf_counter()
         storage = open_storage(url)
         studies = {k: load_study(storage, n, study) for k, n in names.items()}
-        result = tuned_vs_default(studies, GbdtFitter(data, cache_size=params.split.n_folds), params, 200)[0]
+        result = tuned_vs_default(studies, GbdtFitter(data, cache_size=params.split.n_folds), base, 200)[0]
         seconds["outer refit + compare"] = round(time.perf_counter() - t, 1)
     seconds["total"] = round(time.perf_counter() - start, 1)
     return {"rows": n_rows, "patients": int(len(set(data.groups))), "malignant": int(data.y.sum()),

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from lesion_ml import artefacts
 from lesion_ml.app.cli_bench import add_bench_commands
 from lesion_ml.config import SyntheticConfig
 
@@ -29,8 +30,8 @@ def _synth(args: argparse.Namespace) -> int:
         took = time.perf_counter() - start
         print(f"\r{done:,}/{total:,} lesions, {done / took:,.0f}/s", end="", file=sys.stderr, flush=True)
 
-    h5, csv = generate_synthetic(Path(args.out), cfg, args.workers, progress if sys.stderr.isatty() or args.progress
-                                 else None)
+    h5, csv = generate_synthetic(Path(args.out), cfg, workers=args.workers,
+                                 progress=progress if sys.stderr.isatty() or args.progress else None)
     took = time.perf_counter() - start
     print(("\n" if args.progress or sys.stderr.isatty() else "") + f"wrote {h5} and {csv} in {took:,.1f} s "
           f"({args.workers} worker{'s' if args.workers > 1 else ''})", file=sys.stdout)
@@ -79,6 +80,8 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from contextlib import closing
+
     from lesion_ml.image.inference import select_device
     from lesion_ml.io import write_csv
     from lesion_ml.model.bundle import FinalModel
@@ -87,7 +90,9 @@ def _predict(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     model = FinalModel.load(args.model, device)
     inputs = prepare_inputs(model, args.images, Path(args.metadata) if args.metadata else None)
-    out = predict_cases(model, inputs, device, args.batch_size, args.tta, args.workers, args.skip_bad)
+    with closing(inputs.store):
+        out = predict_cases(model, inputs, device, batch_size=args.batch_size, tta=args.tta,
+                            num_workers=args.workers, skip_bad=args.skip_bad)
     write_csv(out, args.out)
     ok = out["status"] == "ok"
     used = "; ".join(f"{name}: {len(g)} images, threshold {g['threshold'].iloc[0]:.4g}"
@@ -108,13 +113,15 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from lesion_ml.model.validate import run_validation
+    from lesion_ml.app.validation import run_validation
 
     if args.export and not args.recalibrate:
         raise ValueError("--export writes a copy of the model with a local threshold: add --recalibrate")
-    res = run_validation(args.model, args.images, args.labels, args.out, args.metadata, args.format,
-                         args.ignore_unlabelled, args.tta, args.bootstrap, args.device, args.batch_size, args.workers,
-                         args.target_sensitivity if args.recalibrate else None, args.export)
+    res = run_validation(args.model, images=args.images, labels=args.labels, out=args.out, metadata=args.metadata,
+                         fmt=args.format, ignore_unlabelled=args.ignore_unlabelled, tta=args.tta,
+                         n_boot=args.bootstrap, device=args.device, batch_size=args.batch_size, workers=args.workers,
+                         target_sensitivity=args.target_sensitivity if args.recalibrate else None,
+                         export=args.export)
     ci, tt = res["ci95"], res["threshold_transfer"]
     print(f"{res['model']} on {res['n_scored']} images ({res['n_malignant']} malignant): ROC-AUC {res['roc_auc']:.3f} "
           f"[{ci['roc_auc'][0]:.3f}, {ci['roc_auc'][1]:.3f}], pAUC80 {res['pauc_80']:.3f}, PR-AUC {res['pr_auc']:.3f}; "
@@ -127,37 +134,53 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"local threshold for sensitivity >= {lt['target_sensitivity']}: {lt.get('threshold', res['threshold']):.4g} "
               f"(sensitivity {lt['overall']['sensitivity']:.3f}, specificity {lt['overall']['specificity']:.3f} here)"
               + (f"; recalibrated model written to {res['exported']}" if "exported" in res else ""))
-    print(f"wrote {args.out}/report.html, validation.json, predictions.csv")
+    files = artefacts.VALIDATION_FILES
+    print(f"wrote {args.out}/{files['report']}, {files['validation']}, {files['predictions']}")
     return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from contextlib import closing
+
     import numpy as np
 
-    from lesion_ml.io import write_csv
+    import pandas as pd
+
+    from lesion_ml.io import atomic_path, write_csv
     from lesion_ml.model.bundle import FinalModel
-    from lesion_ml.model.explain import explain_images, explain_metadata
+    from lesion_ml.model.explain import explain_images, explain_metadata, importance_png, png_bytes
     from lesion_ml.model.predict import prepare_inputs, score_images
 
     model = FinalModel.load(args.model, "cpu")
     inputs = prepare_inputs(model, args.images, Path(args.metadata) if args.metadata else None)
     ids = inputs.image_ids[: args.limit] if args.limit else inputs.image_ids
     out = Path(args.out)
-    cams = explain_images(model, inputs.store, ids, inputs.features, out)
-    if not cams.empty:
-        write_csv(cams, out / "gradcam.csv")
-    feats = inputs.features
-    if feats is not None:
-        feats = feats.loc[[i for i in ids if i in feats.index]]
-        if model.stack and not feats.empty:  # the stack's inputs include the image models' scores
-            meta = feats.to_numpy(np.float32)
-            scores = {f"score_{c}": score_images(model, c, inputs.store, list(feats.index),
-                                                 meta if model.cnns[c].n_meta else None, "cpu")[0]
-                      for c in model.manifest["components"]}
-            feats = feats.assign(**scores)
-    table = explain_metadata(model, feats, out) if feats is not None else None
-    print(f"wrote {len(cams)} Grad-CAM overlays to {out}"
-          + (f"; metadata contributions for {table['image_id'].nunique()} images" if table is not None else ""))
+    with closing(inputs.store):
+        rows = []
+        for row, panel in explain_images(model, inputs.store, ids, features=inputs.features):
+            with atomic_path(out / row["heatmap"]) as tmp:
+                tmp.write_bytes(png_bytes(panel))
+            rows.append(row)
+        cams = pd.DataFrame(rows)
+        if not cams.empty:
+            write_csv(cams, out / "gradcam.csv")
+        feats = inputs.features
+        if feats is not None:
+            feats = feats.loc[[i for i in ids if i in feats.index]]
+            if model.stack and not feats.empty:  # the stack's inputs include the image models' scores
+                meta = feats.to_numpy(np.float32)
+                scores = {f"score_{c}": score_images(model, c, inputs.store, ids=list(feats.index),
+                                                     meta=meta if model.cnns[c].n_meta else None, device="cpu")[0]
+                          for c in model.manifest["components"]}
+                feats = feats.assign(**scores)
+    explained = explain_metadata(model, feats) if feats is not None else None
+    if explained is not None:
+        write_csv(explained.contributions, out / "metadata_contributions.csv")
+        write_csv(explained.importance, out / "feature_importance.csv")
+        with atomic_path(out / "feature_importance.png") as tmp:
+            tmp.write_bytes(importance_png(explained.importance))
+    print(f"wrote {len(cams)} Grad-CAM overlays to {out}" + (
+        f"; metadata contributions for {explained.contributions['image_id'].nunique()} images" if explained else ""))
     return 0
 
 
@@ -165,23 +188,23 @@ def _server(args: argparse.Namespace) -> int:
     from lesion_ml.app import server
     from lesion_ml.config import load_params
 
-    state = Path(".lesion")
+    folder = artefacts.SERVER
     if args.action == "start":
         name = load_params(args.params).retrain.name
         try:
-            info = server.start(Path.cwd(), state, args.host, args.port, f"retrain/{name}")
+            info = server.start(Path.cwd(), folder, host=args.host, port=args.port, deployment=f"retrain/{name}")
         except server.ServerError as err:
             print(f"lesion server start: {err}", file=sys.stderr)
             return 1
         print(f"Prefect UI: {info['ui']}  (deployments: {info['ui']}/deployments)\n"
               f"serving deployment retrain/{name}; trigger it with\n"
               f"  PREFECT_API_URL={info['api']} prefect deployment run 'retrain/{name}'\n"
-              f"logs: {state}/server/server.log, {state}/server/retrain.log; stop with `lesion server stop`")
+              f"logs: {folder}/server.log, {folder}/retrain.log; stop with `lesion server stop`")
     elif args.action == "stop":
-        stopped = server.stop(state)
+        stopped = server.stop(folder)
         print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
     else:
-        st = server.status(state)
+        st = server.status(folder)
         print(", ".join(f"{k}: {'pid ' + str(v) if v else 'not running'}" for k, v in st.items()))
     return 0
 
@@ -206,15 +229,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 def _add_metrics(sub: argparse._SubParsersAction) -> None:
     """`lesion metrics`: the evaluate stage's figures as a table."""
-    met = sub.add_parser("metrics", help="a compact table of reports/metrics.json (out-of-fold, every model)")
-    met.add_argument("path", nargs="?", default="reports/metrics.json")
+    met = sub.add_parser("metrics", help=f"a compact table of {artefacts.METRICS} (out-of-fold, every model)")
+    met.add_argument("path", nargs="?", default=str(artefacts.METRICS))
     met.set_defaults(func=_metrics)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     """`lesion predict`: score new images with an exported model."""
-    pr = sub.add_parser("predict", help="score new images with an exported model (models/final)")
-    pr.add_argument("--model", default="models/final", help="the model folder (default models/final)")
+    pr = sub.add_parser("predict", help=f"score new images with an exported model ({artefacts.FINAL})")
+    pr.add_argument("--model", default=str(artefacts.FINAL), help=f"the model folder (default {artefacts.FINAL})")
     pr.add_argument("--images", nargs="+", required=True, metavar="PATH",
                     help="one HDF5 file (keys = image ids), one folder (searched recursively) or image files")
     pr.add_argument("--metadata", help="CSV with one row per image (isic_id or image_id column); needed by "
@@ -233,8 +256,9 @@ def _add_params(sub: argparse._SubParsersAction) -> None:
     """`lesion params`: merge an override file into params.yaml."""
     pa = sub.add_parser("params", help="merge an override file (e.g. examples/ham10000-400.yaml) into params.yaml")
     pa.add_argument("--merge", required=True, metavar="YAML", help="sections to merge in; its train_cnn.models and "
-                    "external.sets replace the current ones")
-    pa.add_argument("--params", default="params.yaml", help="the params file to update (default params.yaml)")
+                    "validate.sets replace the current ones")
+    pa.add_argument("--params", default=str(artefacts.PARAMS),
+                    help=f"the params file to update (default {artefacts.PARAMS})")
     pa.set_defaults(func=_params)
 
 
@@ -242,7 +266,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     """`lesion validate`: score a labelled external set and report on it."""
     va = sub.add_parser("validate", help="score a labelled external set: metrics with intervals, threshold "
                         "transfer, calibration, subgroups, a gallery of errors (HTML + JSON)")
-    va.add_argument("--model", default="models/final", help="the model folder (default models/final)")
+    va.add_argument("--model", default=str(artefacts.FINAL), help=f"the model folder (default {artefacts.FINAL})")
     va.add_argument("--images", nargs="+", required=True, metavar="PATH",
                     help="one HDF5 file, one folder (searched recursively) or image files (as for predict)")
     va.add_argument("--labels", required=True, help="labels CSV: generic (image_file or image_id/isic_id, target "
@@ -250,7 +274,8 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     va.add_argument("--format", default="auto", choices=["auto", "generic", "ham10000", "isic2019", "isic2020"],
                     help="the labels CSV format (default: detected from its columns)")
     va.add_argument("--metadata", help="metadata CSV for models that use it (default: the labels CSV)")
-    va.add_argument("--out", required=True, help="output folder: report.html, validation.json, predictions.csv")
+    va.add_argument("--out", required=True, help="output folder: " + ", ".join(
+        artefacts.VALIDATION_FILES[k] for k in ("report", "validation", "predictions")))
     va.add_argument("--ignore-unlabelled", action="store_true",
                     help="score only the labelled images (unlabelled ones are listed in the report)")
     va.add_argument("--tta", action="store_true", help="average the 8 flips/quarter turns of each image")
@@ -270,7 +295,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 def _add_explain(sub: argparse._SubParsersAction) -> None:
     """`lesion explain`: Grad-CAM maps and metadata contributions."""
     ex = sub.add_parser("explain", help="Grad-CAM heat maps and metadata feature contributions")
-    ex.add_argument("--model", default="models/final")
+    ex.add_argument("--model", default=str(artefacts.FINAL))
     ex.add_argument("--images", nargs="+", required=True, metavar="PATH")
     ex.add_argument("--metadata", help="CSV with one row per image (as for predict)")
     ex.add_argument("--out", required=True, help="output folder (PNG overlays, CSV tables)")
@@ -284,7 +309,8 @@ def _add_server(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("action", choices=["start", "stop", "status"])
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=4200)
-    sv.add_argument("--params", default="params.yaml", help="params.yaml naming the deployment (retrain.name)")
+    sv.add_argument("--params", default=str(artefacts.PARAMS),
+                    help=f"{artefacts.PARAMS} naming the deployment (retrain.name)")
     sv.set_defaults(func=_server)
 
 
@@ -293,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lesion", description="lesion-ml: skin-lesion malignancy detection",
         epilog="Training is not a lesion command: the pipeline (ingest, folds, features, every model, evaluation, "
-        "the exported model in models/final) runs with `dvc repro` (or `make run`) in the repository, driven by "
+        f"the exported model in {artefacts.FINAL}) runs with `dvc repro` (or `make run`) in the repository, driven by "
         "params.yaml; `lesion params --merge FILE` sets its params.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)

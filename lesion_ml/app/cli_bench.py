@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lesion_ml import artefacts as cat
 from lesion_ml.config.cnn import BACKBONE_NAMES, BENCH_BACKBONES
 
 
@@ -100,7 +101,8 @@ def _bench_tune(args: argparse.Namespace) -> int:
         raise ConfigError(f"no study {args.study!r} in tune.studies of {args.params}"
                           f"{' merged with ' + args.override if args.override else ''}; have "
                           f"{sorted(params.tune.studies)} (--study, --override)")
-    result = bench_tune(params, args.study, args.trials, args.rows, args.patients, args.malignant, args.seed)
+    result = bench_tune(params, args.study, n_trials=args.trials, n_rows=args.rows, n_patients=args.patients,
+                        malignant=args.malignant, seed=args.seed)
     return _report(result, format_tune_table(result), args.json)
 
 
@@ -145,7 +147,7 @@ def _add_scale(bench_sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--overrides", default="params.scale.yaml", help="scale profile merged into params.yaml")
     sc.add_argument("--predict-workers", type=int, default=1, help="lesion predict --workers (default 1)")
     sc.add_argument("--predict-batch", type=int, default=256, help="lesion predict --batch-size (default 256)")
-    sc.add_argument("--json", default="reports/scale.json", help="figures (default reports/scale.json)")
+    sc.add_argument("--json", default=str(cat.SCALE), help=f"figures (default {cat.SCALE})")
     sc.add_argument("--predict-only", action="store_true", help="keep the stage figures of --json from a "
                     "finished run in --workdir; run only lesion predict again")
     sc.set_defaults(func=_bench_scale)

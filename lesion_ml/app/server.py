@@ -2,8 +2,8 @@
 
 `start` launches `prefect server start` (API and UI on 127.0.0.1:<port>) and then
 `python -m flows.retrain serve` pointed at it, each in its own process group with its log and pid
-file under `<state>/server/`, and waits until the server answers and the deployment is
-registered. `stop` sends SIGINT (a served flow shuts down cleanly on SIGINT; SIGTERM would leave
+file in `folder` (default: artefacts.SERVER), and waits until the server answers
+and the deployment is registered. `stop` sends SIGINT (a served flow shuts down cleanly on SIGINT; SIGTERM would leave
 its runs behind), waits, and only then escalates; no process is left.
 
 Only processes and HTTP: no Prefect import, so the CLI stays fast.
@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from lesion_ml.artefacts import SERVER
 from lesion_ml.errors import ServerError
 
 PROCESSES = ("retrain", "server")  # stopped in this order
@@ -71,14 +72,14 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> int:
     return proc.pid
 
 
-def start(repo: Path, state: Path, host: str = "127.0.0.1", port: int = 4200, deployment: str = "retrain/demo",
-          timeout: float = 120.0) -> dict[str, str | int]:
-    """Start the server and serve the retrain deployment; returns the UI and API addresses and pids.
+def start(repo: Path, folder: Path = SERVER, host: str = "127.0.0.1", port: int = 4200,
+          deployment: str = "retrain/demo", timeout: float = 120.0) -> dict[str, str | int]:
+    """Start the server and serve the retrain deployment (both run in `repo`), with their logs and
+    pid files in `folder`; returns the UI and API addresses and pids.
 
     Raises:
         ServerError: already running, the port is taken, or a start timed out (with the log's end).
     """
-    folder = state / "server"
     folder.mkdir(parents=True, exist_ok=True)
     running = {n: p for n in PROCESSES if (p := _pid(folder, n))}
     if running:
@@ -109,15 +110,14 @@ def start(repo: Path, state: Path, host: str = "127.0.0.1", port: int = 4200, de
         if not _alive(rpid):
             raise ServerError(f"`python -m flows.retrain serve` exited; see {rlog}:\n{rlog.read_text()[-2000:]}")
     except BaseException:
-        stop(state)
+        stop(folder)
         raise
     return {"ui": f"http://{host}:{port}", "api": api, "server_pid": pid, "retrain_pid": rpid}
 
 
-def stop(state: Path, timeout: float = 30.0) -> list[str]:
-    """Stop the served deployment (SIGINT), then the server; escalate to SIGKILL only after
-    `timeout`. Returns what was stopped."""
-    folder = state / "server"
+def stop(folder: Path = SERVER, timeout: float = 30.0) -> list[str]:
+    """Stop the served deployment (SIGINT), then the server (their pid files in `folder`); escalate
+    to SIGKILL only after `timeout`. Returns what was stopped."""
     stopped = []
     for name in PROCESSES:
         pid = _pid(folder, name)
@@ -141,6 +141,6 @@ def stop(state: Path, timeout: float = 30.0) -> list[str]:
     return stopped
 
 
-def status(state: Path) -> dict[str, int | None]:
-    folder = state / "server"
+def status(folder: Path = SERVER) -> dict[str, int | None]:
+    """The pid of each process of PROCESSES (None when it is not running), from `folder`'s pid files."""
     return {name: _pid(folder, name) for name in PROCESSES}

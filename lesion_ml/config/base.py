@@ -10,11 +10,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _file_names(v: dict[str, Any], what: str, folder: str) -> dict[str, Any]:
+def file_names(v: dict[str, Any], what: str, folder: str) -> dict[str, Any]:
     """The keys of a named collection whose names become file names."""
     import re
 

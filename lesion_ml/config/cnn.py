@@ -6,10 +6,10 @@ from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from lesion_ml.config.base import _Section
+from lesion_ml.config.base import Section
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Training augmentation: each value is the probability of that family (0 turns it off)."""
 
     flip: float = Field(0.5, ge=0, le=1, description="horizontal and vertical flips")
@@ -26,7 +26,7 @@ class AugmentConfig(_Section):
                          "contact dermatoscopes")
 
 
-class BalanceConfig(_Section):
+class BalanceConfig(Section):
     """How the rare malignant class is weighted (see lesion_ml/image/balance.py)."""
 
     sampler: Literal["none", "weighted", "downsample"] = "none"
@@ -47,7 +47,7 @@ class BalanceConfig(_Section):
         return v
 
 
-class FusionConfig(_Section):
+class FusionConfig(Section):
     """Image + metadata: backbone features joined with an MLP over the fold's selected features."""
 
     enabled: bool = False
@@ -55,7 +55,7 @@ class FusionConfig(_Section):
     dropout: float = Field(0.2, ge=0, lt=1)
 
 
-class EarlyStoppingConfig(_Section):
+class EarlyStoppingConfig(Section):
     """Stop when the metric on a patient-grouped holdout of the training rows stops improving;
     the best epoch's weights predict the validation fold (which never steers training)."""
 
@@ -70,7 +70,7 @@ BACKBONE_NAMES: tuple[str, ...] = get_args(BackboneName)  # lesion_ml.image.back
 BENCH_BACKBONES = ("resnet18", "resnet50", "efficientnet-b0", "efficientnet-lite0")  # lesion bench all's default
 
 
-class CnnModelConfig(_Section):
+class CnnModelConfig(Section):
     """One entry of train_cnn.models (a DVC foreach item)."""
 
     backbone: BackboneName = "resnet18"
@@ -110,7 +110,7 @@ class CnnModelConfig(_Section):
         return self
 
 
-class MinoritySetConfig(_Section):
+class MinoritySetConfig(Section):
     """Augmented copies of every malignant image, written once (DVC-cached) and used by the
     models whose balance.minority_set is true (only copies of their training positives)."""
 
@@ -121,7 +121,7 @@ class MinoritySetConfig(_Section):
     seed: int = 7
 
 
-class TrainCnnConfig(_Section):
+class TrainCnnConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")

@@ -5,10 +5,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lesion_ml.config.base import _Section
+from lesion_ml.artefacts import ISIC2024_RAW
+from lesion_ml.config.base import Section
 
 
-class SyntheticConfig(_Section):
+class SyntheticConfig(Section):
     """The generated demo data set (ISIC 2024 format)."""
 
     n_patients: int = Field(160, ge=2)
@@ -39,7 +40,7 @@ class SyntheticConfig(_Section):
 FolderFormat = Literal["auto", "generic", "isic2019", "isic2020", "ham10000"]
 
 
-class FolderConfig(_Section):
+class FolderConfig(Section):
     """An image folder plus a CSV (ISIC 2019/2020, HAM10000 or a generic labels file)."""
 
     csv: str = "labels.csv"
@@ -49,9 +50,9 @@ class FolderConfig(_Section):
     group_column: str | None = None
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     source: Literal["synthetic", "isic2024", "folder"] = "synthetic"
-    path: str = "data/raw/isic2024"
+    path: str = ISIC2024_RAW.as_posix()
     metadata_csv: str = "train-metadata.csv"
     image_dir: str | None = None
     on_bad_image: Literal["error", "skip"] = "error"
@@ -60,7 +61,7 @@ class DataConfig(_Section):
     folder: FolderConfig = FolderConfig()
 
 
-class SplitConfig(_Section):
+class SplitConfig(Section):
     n_folds: int = Field(5, ge=2)
     seed: int = 42
 
@@ -68,14 +69,14 @@ class SplitConfig(_Section):
 FeatureFamily = Literal["size_shape", "colour", "border", "position", "patient_relative"]
 
 
-class SelectConfig(_Section):
+class SelectConfig(Section):
     method: Literal["mutual_info", "f_classif", "chi2", "l1", "gbdt"] = "mutual_info"
     k: int = Field(20, ge=1)
     correlation_threshold: float | None = Field(0.95, gt=0, le=1)
     max_rows: int | None = Field(10_000, ge=100, description="rows scored for selection (all positives kept)")
 
 
-class PrepareConfig(_Section):
+class PrepareConfig(Section):
     features: tuple[FeatureFamily, ...] = ("size_shape", "colour", "border", "position", "patient_relative")
     impute: Literal["median", "knn", "iterative"] = "median"
     clip_quantiles: tuple[float, float] = (0.001, 0.999)
@@ -92,7 +93,7 @@ class PrepareConfig(_Section):
         return self
 
 
-class TrainGbdtConfig(_Section):
+class TrainGbdtConfig(Section):
     n_estimators: int = Field(300, ge=1)
     learning_rate: float = Field(0.05, gt=0)
     num_leaves: int = Field(15, ge=2)

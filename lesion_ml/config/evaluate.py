@@ -1,15 +1,14 @@
-"""The sections after training: evaluate, final, external (validation sets), retrain and orchestration."""
+"""The sections after training: evaluate, final, retrain and orchestration (validate: config/validate.py)."""
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from lesion_ml.config.base import _Section, _file_names
-from lesion_ml.config.data import FolderFormat
+from lesion_ml.config.base import Section
 
 
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     """How models are compared (see lesion_ml/evaluate)."""
 
     threshold_method: Literal["sensitivity", "youden", "fixed"] = Field(
@@ -28,7 +27,7 @@ class EvaluateConfig(_Section):
     seed: int = 0
 
 
-class FinalConfig(_Section):
+class FinalConfig(Section):
     """The model exported to models/final (stage `final`): retrained on every labelled row."""
 
     model: str = Field("best", description="best (evaluate's best_model) or a model name of reports/metrics.json")
@@ -37,7 +36,7 @@ class FinalConfig(_Section):
     seed_offset: int = Field(1000, ge=0, description="the final CNNs train with seed + this (the folds used seed + k)")
 
 
-class RetrainConfig(_Section):
+class RetrainConfig(Section):
     """The scheduled retraining deployment (flows/retrain.py; `lesion server start` serves it)."""
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", description="deployment name: retrain/<name>")
@@ -47,36 +46,10 @@ class RetrainConfig(_Section):
     targets: list[str] = Field(default_factory=list, description="stages for dvc repro; empty: all")
 
 
-class OrchestrationConfig(_Section):
+class OrchestrationConfig(Section):
     """Where the per-fold / per-backbone tasks run."""
 
     task_runner: Literal["local", "dask"] = Field("local", description="local: one after another in the flow's "
                                                   "process; dask: in parallel on a Dask cluster (prefect-dask)")
     dask_address: str | None = Field(None, description="scheduler address (tcp://host:8786); null: a LocalCluster")
     dask_workers: int = Field(2, ge=1, description="LocalCluster worker processes (without dask_address)")
-
-
-class ExternalSetConfig(_Section):
-    """A labelled image set from elsewhere (another clinic, camera or collection), scored by
-    models/final in stage `validate@<name>`; never trained on."""
-
-    images: str = Field(description="a folder of images (searched recursively) or an ISIC 2024 HDF5 file")
-    labels: str = Field(description="labels CSV: generic, HAM10000, ISIC 2019 or ISIC 2020 (as data.folder)")
-    metadata: str | None = Field(None, description="metadata CSV for models that use it (null: the labels CSV)")
-    format: FolderFormat = "auto"
-    ignore_unlabelled: bool = Field(False, description="score only the labelled images under `images`")
-
-
-class ValidateConfig(_Section):
-    """External validation sets (params section `external`; stage `validate@<name>`, one per set): metrics in reports/external/<name>.json."""
-
-    sets: dict[str, ExternalSetConfig] = Field(default_factory=dict, description="name -> external set; "
-                                               "none by default")
-    tta: bool = Field(False, description="average the 8 flips/quarter turns of each image")
-    bootstrap: int = Field(1000, ge=0, description="resamples for the 95% intervals")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @field_validator("sets")
-    @classmethod
-    def _names(cls, v: dict[str, ExternalSetConfig]) -> dict[str, ExternalSetConfig]:
-        return _file_names(v, "set", "reports/external/")

@@ -5,21 +5,27 @@ section they need.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
-from lesion_ml.config.base import _Section
+from lesion_ml.config.base import Section
 from lesion_ml.config.cnn import TrainCnnConfig
 from lesion_ml.config.data import DataConfig, PrepareConfig, SplitConfig, TrainGbdtConfig
-from lesion_ml.config.evaluate import EvaluateConfig, FinalConfig, OrchestrationConfig, RetrainConfig, ValidateConfig
-from lesion_ml.config.tune import StudyConfig, TuneConfig, set_dotted, tunable_names
+from lesion_ml.config.evaluate import EvaluateConfig, FinalConfig, OrchestrationConfig, RetrainConfig
+from lesion_ml.config.tune import StudyConfig, TuneBase, TuneConfig, set_dotted, tunable_names
+from lesion_ml.config.validate import ValidateConfig, renamed_sections
 from lesion_ml.errors import ConfigError
 
+# The section `validate` (stage validate@<name>) shadows pydantic's deprecated classmethod BaseModel.validate, which
+# lesion-ml never calls: `Params.model_validate` is the validator.
+warnings.filterwarnings("ignore", message='Field name "validate" in "Params" shadows', category=UserWarning)
 
-class Params(_Section):
+
+class Params(Section):
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     prepare: PrepareConfig = PrepareConfig()
@@ -27,7 +33,7 @@ class Params(_Section):
     train_cnn: TrainCnnConfig = TrainCnnConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     final: FinalConfig = FinalConfig()
-    external: ValidateConfig = ValidateConfig()
+    validate: ValidateConfig = ValidateConfig()
     tune: TuneConfig = TuneConfig()
     retrain: RetrainConfig = RetrainConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
@@ -42,7 +48,7 @@ class Params(_Section):
 def check_space(params: Params, study: StudyConfig, where: str) -> None:
     """Every key of the study's space names a tunable key of its model, and both ends of its range
     (every choice) are values that key accepts; else a ValueError naming the key."""
-    allowed = tunable_names(params, study.model)
+    allowed = tunable_names(TuneBase.of(params.prepare, params.train_gbdt, params.train_cnn), study.model)
     raw = params.model_dump(mode="json", exclude={"tune"})
     for key, dist in study.space.items():
         if key not in allowed:
@@ -76,7 +82,7 @@ def _format_errors(err: ValidationError, where: str) -> str:
 def validate_params(raw: dict[str, Any] | None, where: str = "params.yaml") -> Params:
     """Validate a params mapping; raise ConfigError naming every bad key."""
     try:
-        return Params.model_validate(raw or {})
+        return Params.model_validate(renamed_sections(raw or {}, where))
     except ValidationError as err:
         raise ConfigError(_format_errors(err, where)) from None
 
@@ -100,7 +106,7 @@ REPLACED_WHOLE = ("models", "sets")  # named collections an override replaces in
 
 def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """`base` with `override` merged in section by section, key by key; a named collection
-    (train_cnn.models, external.sets) in `override` replaces the one in `base` as a whole, so an
+    (train_cnn.models, validate.sets) in `override` replaces the one in `base` as a whole, so an
     example lists exactly the models it trains."""
     out = dict(base)
     for key, value in override.items():
@@ -124,7 +130,8 @@ def apply_override(override: Path | str, base: Path | str = Path("params.yaml"),
         raise ConfigError(f"{override}: not valid YAML: {err}") from None
     if not isinstance(over, dict):
         raise ConfigError(f"{override}: expected a mapping of params.yaml sections, found {type(over).__name__}")
-    merged = merge_params(yaml.safe_load(base.read_text(encoding="utf-8")) or {}, over)
+    merged = merge_params(renamed_sections(yaml.safe_load(base.read_text(encoding="utf-8")) or {}, str(base)),
+                          renamed_sections(over, str(override)))
     params = validate_params(merged, f"{base} merged with {override}")
     write_text(f"# params.yaml merged with {override} (lesion params --merge); `git checkout params.yaml` "
                "returns to the shipped settings\n" + yaml.safe_dump(merged, sort_keys=False), out or base)

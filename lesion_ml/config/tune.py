@@ -1,17 +1,19 @@
-"""The tuning sections (params section `tune`) and the names a study may search."""
+"""The tuning sections (params section `tune`), the params a study starts from (`TuneBase`) and the
+names a study may search."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from lesion_ml.config.base import _file_names, _Section
+from lesion_ml.artefacts import TUNE, TUNE_STORAGE
+from lesion_ml.config.base import file_names, Section
+from lesion_ml.config.cnn import CnnModelConfig, TrainCnnConfig
+from lesion_ml.config.data import PrepareConfig, TrainGbdtConfig
+from lesion_ml.errors import ConfigError
 
-if TYPE_CHECKING:
-    from lesion_ml.config.params import Params
 
-
-class SearchParam(_Section):
+class SearchParam(Section):
     """One tuned parameter (Optuna's distributions): a float or int range, optionally on a log
     scale, or a list of choices."""
 
@@ -42,7 +44,7 @@ class SearchParam(_Section):
         return self
 
 
-class StudyConfig(_Section):
+class StudyConfig(Section):
     """One tuning study (stage `tune@<name>`): a search space over params.yaml keys, scored by
     patient-grouped inner cross-validation inside each outer training fold (lesion_ml/tune/study.py)."""
 
@@ -63,13 +65,13 @@ class StudyConfig(_Section):
     seed: int = 0
 
 
-class TuneConfig(_Section):
+class TuneConfig(Section):
     """Hyper-parameter studies (params section `tune`; stage `tune@<name>`, one per study; none by default)."""
 
     studies: dict[str, StudyConfig] = Field(default_factory=dict)
     storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna database (postgresql://... for "
-                                "several machines); null: sqlite:///.lesion/optuna.db. LESION_TUNE_STORAGE "
-                                "in the environment takes precedence")
+                                f"several machines); null: {TUNE_STORAGE}. LESION_TUNE_STORAGE in the "
+                                "environment takes precedence")
     parallel: int = Field(1, ge=1, description="trial tasks per study at once (in parallel with "
                           "orchestration.task_runner: dask)")
     bootstrap: int = Field(1000, ge=0, description="patient-level resamples for default vs tuned intervals")
@@ -77,7 +79,7 @@ class TuneConfig(_Section):
     @field_validator("studies")
     @classmethod
     def _names(cls, v: dict[str, StudyConfig]) -> dict[str, StudyConfig]:
-        return _file_names(v, "study", "reports/tune/")
+        return file_names(v, "study", f"{TUNE.as_posix()}/")
 
 
 # Keys a study may not tune: they set seeds, threads or the data layout, not the model's fit.
@@ -95,14 +97,75 @@ def _leaves(section: BaseModel, prefix: str) -> list[str]:
     return out
 
 
-def tunable_names(params: Params, model: str) -> list[str]:
+CNN_MODELS = "train_cnn.models."  # the params.yaml prefix of an image model's keys
+
+
+class TuneBase(Section):
+    """The params a tuning study starts from, and all it reads of params.yaml: prepare and
+    train_gbdt for the metadata model; train_cnn.models and train_cnn's device and loader workers
+    for an image model. Build it with `TuneBase.of`. A trial's values are dotted params.yaml keys
+    (`train_gbdt.num_leaves`, `train_cnn.models.<name>.lr`): see `with_values` and `value`."""
+
+    prepare: PrepareConfig
+    train_gbdt: TrainGbdtConfig
+    models: dict[str, CnnModelConfig]  # train_cnn.models
+    device: str  # train_cnn.device
+    num_workers: int  # train_cnn.num_workers
+
+    @classmethod
+    def of(cls, prepare: PrepareConfig, train_gbdt: TrainGbdtConfig, train_cnn: TrainCnnConfig) -> TuneBase:
+        """The tuning base of three params.yaml sections."""
+        return cls(prepare=prepare, train_gbdt=train_gbdt, models=dict(train_cnn.models), device=train_cnn.device,
+                   num_workers=train_cnn.num_workers)
+
+    def value(self, key: str) -> Any:
+        """The value of the dotted params.yaml key `key` (a key tuning may set), as params.yaml spells it."""
+        node: Any = self.model_dump(mode="json")
+        for part in _field_key(key).split("."):
+            node = node[part]
+        return node
+
+    def with_values(self, values: dict[str, Any]) -> TuneBase:
+        """A copy with each dotted params.yaml key of `values` set, validated as params.yaml is.
+
+        Raises:
+            ConfigError: a value its key does not accept, naming the key (as params.yaml spells it).
+            ValueError: a key outside prepare, train_gbdt and train_cnn.models.
+        """
+        raw = set_dotted(self.model_dump(mode="json"), {_field_key(k): v for k, v in values.items()})
+        try:
+            return TuneBase.model_validate(raw)
+        except ValidationError as err:
+            lines = "\n".join(_error_line(e) for e in err.errors())
+            raise ConfigError(f"invalid configuration in a tuning trial:\n{lines}") from None
+
+
+def _field_key(key: str) -> str:
+    """The dotted params.yaml key `key` as a dotted key of TuneBase."""
+    if key.startswith(CNN_MODELS):
+        return "models." + key.removeprefix(CNN_MODELS)
+    if key.split(".")[0] in ("prepare", "train_gbdt"):
+        return key
+    raise ValueError(f"{key!r} is not a key tuning may set (prepare.*, train_gbdt.*, {CNN_MODELS}<name>.*)")
+
+
+def _error_line(e: dict[str, Any]) -> str:
+    """One validation error of a TuneBase, named by its params.yaml key (as validate_params words it)."""
+    key = ".".join(str(p) for p in e["loc"])
+    key = "train_cnn." + key if key.startswith("models") else key
+    if e["type"] == "extra_forbidden":
+        return f"  {key}: unknown key (value {e['input']!r}); check the spelling"
+    return f"  {key}: {e['msg']} (found {e['input']!r})"
+
+
+def tunable_names(base: TuneBase, model: str) -> list[str]:
     """The dotted params.yaml keys a study of `model` may search (gbdt, or a train_cnn.models name)."""
     if model == "gbdt":
-        return _leaves(params.train_gbdt, "train_gbdt") + _leaves(params.prepare, "prepare")
-    if model in params.train_cnn.models:
-        return _leaves(params.train_cnn.models[model], f"train_cnn.models.{model}")
+        return _leaves(base.train_gbdt, "train_gbdt") + _leaves(base.prepare, "prepare")
+    if model in base.models:
+        return _leaves(base.models[model], f"{CNN_MODELS}{model}")
     raise ValueError(f"model {model!r} is neither gbdt nor a name of train_cnn.models "
-                     f"({sorted(params.train_cnn.models)})")
+                     f"({sorted(base.models)})")
 
 
 def set_dotted(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

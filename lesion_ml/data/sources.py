@@ -86,12 +86,12 @@ def read_isic2024(root: Path, metadata_csv: str = "train-metadata.csv", source: 
     h5 = root / "train-image.hdf5"
     candidates = [image_dir] if image_dir else ["train-image/image", "images"]
     folder = next((root / c for c in candidates if (root / c).is_dir()), root / candidates[0])
-    files = _index_folder(folder) if folder.is_dir() else {}
+    files = index_folder(folder) if folder.is_dir() else {}
     if not h5.is_file() and not files:
         raise DataError(f"{root}: no images: expected train-image.hdf5 or {folder.relative_to(root)}/*.jpg "
                         "(params.yaml data.path, data.image_dir)")
     store = ImageStore(hdf5=h5 if h5.is_file() else None, root=folder if files else None, files=files)
-    table = _canonical(meta.rename(columns={"isic_id": "image_id"}), source, csv)
+    table = canonical_table(meta.rename(columns={"isic_id": "image_id"}), source, csv)
     unexpected = [c for c in meta.columns if c not in ISIC2024_COLUMNS]
     if unexpected:
         log.warning("%s: %d column(s) outside the ISIC 2024 schema, kept as metadata candidates: %s", csv,
@@ -190,7 +190,7 @@ def read_folder(root: Path, cfg: FolderConfig) -> Ingested:
     images_dir = root / cfg.images
     files = _folder_files(table, images_dir, root, csv)
     table = table.rename(columns=RENAMES).drop(columns=["image_file"], errors="ignore")
-    table = _canonical(table, fmt if fmt != "generic" else "folder", csv)
+    table = canonical_table(table, fmt if fmt != "generic" else "folder", csv)
     return Ingested(table, ImageStore(root=root, files=files), {"metadata_csv": str(csv), "format": fmt})
 
 
@@ -208,13 +208,14 @@ def _folder_files(table: pd.DataFrame, images_dir: Path, root: Path, csv: Path) 
         return files
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: image folder not found (params.yaml data.folder.images)")
-    found = _index_folder(images_dir)
+    found = index_folder(images_dir)
     prefix = os.path.relpath(images_dir, root)
     return {k: os.path.join(prefix, v) for k, v in found.items()}
 
 
-def _index_folder(folder: Path) -> dict[str, str]:
-    """Map file stem -> path relative to `folder` for every image file below it."""
+def index_folder(folder: Path) -> dict[str, str]:
+    """Map file stem -> path relative to `folder` for every image file below it (searched
+    recursively, in sorted order; of two files with one stem the first is kept)."""
     out: dict[str, str] = {}
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
@@ -255,9 +256,16 @@ def _parse_target(values: pd.Series, csv: Path) -> pd.Series:
     return numeric.astype("int64")
 
 
-def _canonical(table: pd.DataFrame, source: str, csv: Path, folds: bool = True) -> pd.DataFrame:
-    """Order and type the canonical columns; validate ids and targets. `folds`: the table is split
-    into folds (what a missing patient_id means is said in those terms)."""
+def canonical_table(table: pd.DataFrame, source: str, csv: Path, folds: bool = True) -> pd.DataFrame:
+    """The canonical lesion table (CANONICAL_COLUMNS first, then the rest) of a table read from
+    `csv` with image_id and target columns: ids stripped and unique, targets 0/1, a missing
+    patient_id filled with the image's id, `source` recorded. `folds`: the table is split into
+    folds (what a missing patient_id means is said in those terms; `LabelRemedy.folds`).
+
+    Raises:
+        DataError: naming `csv` and the row: no rows, a required column missing, a duplicated id,
+            a target other than 0 or 1.
+    """
     if table.empty:
         raise DataError(f"{csv}: no rows; the data set is empty")
     _require(table, ["image_id", "target"], csv)

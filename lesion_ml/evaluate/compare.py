@@ -21,7 +21,6 @@ from lesion_ml.evaluate.analysis import (bootstrap_intervals, calibration, choos
 from lesion_ml.evaluate.combine import Calibrator, combiner, cross_fit, cross_fit_calibration
 from lesion_ml.evaluate.metrics import classification_metrics, curve_points
 from lesion_ml.evaluate.report import build_report
-from lesion_ml.io import write_csv, write_json, write_parquet, write_text
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +181,7 @@ def _value(v: float | None) -> float:
     return float("nan") if v is None else float(v)
 
 
-def compare_models(oof: pd.DataFrame, base: list[ModelRef], table: pd.DataFrame,
+def compare_models(oof: pd.DataFrame, base: list[ModelRef], table: pd.DataFrame, *,
                    features_of: Callable[[int], pd.DataFrame], importance: dict[str, float], cfg: EvaluateConfig,
                    gbdt_cfg: TrainGbdtConfig) -> Comparison:
     """Score every model of the catalogue on the out-of-fold rows `oof` (see `merge_oof`).
@@ -228,21 +227,6 @@ def curve_tables(y: np.ndarray, scores: pd.DataFrame) -> dict[str, tuple[pd.Data
     return out
 
 
-
-def write_comparison(result: Comparison, y: np.ndarray, out_metrics: Path, out_detail: Path, out_html: Path,
-                     out_scores: Path | None = None, out_curves: Path | None = None) -> None:
-    """`compare_models`' result as files: `out_metrics` (the DVC metrics), `out_detail`, the
-    self-contained `out_html` report, `out_scores` (every model's scores as evaluated and raw) and
-    `out_curves`/{roc,pr}/<model>.csv (DVC plots; `y`: the rows' labels); None: not written."""
-    write_json(result.metrics, out_metrics)
-    if out_scores is not None:
-        write_parquet(result.scores, out_scores)
-    if out_curves is not None:
-        for name, (roc, pr) in curve_tables(y, result.scores[[r.name for r in result.models]]).items():
-            write_csv(roc, out_curves / "roc" / f"{name}.csv")
-            write_csv(pr, out_curves / "pr" / f"{name}.csv")
-    write_json(result.detail, out_detail)
-    write_text(result.report, out_html)
 
 def _cell(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"

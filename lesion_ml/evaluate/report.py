@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from lesion_ml.evaluate.metrics import curve_points  # noqa: E402
 
 
-def _png(fig) -> str:
+def embed_png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -36,7 +36,7 @@ def _curves(y: np.ndarray, scores: dict[str, np.ndarray]) -> str:
     pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall, out of fold")
     roc.legend(fontsize=7, loc="lower right")
     pr.legend(fontsize=7, loc="upper right")
-    return _png(fig)
+    return embed_png(fig)
 
 
 def _calibration(cal: dict[str, dict]) -> str:
@@ -50,7 +50,7 @@ def _calibration(cal: dict[str, dict]) -> str:
                 label=f"{name} (ECE {c['ece']:.3f})")
     ax.set(xlabel="mean predicted probability", ylabel="observed malignant fraction", title="Reliability")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return embed_png(fig)
 
 
 def _confusions(models: dict[str, dict]) -> str:
@@ -69,7 +69,7 @@ def _confusions(models: dict[str, dict]) -> str:
                xlabel="predicted", ylabel="true", title=f"{name}\nthreshold {m['threshold']:.3g}")
         ax.title.set_fontsize(8)
     fig.tight_layout()
-    return _png(fig)
+    return embed_png(fig)
 
 
 def _folds(models: dict[str, dict]) -> str:
@@ -80,27 +80,27 @@ def _folds(models: dict[str, dict]) -> str:
         ax.hlines(m["roc_auc"], i - 0.3, i + 0.3, color="black")
     ax.set_xticks(range(len(models)), list(models), rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="ROC-AUC", title="Per-fold ROC-AUC (dots) and pooled out-of-fold (bar)")
-    return _png(fig)
+    return embed_png(fig)
 
 
-def _importance(imp: dict[str, float], top: int = 20, xlabel: str = "mean gain importance over folds",
+def importance_chart(imp: dict[str, float], top: int = 20, xlabel: str = "mean gain importance over folds",
                 title: str = "LightGBM metadata model: top features") -> str:
     items = sorted(imp.items(), key=lambda kv: kv[1])[-top:]
     fig, ax = plt.subplots(figsize=(6, 0.28 * len(items) + 1))
     ax.barh([k for k, _ in items], [v for _, v in items])
     ax.set(xlabel=xlabel, title=title)
     ax.tick_params(labelsize=7)
-    return _png(fig)
+    return embed_png(fig)
 
 
-def _head(title: str) -> str:
+def page_head(title: str) -> str:
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
             "font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
             "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>")
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+def html_table(rows: list[dict], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
                    for r in rows)
@@ -111,7 +111,7 @@ def _f(v: float | None) -> str:
     return f"{v:.3f}" if v is not None and np.isfinite(v) else "n/a"
 
 
-def _ci(m: dict, key: str) -> str:
+def with_interval(m: dict, key: str) -> str:
     lo, hi = m["ci95"].get(key, [float("nan")] * 2)
     v = m[key]
     return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if v is not None and np.isfinite(v) else "n/a"
@@ -122,94 +122,39 @@ def build_report(y: np.ndarray, scores: dict[str, np.ndarray], models: dict[str,
     """The HTML text. `models[name]` holds the metrics of `lesion_ml.evaluate` (with "ci95",
     "calibration", "threshold"), `subgroups[name]` the subgroup rows, `meta` the data summary."""
     order = sorted(models, key=lambda n: -(models[n]["roc_auc"] or 0))
-    comparison = [{"model": n, "ROC-AUC [95% CI]": _ci(models[n], "roc_auc"),
-                   "pAUC80 [95% CI]": _ci(models[n], "pauc_80"), "PR-AUC [95% CI]": _ci(models[n], "pr_auc"),
+    comparison = [{"model": n, "ROC-AUC [95% CI]": with_interval(models[n], "roc_auc"),
+                   "pAUC80 [95% CI]": with_interval(models[n], "pauc_80"), "PR-AUC [95% CI]": with_interval(models[n], "pr_auc"),
                    "threshold": f"{models[n]['threshold']:.4g}",
-                   "sensitivity [95% CI]": _ci({**models[n], "sensitivity": models[n]["recall"]}, "sensitivity"),
-                   "specificity [95% CI]": _ci(models[n], "specificity"),
+                   "sensitivity [95% CI]": with_interval({**models[n], "sensitivity": models[n]["recall"]}, "sensitivity"),
+                   "specificity [95% CI]": with_interval(models[n], "specificity"),
                    "precision": f"{models[n]['precision']:.3f}", "F1": f"{models[n]['f1']:.3f}",
                    "ECE": _f(models[n]["calibration"]["ece"]), "Brier": _f(models[n]["calibration"]["brier"])}
                   for n in order]
     best = order[0]
     parts = [
-        _head("lesion-ml model comparison"),
+        page_head("lesion-ml model comparison"),
         "<h1>lesion-ml: model comparison</h1>",
         f"<p>{meta['n']:,} lesions ({meta['n_malignant']:,} malignant) from {meta['n_patients']:,} patients, "
         f"{meta['n_folds']} patient-grouped folds. Every number is out of fold: each lesion is scored by models "
         "that never saw its patient. Intervals: 95% patient-level bootstrap "
         f"({meta['n_boot']} resamples). Thresholds: {html.escape(meta['threshold_rule'])}, chosen on the "
         "out-of-fold scores, so the sensitivity at it is met by construction.</p>",
-        "<h2>Comparison</h2>", _table(comparison, list(comparison[0])),
+        "<h2>Comparison</h2>", html_table(comparison, list(comparison[0])),
         "<h2>ROC and precision-recall</h2>", _curves(y, {n: scores[n] for n in order}),
         "<h2>Calibration</h2>", _calibration({n: models[n]["calibration"] for n in order}),
         "<h2>Confusion matrices at the operating threshold</h2>", _confusions({n: models[n] for n in order}),
         "<h2>Spread over folds</h2>", _folds({n: models[n] for n in order}),
     ]
     if importance:
-        parts += ["<h2>Metadata feature importance</h2>", _importance(importance)]
+        parts += ["<h2>Metadata feature importance</h2>", importance_chart(importance)]
     parts += [f"<h2>Subgroups: {html.escape(best)}</h2>",
               "<p>Groups of fewer than 10 lesions are pooled as 'other'. AUC needs both classes in a group.</p>",
-              _table(subgroups.get(best, []), ["attribute", "group", "n", "n_malignant", "roc_auc", "sensitivity",
+              html_table(subgroups.get(best, []), ["attribute", "group", "n", "n_malignant", "roc_auc", "sensitivity",
                                                "specificity"])]
     for n in order[1:]:
         parts += [f"<details><summary>Subgroups: {html.escape(n)}</summary>",
-                  _table(subgroups.get(n, []), ["attribute", "group", "n", "n_malignant", "roc_auc", "sensitivity",
+                  html_table(subgroups.get(n, []), ["attribute", "group", "n", "n_malignant", "roc_auc", "sensitivity",
                                                 "specificity"]), "</details>"]
     parts.append("</body></html>")
     return "\n".join(parts)
 
-
-def _history(histories: dict[str, Any], metric: str) -> str:
-    """Each study's trial values and best-so-far line against the trial number."""
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    for i, (label, table) in enumerate(histories.items()):
-        done = table[table["state"] == "COMPLETE"].sort_values("number")
-        if done.empty:
-            continue
-        colour = f"C{i % 10}"
-        ax.scatter(done["number"], done["value"], s=9, color=colour, alpha=0.5)
-        ax.step(done["number"], done["value"].cummax(), where="post", color=colour, lw=1.4, label=label)
-    ax.set(xlabel="trial", ylabel=f"inner-CV {metric}", title="Optimisation history (dots: trials; line: best so far)")
-    ax.legend(fontsize=7)
-    return _png(fig)
-
-
-def build_tune_report(summary: dict[str, Any], histories: dict[str, Any], importances: dict[str, float]) -> str:
-    """The HTML text of a tuning study: default vs tuned out of fold (with patient-bootstrap
-    intervals and the paired difference), the best parameters, the optimisation history of every
-    study (`histories`: label -> trials table of lesion_ml.tune.study.trials_table) and the parameter
-    importances of the study whose parameters are exported."""
-    keys = [("roc_auc", "ROC-AUC"), ("pauc_80", "pAUC80"), ("pr_auc", "PR-AUC")]
-    rows = [{"parameters": label, **{f"{title} [95% CI]": _ci(summary[label], k) for k, title in keys}}
-            for label in ("default", "tuned")]
-    diff = summary.get("difference", {})
-    rows.append({"parameters": "tuned - default", **{
-        f"{title} [95% CI]": (f"{diff[k]['difference']:+.4f} [{diff[k]['ci95'][0]:+.4f}, {diff[k]['ci95'][1]:+.4f}]"
-                              f", better in {diff[k]['share_better']:.0%} of resamples") if k in diff else "n/a"
-        for k, title in keys}})
-    best = [{"key": k, "default": summary["default_values"].get(k), "tuned (all folds)": v,
-             **{f"fold {f}": summary["per_fold"][f]["values"].get(k) for f in summary["per_fold"]}}
-            for k, v in summary["best_values"].items()]
-    parts = [
-        _head(f"lesion-ml tuning: {summary['study']}"),
-        f"<h1>lesion-ml: tuning study {html.escape(summary['study'])}</h1>",
-        f"<p>Model <b>{html.escape(summary['model'])}</b>, objective {html.escape(summary['metric'])}, "
-        f"{summary['n_trials']} trials per study, {summary['inner_folds']} patient-grouped inner folds. "
-        "Each outer fold has its own study, whose trials only see that fold's training patients; its best "
-        "parameters are refitted on those patients and predict the fold. So the tuned row below is an "
-        "out-of-fold estimate of tuning and training together, on the same rows as the default row. "
-        f"Intervals: 95% patient-level bootstrap ({summary['n_boot']} resamples); the difference row "
-        "resamples both models together. An interval spanning 0 means the data cannot tell the two apart.</p>",
-        "<h2>Default vs tuned, out of fold</h2>", _table(rows, list(rows[0])),
-        "<h2>Best parameters</h2>",
-        "<p>The 'all folds' column comes from a study scored on the outer folds themselves; it is what the "
-        f"override file applies: <code>{html.escape(summary['apply'])}</code>.</p>",
-        _table(best, list(best[0]) if best else ["key"]),
-        "<h2>Optimisation history</h2>", _history(histories, summary["metric"]),
-    ]
-    if importances:
-        parts += ["<h2>Parameter importance (fANOVA, study 'all folds')</h2>",
-                  _importance(importances, xlabel="share of the objective's variance",
-                              title="Which parameters mattered")]
-    parts.append("</body></html>")
-    return "\n".join(parts)

@@ -30,7 +30,7 @@ from torch.utils.data import Sampler, WeightedRandomSampler
 from lesion_ml.config import BalanceConfig, MinoritySetConfig
 from lesion_ml.data.images import ImageStore
 from lesion_ml.image.augment import create_copy_transform, reseed
-from lesion_ml.io import atomic_path, write_parquet
+from lesion_ml.io import atomic_path
 from lesion_ml.sampling import negatives_for, positives_plus_negatives
 
 log = logging.getLogger(__name__)
@@ -125,18 +125,18 @@ def copy_id(source_id: str, k: int) -> str:
     return f"{source_id}__aug{k}"
 
 
-def write_minority_set(store: ImageStore, positive_ids: Sequence[str], cfg: MinoritySetConfig,
-                       out_dir: Path) -> pd.DataFrame:
-    """Write `cfg.copies` augmented copies of each positive image to `out_dir`/images.hdf5
-    (JPEG bytes, keyed by copy id) and the index `out_dir`/index.parquet (copy_id, source_id).
+def write_minority_set(store: ImageStore, positive_ids: Sequence[str], cfg: MinoritySetConfig, *,
+                       images_out: Path) -> pd.DataFrame:
+    """Write `cfg.copies` augmented copies of each positive image to the HDF5 file `images_out`
+    (JPEG bytes, keyed by copy id; too large to return, so written here, atomically); return
+    the index (copy_id, source_id), which the caller writes.
 
     Each copy's augmentation is seeded by (cfg.seed, source id, copy number), so the set is
-    the same whatever order or subset of images it is built from. Both files are written
-    atomically.
+    the same whatever order or subset of images it is built from.
     """
     transform = create_copy_transform(cfg.augment, cfg.max_side)
     rows = []
-    with atomic_path(out_dir / "images.hdf5") as tmp, h5py.File(tmp, "w") as h5:
+    with atomic_path(images_out) as tmp, h5py.File(tmp, "w") as h5:
         for source in positive_ids:
             image = store.get(source)
             for k in range(cfg.copies):
@@ -148,6 +148,5 @@ def write_minority_set(store: ImageStore, positive_ids: Sequence[str], cfg: Mino
                 h5.create_dataset(copy_id(source, k), data=np.void(buf.tobytes()))
                 rows.append((copy_id(source, k), source))
     index = pd.DataFrame(rows, columns=["copy_id", "source_id"])
-    write_parquet(index, out_dir / "index.parquet")
     log.info("minority set: %d copies of %d malignant images", len(index), len(positive_ids))
     return index

@@ -12,27 +12,34 @@ import pandas as pd
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.data.fold_outputs import train_mask
 from lesion_ml.data.images import open_store
-from lesion_ml.data.split import fold_data
+from lesion_ml.image.data import fold_data, fold_meta
 from lesion_ml.image.inference import select_device
 from lesion_ml.image.train import FoldResult, train_fold
 
 
-def train_image_fold(manifest: Mapping[str, Any], folds: pd.DataFrame, fold: int, cfg: CnnModelConfig, device: str,
-                     num_workers: int = 0, name: str = "", features_dir: Path | None = None,
-                     minority: Path | None = None, checkpoints: Path | None = None,
-                     checkpoint_every_s: float = 0.0) -> FoldResult:
-    """`train_fold` of the image model `cfg` on fold `fold` of the folds table: the images of the
-    store `manifest` (data/interim/images.json) and, with cfg.balance.minority_set, the copies in
-    `minority`; with fusion, the fold's features `features_dir`/fold<k>.parquet. Seed cfg.seed + fold;
-    resumes from `checkpoints`/fold<k>.pt (written at most every `checkpoint_every_s` seconds
-    while training); `name` labels the progress log."""
+def train_image_fold(manifest: Mapping[str, Any], folds: pd.DataFrame, cfg: CnnModelConfig, *, fold: int,
+                     device: str, num_workers: int = 0, name: str = "", features: pd.DataFrame | None = None,
+                     minority_index: pd.DataFrame | None = None, minority_images: Path | None = None,
+                     checkpoint: Path | None = None, checkpoint_every_s: float = 0.0) -> FoldResult:
+    """`train_fold` of the image model `cfg` on fold `fold` of the folds table.
+
+    Args:
+        manifest: the image store's manifest (the ingest stage's).
+        features: with fusion, the fold's selected metadata features (one row per image_id).
+        minority_index, minority_images: with cfg.balance.minority_set, the minority set's index
+            (copy_id, source_id) and the HDF5 file of its copies.
+        checkpoint: the training state's file, resumed from after a kill and written at most every
+            `checkpoint_every_s` seconds while training.
+        name: labels the progress log. The seed is cfg.seed + fold.
+    """
     train = train_mask(folds, fold)
-    data = fold_data(folds, train, cfg, features_dir / f"fold{fold}.parquet" if features_dir is not None else None,
-                     minority)
-    with open_store(manifest, minority / "images.hdf5" if cfg.balance.minority_set else None) as store:
+    meta = fold_meta(features, folds["image_id"]) if cfg.fusion.enabled else None
+    data = fold_data(folds, train, cfg, meta=meta, minority_index=minority_index,
+                     minority_source=str(minority_images.parent) if minority_images else "the minority set")
+    with open_store(manifest, minority_images if cfg.balance.minority_set else None) as store:
         return train_fold(store, data, cfg, select_device(device), num_workers, seed=cfg.seed + fold,
-                          checkpoint=checkpoints / f"fold{fold}.pt" if checkpoints else None,
-                          label=f"{name} fold {fold}".strip(), checkpoint_every_s=checkpoint_every_s)
+                          checkpoint=checkpoint, label=f"{name} fold {fold}".strip(),
+                          checkpoint_every_s=checkpoint_every_s)
 
 
 def cnn_history(result: FoldResult) -> dict[str, Any]:

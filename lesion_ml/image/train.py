@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lesion_ml.config import CnnModelConfig
-from lesion_ml.data.split import FoldData, fold_data
+from lesion_ml.image.data import FoldData, fold_data
 from lesion_ml.evaluate.metrics import partial_auc
 from lesion_ml.fingerprint import code_fingerprint
 from lesion_ml.image.augment import create_transforms, model_transforms

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from lesion_ml.catalogue import GBDT, ModelRef, cnn_ref, find
-from lesion_ml.config import EvaluateConfig, Params, to_plain
+from lesion_ml.config import (CnnModelConfig, EvaluateConfig, FinalConfig, PrepareConfig, TrainCnnConfig,
+                               TrainGbdtConfig, to_plain)
 from lesion_ml.data.images import open_store
-from lesion_ml.data.split import fold_data
 from lesion_ml.errors import ConfigError
 from lesion_ml.evaluate.combine import Calibrator, combiner
 from lesion_ml.evaluate.compare import calibration_method, threshold_rule
+from lesion_ml.image.data import fold_data, fold_meta
 from lesion_ml.image.inference import select_device, use_threads
 from lesion_ml.image.train import train_fold
 from lesion_ml.io import weights_bytes
@@ -29,6 +32,18 @@ from lesion_ml.tabular.prepare import fit_transform_fold
 log = logging.getLogger("lesion_ml.model.card")
 
 
+class FinalSections(BaseModel):
+    """The params.yaml sections the final model is built from (the final stage's params)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    final: FinalConfig
+    prepare: PrepareConfig
+    train_gbdt: TrainGbdtConfig
+    train_cnn: TrainCnnConfig
+    evaluate: EvaluateConfig
+
+
 @dataclass
 class Bundle:
     """A model folder's contents before writing: the manifest, its files and MODEL_CARD.md."""
@@ -38,7 +53,7 @@ class Bundle:
     card: str
 
 
-def choose_model(p: Params, metrics: dict) -> ModelRef:
+def choose_model(p: FinalSections, metrics: dict) -> ModelRef:
     """The model params.yaml final.model names (default: evaluate's best), from the catalogue."""
     name = metrics["best_model"] if p.final.model == "best" else p.final.model
     if name not in metrics["models"]:
@@ -47,7 +62,7 @@ def choose_model(p: Params, metrics: dict) -> ModelRef:
     return find(name, p.train_cnn.models)
 
 
-def fallback_model(p: Params) -> ModelRef | None:
+def fallback_model(p: FinalSections) -> ModelRef | None:
     """The image-only model params.yaml final.fallback names, scoring images without metadata."""
     fb = p.final.fallback
     if fb is None:
@@ -59,22 +74,24 @@ def fallback_model(p: Params) -> ModelRef | None:
     return cnn_ref(fb, p.train_cnn.models[fb])
 
 
-def retrain_cnn(p: Params, key: str, table: pd.DataFrame, features: pd.DataFrame | None, images: dict,
-                minority: Path, checkpoints: Path) -> tuple[bytes, int]:
-    """Image model train_cnn.models.<key> trained on every row of `table`; (its state dict as
-    safetensors bytes, number of metadata inputs). `images` is the image store's manifest."""
-    cfg = p.train_cnn.models[key]
-    use_threads(p.train_cnn.threads)
-    data = fold_data(table, np.ones(len(table), bool), cfg, features, minority)
-    data.valid_y = None
-    with open_store(images, minority / "images.hdf5" if cfg.balance.minority_set else None) as store:
-        result = train_fold(store, data, cfg, select_device(p.train_cnn.device), p.train_cnn.num_workers,
-                            seed=cfg.seed + p.final.seed_offset, checkpoint=checkpoints / f"{key}.pt",
-                            label=f"final {key}", checkpoint_every_s=p.train_cnn.checkpoint_every_s)
+def retrain_cnn(cfg: CnnModelConfig, run: TrainCnnConfig, table: pd.DataFrame, *, seed: int, label: str,
+                meta: np.ndarray | None = None, images: dict, minority_index: pd.DataFrame | None = None,
+                minority_images: Path | None = None, checkpoint: Path | None = None) -> tuple[bytes, int]:
+    """The image model `cfg` trained on every row of `table` (image_id, target, patient_id) with
+    `run`'s device, threads and workers; (its state dict as safetensors bytes, number of metadata
+    inputs). `meta`: with fusion, the metadata features of `table`'s rows; `images`: the image
+    store's manifest; the minority set's index and HDF5 file when cfg uses it; `checkpoint`: the
+    resumable training state."""
+    use_threads(run.threads)
+    data = fold_data(table, np.ones(len(table), bool), cfg, meta=meta, minority_index=minority_index,
+                     minority_source=str(minority_images.parent) if minority_images else "the minority set")
+    with open_store(images, minority_images if cfg.balance.minority_set else None) as store:
+        result = train_fold(store, data, cfg, select_device(run.device), run.num_workers, seed=seed,
+                            checkpoint=checkpoint, label=label, checkpoint_every_s=run.checkpoint_every_s)
     return weights_bytes(result.model.state_dict()), int(data.train_meta.shape[1]) if cfg.fusion.enabled else 0
 
 
-def _metadata_models(p: Params, ref: ModelRef, feats: pd.DataFrame, y: np.ndarray, manifest: dict,
+def _metadata_models(p: FinalSections, ref: ModelRef, feats: pd.DataFrame, y: np.ndarray, manifest: dict,
                      files: dict) -> pd.DataFrame | None:
     """The preprocessing fitted on every row and, when `ref` uses it, the metadata model (into
     `manifest` and `files`); the preprocessed features, or None when `ref` needs no metadata."""
@@ -91,7 +108,7 @@ def _metadata_models(p: Params, ref: ModelRef, feats: pd.DataFrame, y: np.ndarra
     return X
 
 
-def combination(p: Params, ref: ModelRef, scores: pd.DataFrame, y: np.ndarray, X: pd.DataFrame | None,  # noqa: N803
+def combination(p: FinalSections, ref: ModelRef, scores: pd.DataFrame, y: np.ndarray, X: pd.DataFrame | None,  # noqa: N803
                 files: dict) -> dict | None:
     """How `ref` combines its components' scores, fitted on every row: evaluate's estimator
     (lesion_ml.evaluate.combine) on the components' out-of-fold scores `scores` (raw columns), as
@@ -115,8 +132,9 @@ def operating_point(ref: ModelRef, cfg: EvaluateConfig, m: dict, oof: pd.DataFra
     return {"calibration": cal.to_json(), "threshold": m["threshold"]}
 
 
-def build_bundle(p: Params, metrics: dict, detail: dict, scores: pd.DataFrame, table: pd.DataFrame,
-                 feats: pd.DataFrame, images: dict, minority: Path, checkpoints: Path) -> Bundle:
+def build_bundle(p: FinalSections, *, metrics: dict, detail: dict, scores: pd.DataFrame, table: pd.DataFrame,
+                 feats: pd.DataFrame, images: dict, minority_index: pd.DataFrame | None = None,
+                 minority_images: Path | None = None, checkpoints: Mapping[str, Path] | None = None) -> Bundle:
     """Retrain the chosen model (`choose_model`) and its image-only fallback on every row.
 
     Args:
@@ -124,8 +142,9 @@ def build_bundle(p: Params, metrics: dict, detail: dict, scores: pd.DataFrame, t
         scores: evaluate's out-of-fold scores by image_id, in its row order (raw ones: calibration,
             stack, ranks).
         table: the lesion table; `feats`: the cleaned metadata, one row per image of `table`.
-        images: the image store's manifest; minority: the minority-set folder.
-        checkpoints: where the retraining keeps its resumable checkpoints.
+        images: the image store's manifest; minority_index, minority_images: the minority set
+            (for image models that use it).
+        checkpoints: the resumable checkpoint of each retrained image model, by train_cnn.models key.
     """
     ref, fb = choose_model(p, metrics), fallback_model(p)
     oof = scores
@@ -139,9 +158,14 @@ def build_bundle(p: Params, metrics: dict, detail: dict, scores: pd.DataFrame, t
     X = _metadata_models(p, ref, feats, y, manifest, files)  # noqa: N806
     manifest["combiner"] = combination(p, ref, scores, y, X, files)
     cnn_table = table[["image_id", "target", "patient_id"]].reset_index(drop=True)
-    meta_table = X.assign(image_id=ids.to_numpy()) if X is not None else None
+    meta = fold_meta(X.assign(image_id=ids.to_numpy()), cnn_table["image_id"]) if X is not None else None
     for key in sorted(set(ref.cnns) | (set(fb.cnns) if fb else set())):
-        weights, n_meta = retrain_cnn(p, key, cnn_table, meta_table, images, minority, checkpoints)
+        cfg = p.train_cnn.models[key]
+        weights, n_meta = retrain_cnn(cfg, p.train_cnn, cnn_table, seed=cfg.seed + p.final.seed_offset,
+                                      label=f"final {key}", meta=meta if cfg.fusion.enabled else None,
+                                      images=images, minority_index=minority_index,
+                                      minority_images=minority_images,
+                                      checkpoint=(checkpoints or {}).get(key))
         name = cnn_ref(key, p.train_cnn.models[key]).name
         files[f"{name}.safetensors"] = weights
         manifest["cnn"][name] = {"weights": f"{name}.safetensors", "config": to_plain(p.train_cnn.models[key]),
@@ -162,7 +186,7 @@ def build_bundle(p: Params, metrics: dict, detail: dict, scores: pd.DataFrame, t
     return Bundle(manifest, files, model_card(manifest, data, subgroups))
 
 
-def _selection(p: Params, metrics: dict) -> dict:
+def _selection(p: FinalSections, metrics: dict) -> dict:
     """Why this model: evaluate's choice (metrics.json "selection") or params.yaml final.model."""
     if p.final.model != "best":
         return {"chosen": p.final.model, "rule": "named in params.yaml final.model"}

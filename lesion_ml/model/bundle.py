@@ -29,7 +29,7 @@ from lesion_ml.config import CnnModelConfig
 from lesion_ml.errors import DataError
 from lesion_ml.evaluate.combine import Calibrator, StackEnsemble, combiner_from_json
 from lesion_ml.image.net import LesionNet
-from lesion_ml.io import _finite, load_weights, replace_folder
+from lesion_ml.io import json_ready, load_weights, atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -163,23 +163,16 @@ class FinalModel:
 
 
 def write_bundle(out: Path, manifest: dict[str, Any], files: dict[str, bytes | str], card: str) -> Path:
-    """Write a bundle folder atomically: into a sibling temporary folder, then renamed over `out`.
+    """Write a bundle folder atomically: into a sibling temporary folder, then renamed over `out`
+    (lesion_ml.io.atomic_folder).
 
     An interrupted export leaves the previous bundle (or nothing), never a partial one.
     """
-    import shutil
-    import tempfile
-
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data.encode() if isinstance(data, str) else data)
         (tmp / "MODEL_CARD.md").write_text(card)
-        text = json.dumps(_finite({"format": FORMAT, **manifest}), indent=1, allow_nan=False)
+        text = json.dumps(json_ready({"format": FORMAT, **manifest}), indent=1, allow_nan=False)
         (tmp / "manifest.json").write_text(text + "\n")
-        return replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return out

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -22,7 +24,6 @@ from torch import nn
 
 from lesion_ml.data.images import ImageStore
 from lesion_ml.image.augment import model_transforms, resize_steps
-from lesion_ml.io import atomic_path, write_csv
 from lesion_ml.model.bundle import FinalModel
 
 log = logging.getLogger(__name__)
@@ -102,19 +103,20 @@ def explanation_panel(view: np.ndarray, cam: np.ndarray, caption: list[str]) -> 
     return canvas
 
 
-def _write_png(rgb: np.ndarray, path: Path) -> None:
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An RGB uint8 image (H, W, 3) as PNG file contents."""
     ok, data = cv2.imencode(".png", rgb[:, :, ::-1])
     if not ok:
-        raise OSError(f"cannot encode {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
+        raise ValueError(f"cannot encode an image of shape {rgb.shape} as PNG")
+    return data.tobytes()
 
 
-def explain_images(model: FinalModel, store: ImageStore, ids: list[str], features: pd.DataFrame | None,
-                   out: Path) -> pd.DataFrame:
-    """Grad-CAM overlays `out/<image_id>_<component>.png` for every image model of the bundle
-    (fusion models keep the image's metadata fixed). Returns one row per image and model."""
-    rows = []
+def explain_images(model: FinalModel, store: ImageStore, ids: list[str],
+                   features: pd.DataFrame | None) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+    """Grad-CAM overlays for every image model of the bundle (fusion models keep the image's
+    metadata fixed), one image at a time: yields (row, panel) per image and model, the row
+    describing it (its "heatmap" is the panel's file name, <image_id>_<component>.png) and the
+    panel an RGB uint8 image (`explanation_panel`) for the caller to write (`png_bytes`)."""
 
     def has_meta(image_id: str) -> bool:
         return features is not None and image_id in features.index
@@ -134,21 +136,29 @@ def explain_images(model: FinalModel, store: ImageStore, ids: list[str], feature
             meta = torch.tensor(features.loc[image_id].to_numpy(np.float32)) if c.n_meta else None
             rgb = store.get(image_id, side)
             cam, prob, positive = grad_cam(net, tf(image=rgb)["image"], meta)
-            path = out / f"{image_id}_{comp}.png"
             caption = [f"{image_id}   {comp}: malignancy score {prob:.3f}",
                        "heat map: where the evidence raised the score" if positive else
                        "no region raised the score: the map shows where it was least lowered"]
-            _write_png(explanation_panel(view_tf(image=rgb)["image"], cam, caption), path)
             peak = np.unravel_index(int(cam.argmax()), cam.shape)
-            rows.append({"image_id": image_id, "component": comp, "probability": round(prob, 6),
-                         "heatmap": path.name, "positive_evidence": positive,  # False: the map is relative
-                         "peak_row": round(peak[0] / cam.shape[0], 3), "peak_col": round(peak[1] / cam.shape[1], 3)})
-    return pd.DataFrame(rows)
+            row = {"image_id": image_id, "component": comp, "probability": round(prob, 6),
+                   "heatmap": f"{image_id}_{comp}.png", "positive_evidence": positive,  # False: the map is relative
+                   "peak_row": round(peak[0] / cam.shape[0], 3), "peak_col": round(peak[1] / cam.shape[1], 3)}
+            yield row, explanation_panel(view_tf(image=rgb)["image"], cam, caption)
 
 
-def explain_metadata(model: FinalModel, features: pd.DataFrame, out: Path, top: int = 5) -> pd.DataFrame | None:
+@dataclass
+class MetadataExplanation:
+    """`explain_metadata`'s result: per image, the features that pushed its score most
+    (image_id, rank, feature, value, contribution_logodds), and the model's gain importances
+    (feature, gain, share), largest first."""
+
+    contributions: pd.DataFrame
+    importance: pd.DataFrame
+
+
+def explain_metadata(model: FinalModel, features: pd.DataFrame, top: int = 5) -> MetadataExplanation | None:
     """Per image, the `top` metadata features that pushed its GBDT score most (TreeSHAP, log-odds),
-    written to out/metadata_contributions.csv, and out/feature_importance.csv + .png (gain)."""
+    and the global gain importances; None when the bundle has no metadata model or no features."""
     boosters, cols = (model.gbdt, model.manifest["gbdt"]["columns"]) if model.gbdt else \
         (model.stack, (model.manifest.get("combiner") or {}).get("columns"))
     if not boosters or features is None or features.empty:
@@ -164,27 +174,29 @@ def explain_metadata(model: FinalModel, features: pd.DataFrame, out: Path, top: 
         for rank, j in enumerate(order, 1):
             rows.append({"image_id": image_id, "rank": rank, "feature": cols[j], "value": X[i, j],
                          "contribution_logodds": round(float(contrib[i, j]), 5)})
-    table = pd.DataFrame(rows)
-    write_csv(table, out / "metadata_contributions.csv")
     gain = np.mean([b.feature_importance("gain") for b in boosters], axis=0)
     imp = pd.DataFrame({"feature": cols, "gain": gain}).sort_values("gain", ascending=False)
     imp["share"] = (imp["gain"] / max(imp["gain"].sum(), 1e-12)).round(4)
-    write_csv(imp, out / "feature_importance.csv")
-    _importance_png(imp.head(20), out / "feature_importance.png")
-    return table
+    return MetadataExplanation(pd.DataFrame(rows), imp)
 
 
-def _importance_png(imp: pd.DataFrame, path: Path) -> None:
+def importance_png(imp: pd.DataFrame, top: int = 20) -> bytes:
+    """A bar chart of the `top` largest gain shares of `MetadataExplanation.importance`, as PNG
+    file contents."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    imp = imp.head(top)
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(imp) + 1))
     ax.barh(imp["feature"][::-1], imp["share"][::-1], color="#4c72b0")
     ax.set_xlabel("share of total gain")
     ax.set_title("metadata feature importance (LightGBM gain)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    return buf.getvalue()

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from lesion_ml.catalogue import GBDT
 from lesion_ml.data.images import IMAGE_SUFFIXES, ImageStore
-from lesion_ml.data.sources import RENAMES, _index_folder, read_csv
+from lesion_ml.data.sources import RENAMES, index_folder, read_csv
 from lesion_ml.errors import BadImageError, DataError
 from lesion_ml.image.augment import model_transforms
 from lesion_ml.image.inference import forward_prob, on_streams
@@ -49,7 +49,7 @@ def open_images(paths: Sequence[Path | str]) -> tuple[ImageStore, list[str]]:
         store = ImageStore(hdf5=paths[0])
         return store, sorted(store.ids())
     if len(paths) == 1 and paths[0].is_dir():
-        files = _index_folder(paths[0])
+        files = index_folder(paths[0])
         if not files:
             raise DataError(f"{paths[0]}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder or below")
         return ImageStore(root=paths[0], files=files), sorted(files)
@@ -97,13 +97,28 @@ class Inputs:
 
 
 def prepare_inputs(model: FinalModel, images: Sequence[Path | str], metadata: Path | None) -> Inputs:
-    """Open the images and turn the metadata into the model's features.
+    """Open the images (`open_images`) and turn the metadata into the model's features
+    (`inputs_for`). The caller closes `Inputs.store`; on an error it is closed here.
+
+    Raises:
+        DataError: as `open_images` and `inputs_for`.
+    """
+    store, ids = open_images(images)
+    try:
+        return inputs_for(model, store, ids, metadata)
+    except BaseException:
+        store.close()
+        raise
+
+
+def inputs_for(model: FinalModel, store: ImageStore, ids: list[str], metadata: Path | None) -> Inputs:
+    """The model's inputs for the images `ids` of the open `store`: the metadata CSV's rows turned
+    into the model's features (None when the model does not use metadata).
 
     Raises:
         DataError: the model needs metadata and none is given (and it has no image-only
             fallback), images lack a metadata row without a fallback, or a needed column is absent.
     """
-    store, ids = open_images(images)
     if not model.needs_metadata:
         return Inputs(store, ids, None)
     if metadata is None:

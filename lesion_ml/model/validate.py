@@ -1,10 +1,15 @@
-"""External validation: score an exported model (models/final) on a labelled set from elsewhere
-(another clinic, camera or collection) and report how far its out-of-fold promises hold there.
+"""External validation: how far an exported model's (models/final) out-of-fold promises hold on a
+labelled set from elsewhere (another clinic, camera or collection).
 
     lesion validate --model models/final --images DIR --labels CSV [--metadata CSV] --out DIR
         [--recalibrate --target-sensitivity 0.95 --export DIR]
 
-What a user gets (`validate_external`, `write_validation`):
+This module takes data and returns data: the labels table, the loaded model, its inputs (an open
+image store) and config values in; the figures (a dict), the per-image scores (a frame), the
+report (an HTML string) and a recalibrated manifest out. lesion_ml.app.validation reads the
+files, calls it and writes the outputs, for `lesion validate` and stage validate@<name> alike.
+
+What a user gets (`score_labelled`, built on `validate_external` and `gallery`):
 - ranking: ROC-AUC, ISIC's partial AUC above 80% TPR and PR-AUC, each with a 95% bootstrap
   interval (resampling patients when the labels have a patient_id, else images);
 - the threshold transfer: sensitivity and specificity at the model's exported threshold here,
@@ -15,18 +20,17 @@ What a user gets (`validate_external`, `write_validation`):
 - the confusion matrix, subgroups (sex, age band, site) where the columns exist;
 - a gallery of the missed malignant lesions and of the most confident false alarms.
 
-A local operating point (`recalibrate`) picks a site-specific threshold on the local labelled
-set and writes a copy of the model folder with it (`export_recalibrated`); the original is
-never touched. The HTML report is built by lesion_ml.model.validate_report.
+A local operating point (`target_sensitivity`) picks a site-specific threshold on the local
+labelled set; `recalibrated` gives the manifest and model card of a copy of the model with it (the
+original is never touched). The HTML report is built by lesion_ml.model.validate_report.
 """
 from __future__ import annotations
 
 import base64
+import copy
+import dataclasses
 import datetime as dt
-import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +38,16 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 
 from lesion_ml.config import FolderConfig
-from lesion_ml.data.sources import RENAMES, VALIDATE, _canonical, parse_labels, read_csv
+from lesion_ml.data.images import ImageStore
+from lesion_ml.data.sources import RENAMES, VALIDATE, canonical_table, parse_labels
 from lesion_ml.errors import DataError
 from lesion_ml.evaluate.analysis import bootstrap_intervals, calibration, choose_threshold, subgroup_table
 from lesion_ml.evaluate.metrics import classification_metrics
-from lesion_ml.io import replace_folder, write_csv, write_json, write_text
-from lesion_ml.model.bundle import FinalModel, inside
+from lesion_ml.model.bundle import FinalModel
+from lesion_ml.model.predict import Inputs, predict_cases
 from lesion_ml.model.validate_report import build_validation_report
 
 log = logging.getLogger(__name__)
@@ -61,46 +67,43 @@ class LabelledSet:
     unlabelled: list[str]
 
 
-def read_labelled_set(labels: Path, image_ids: list[str], fmt: str = "auto",
-                      malignant: tuple[str, ...] = FolderConfig().malignant,
-                      ignore_unlabelled: bool = False) -> LabelledSet:
-    """The labels CSV (`fmt`: auto, generic, ham10000, isic2019, isic2020: the folder source's
-    formats) matched with the ids of the images found under --images.
+def match_labels(raw: pd.DataFrame, image_ids: list[str], csv: Path, fmt: str = "auto",
+                 malignant: tuple[str, ...] = FolderConfig().malignant,
+                 ignore_unlabelled: bool = False) -> LabelledSet:
+    """The labels table `raw` (as read from the CSV `csv`, which messages name; `fmt`: auto,
+    generic, ham10000, isic2019, isic2020: the folder source's formats) matched with `image_ids`,
+    the ids of the images found under --images.
 
     Raises:
-        DataError: the CSV is unreadable, labels name images that are not there, images have no
-            label (unless `ignore_unlabelled`), or only one class is present.
+        DataError: labels name images that are not there, images have no label (unless
+            `ignore_unlabelled`), only one class is present, or the table breaks the format.
     """
-    labels = Path(labels)
-    if not labels.is_file():
-        raise DataError(f"{labels}: no such file (--labels)")
     cfg = FolderConfig(format=fmt, malignant=malignant)  # type: ignore[arg-type]
-    table, _ = parse_labels(read_csv(labels, dtype={"target": "string", "patient_id": "string"}), cfg, labels,
-                            VALIDATE)
+    table, _ = parse_labels(raw, cfg, csv, VALIDATE)
     table["image_id"] = table["image_id"].astype("string").str.strip().str.replace(r"\.(jpe?g|png)$", "",
                                                                                     regex=True)
     by_patient = "patient_id" in table.columns and table["patient_id"].notna().any()
-    table = _canonical(table.rename(columns=RENAMES).drop(columns=["image_file"], errors="ignore"), "external",
-                       labels, folds=False)
+    table = canonical_table(table.rename(columns=RENAMES).drop(columns=["image_file"], errors="ignore"), "external",
+                            csv, folds=VALIDATE.folds)
     have = set(image_ids)
     missing = [i for i in table["image_id"] if i not in have]
     if missing:
-        raise DataError(f"{labels}: {len(missing)} of {len(table)} labelled images are not among --images: "
+        raise DataError(f"{csv}: {len(missing)} of {len(table)} labelled images are not among --images: "
                         f"{missing[:LIST_MAX]}{' ...' if len(missing) > LIST_MAX else ''}; point --images at the "
                         "folder (or HDF5 file) that holds them, or remove their rows from the labels CSV")
     labelled = set(table["image_id"])
     unlabelled = [i for i in image_ids if i not in labelled]
     if unlabelled and not ignore_unlabelled:
-        raise DataError(f"{len(unlabelled)} of {len(image_ids)} images under --images have no row in {labels}: "
+        raise DataError(f"{len(unlabelled)} of {len(image_ids)} images under --images have no row in {csv}: "
                         f"{unlabelled[:LIST_MAX]}{' ...' if len(unlabelled) > LIST_MAX else ''}; add their labels, "
                         "or pass --ignore-unlabelled to score only the labelled ones (the others are listed in "
                         "the report)")
     counts = table["target"].value_counts()
     if len(counts) < 2:
         only = int(counts.index[0])
-        raise DataError(f"{labels}: all {len(table)} images have target={only}; validation needs both benign (0) "
+        raise DataError(f"{csv}: all {len(table)} images have target={only}; validation needs both benign (0) "
                         "and malignant (1) images: ROC-AUC, sensitivity and specificity are undefined otherwise")
-    return LabelledSet(table, labels, bool(by_patient), unlabelled)
+    return LabelledSet(table, csv, bool(by_patient), unlabelled)
 
 
 def calibration_fit(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -213,7 +216,7 @@ def _local_thresholds(y: np.ndarray, p: np.ndarray, used: np.ndarray, main: str,
     return out
 
 
-def gallery(store, predictions: pd.DataFrame, table: pd.DataFrame, limit: int = 16, side: int = 128) -> dict:
+def gallery(store: ImageStore, predictions: pd.DataFrame, table: pd.DataFrame, limit: int = 16, side: int = 128) -> dict:
     """Thumbnails (base64 JPEG) of the missed malignant lesions (lowest scores first) and of the
     most confident false alarms (highest scores first), each with its id and probability."""
     pred = predictions.set_index("image_id").join(table.set_index("image_id")["target"], how="inner")
@@ -239,30 +242,44 @@ def gallery(store, predictions: pd.DataFrame, table: pd.DataFrame, limit: int = 
             "n_false_alarms": int(((pred["target"] == 0) & (pred["decision"] == 1)).sum())}
 
 
-def write_validation(out: Path, res: dict, predictions: pd.DataFrame, report: str) -> None:
-    """validation.json, predictions.csv and report.html in `out` (each written atomically)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(predictions, out / "predictions.csv")
-    write_text(report, out / "report.html")
-    write_json(res, out / "validation.json")
+@dataclass
+class Validation:
+    """What `score_labelled` returns: the figures (validation.json), one row per labelled image
+    (predictions.csv: lesion predict's columns plus target) and the HTML report."""
+
+    result: dict[str, Any]
+    predictions: pd.DataFrame
+    report: str
 
 
-def export_recalibrated(model: FinalModel, dest: Path, res: dict, labels: Path) -> Path:
-    """A copy of the model folder with the local threshold of `res["local_threshold"]` (and the
-    image-only fallback's, when it scored the set) recorded in its manifest and model card.
+def score_labelled(model: FinalModel, inputs: Inputs, labelled: LabelledSet, device: torch.device | str = "cpu",
+                   batch_size: int = 64, tta: bool = False, workers: int = 0, n_boot: int = 1000,
+                   target_sensitivity: float | None = None) -> Validation:
+    """Score the labelled images of `inputs` (those of `labelled.table`; an unreadable image is
+    reported, not scored) and figure them: `validate_external`, plus `tta` in the result, the
+    gallery and the report. `inputs` is not modified; its store stays open (the caller's)."""
+    keep = set(labelled.table["image_id"])
+    features = inputs.features
+    if features is not None:
+        features = features.loc[[i for i in features.index if i in keep]]
+    inputs = dataclasses.replace(inputs, image_ids=[i for i in inputs.image_ids if i in keep], features=features)
+    pred = predict_cases(model, inputs, device, batch_size, tta, workers, skip_bad=True)
+    res = validate_external(model, labelled, pred, n_boot, target_sensitivity=target_sensitivity)
+    res["tta"] = tta
+    table = labelled.table
+    ok = pred.set_index("image_id").loc[table["image_id"], "status"].eq("ok").to_numpy()
+    y = table["target"].to_numpy().astype(int)[ok]
+    p = pred.set_index("image_id").loc[table["image_id"], "probability"].to_numpy(float)[ok]
+    report = build_validation_report(res, y, p, gallery(inputs.store, pred, table))
+    return Validation(res, pred.merge(table[["image_id", "target"]], on="image_id", how="left"), report)
 
-    Raises:
-        DataError: `dest` is the model folder itself or already exists (nothing is overwritten).
-    """
-    src, dest = Path(model.path), Path(dest)
-    if dest.resolve() == src.resolve():
-        raise DataError(f"--export {dest} is the model folder itself; the original is never overwritten: name a "
-                        "new folder")
-    if dest.exists():
-        raise DataError(f"--export {dest} already exists; name a new folder (or remove it first)")
+
+def recalibrated(manifest: dict[str, Any], card: str, res: dict[str, Any], labels: Path) -> tuple[dict[str, Any], str]:
+    """The manifest and model card of a copy of the model with the local threshold of
+    `res["local_threshold"]` (and the image-only fallback's, when it scored the set) recorded;
+    `labels` names the labels CSV it was chosen on. `manifest` is not modified."""
+    man = copy.deepcopy(manifest)
     lt = res["local_threshold"]
-    man = json.loads(inside(src, "manifest.json", "the manifest").read_text())
     site = {"labels": str(labels), "n_images": res["n_scored"], "n_malignant": res["n_malignant"],
             "date": res["date"], "target_sensitivity": lt["target_sensitivity"], **lt["overall"],
             "original_threshold": man["threshold"], "threshold": lt.get("threshold", man["threshold"])}
@@ -274,92 +291,17 @@ def export_recalibrated(model: FinalModel, dest: Path, res: dict, labels: Path) 
         site["original_fallback_threshold"] = man["fallback"]["threshold"]
         site["fallback_threshold"] = man["fallback"]["threshold"] = lt["fallback_threshold"]
     man["site_threshold"] = site
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=False)
-        (tmp / "manifest.json").write_text(json.dumps(man, indent=1, allow_nan=False) + "\n")
-        card = (tmp / "MODEL_CARD.md").read_text() if (tmp / "MODEL_CARD.md").is_file() else ""
-        card += ("\n## Site-specific threshold\n\n"
-                 f"- Set on {res['date']} from {labels} ({res['n_scored']} labelled images, {res['n_malignant']} "
-                 f"malignant) with `lesion validate --recalibrate --target-sensitivity {lt['target_sensitivity']}`.\n"
-                 f"- Threshold {site['threshold']:.6g} (exported: {site['original_threshold']:.6g})"
-                 + (f", image-only fallback {site['fallback_threshold']:.6g} (exported: "
-                    f"{site['original_fallback_threshold']:.6g})" if "fallback_threshold" in site else "")
-                 + f": sensitivity {site['sensitivity']:.3f}, specificity {site['specificity']:.3f} on that set. "
-                 "It was chosen on the "
-                 "same images, so expect somewhat less on new ones; the metrics above are still the training "
-                 "data's, out of fold.\n")
-        (tmp / "MODEL_CARD.md").write_text(card)
-        return replace_folder(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def run_validation(model_dir: Path | str, images: list[Path | str], labels: Path | str, out: Path | str,
-                   metadata: Path | str | None = None, fmt: str = "auto", ignore_unlabelled: bool = False,
-                   tta: bool = False, n_boot: int = 1000, device: str = "auto", batch_size: int = 64,
-                   workers: int = 0, target_sensitivity: float | None = None,
-                   export: Path | str | None = None) -> dict[str, Any]:
-    """Score the labelled set with the model folder and write validation.json, predictions.csv and
-    report.html to `out`; with `export` (and `target_sensitivity`), also the recalibrated copy.
-
-    Metadata comes from `metadata`, else, when the model needs it, from the labels CSV itself
-    (HAM10000, ISIC 2019/2020 and ISIC 2024 label files carry age, sex and site).
-    """
-    from lesion_ml.image.inference import select_device
-    from lesion_ml.model.predict import open_images, prepare_inputs
-
-    if export is not None and target_sensitivity is None:
-        raise DataError("--export writes a recalibrated copy of the model: add --recalibrate (and optionally "
-                        "--target-sensitivity)")
-    dev = select_device(device)
-    model = FinalModel.load(model_dir, dev)
-    _, image_ids = open_images(images)
-    labelled = read_labelled_set(Path(labels), image_ids, fmt, ignore_unlabelled=ignore_unlabelled)
-    from_labels = metadata is None and model.needs_metadata
-    if from_labels:
-        metadata = labels
-    try:
-        inputs = prepare_inputs(model, images, Path(metadata) if metadata else None)
-    except DataError as err:
-        if not from_labels:
-            raise
-        raise DataError(f"{err} (model {model.manifest['model']!r} uses metadata, read from --labels since no "
-                        "--metadata was given: pass --metadata CSV with those columns, empty values allowed)") from None
-    try:
-        return _score_and_write(model, inputs, labelled, Path(out), Path(labels), dev, batch_size, tta, workers,
-                                n_boot, target_sensitivity, export)
-    finally:
-        inputs.store.close()
-
-
-def _score_and_write(model: FinalModel, inputs, labelled: LabelledSet, out: Path, labels: Path, dev, batch_size: int,
-                     tta: bool, workers: int, n_boot: int, target_sensitivity: float | None,
-                     export: Path | str | None) -> dict[str, Any]:
-    """`run_validation` once the images are open: score, figure, write (the caller closes the store)."""
-    from lesion_ml.model.predict import predict_cases
-
-    keep = set(labelled.table["image_id"])
-    inputs.image_ids = [i for i in inputs.image_ids if i in keep]
-    if inputs.features is not None:
-        inputs.features = inputs.features.loc[[i for i in inputs.features.index if i in keep]]
-    pred = predict_cases(model, inputs, dev, batch_size, tta, workers, skip_bad=True)
-    res = validate_external(model, labelled, pred, n_boot, target_sensitivity=target_sensitivity)
-    res["tta"] = tta
-    table = labelled.table
-    ok = pred.set_index("image_id").loc[table["image_id"], "status"].eq("ok").to_numpy()
-    y = table["target"].to_numpy().astype(int)[ok]
-    p = pred.set_index("image_id").loc[table["image_id"], "probability"].to_numpy(float)[ok]
-    shots = gallery(inputs.store, pred, table)
-    report = build_validation_report(res, y, p, shots)
-    out_pred = pred.merge(table[["image_id", "target"]], on="image_id", how="left")
-    write_validation(out, res, out_pred, report)
-    if export is not None:
-        res["exported"] = str(export_recalibrated(model, Path(export), res, labels))
-        write_json(res, out / "validation.json")
-    return res
+    card += ("\n## Site-specific threshold\n\n"
+             f"- Set on {res['date']} from {labels} ({res['n_scored']} labelled images, {res['n_malignant']} "
+             f"malignant) with `lesion validate --recalibrate --target-sensitivity {lt['target_sensitivity']}`.\n"
+             f"- Threshold {site['threshold']:.6g} (exported: {site['original_threshold']:.6g})"
+             + (f", image-only fallback {site['fallback_threshold']:.6g} (exported: "
+                f"{site['original_fallback_threshold']:.6g})" if "fallback_threshold" in site else "")
+             + f": sensitivity {site['sensitivity']:.3f}, specificity {site['specificity']:.3f} on that set. "
+             "It was chosen on the "
+             "same images, so expect somewhat less on new ones; the metrics above are still the training "
+             "data's, out of fold.\n")
+    return man, card
 
 
 def summary(res: dict[str, Any]) -> dict[str, Any]:

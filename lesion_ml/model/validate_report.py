@@ -17,7 +17,7 @@ _STYLE = ("<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{
 
 
 def _reliability_png(cal: dict, y_mean: float) -> str:
-    from lesion_ml.evaluate.report import _png, plt
+    from lesion_ml.evaluate.report import embed_png, plt
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     ax.plot([0, 1], [0, 1], ls=":", c="grey", label="ideal")
@@ -28,12 +28,12 @@ def _reliability_png(cal: dict, y_mean: float) -> str:
     ax.set(xlabel="mean predicted probability", ylabel="observed malignant fraction", title="Reliability",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=7)
-    return _png(fig)
+    return embed_png(fig)
 
 
 def _roc_png(y: np.ndarray, p: np.ndarray, threshold: float, res: dict) -> str:
     from lesion_ml.evaluate.metrics import curve_points
-    from lesion_ml.evaluate.report import _png, plt
+    from lesion_ml.evaluate.report import embed_png, plt
 
     (fpr, tpr), (rec, prec) = curve_points(y, p)
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(11, 4.6))
@@ -53,11 +53,11 @@ def _roc_png(y: np.ndarray, p: np.ndarray, threshold: float, res: dict) -> str:
     pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall, external set")
     roc.legend(fontsize=7, loc="lower right")
     pr.legend(fontsize=7, loc="upper right")
-    return _png(fig)
+    return embed_png(fig)
 
 
 def _confusion_png(cm: list[list[int]], threshold: float) -> str:
-    from lesion_ml.evaluate.report import _png, plt
+    from lesion_ml.evaluate.report import embed_png, plt
 
     cm_arr = np.array(cm)
     fig, ax = plt.subplots(figsize=(3.4, 3.2))
@@ -67,7 +67,7 @@ def _confusion_png(cm: list[list[int]], threshold: float) -> str:
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["benign", "malignant"], yticklabels=["benign", "malignant"],
            xlabel="predicted", ylabel="true", title=f"threshold {threshold:.3g}")
     fig.tight_layout()
-    return _png(fig)
+    return embed_png(fig)
 
 
 def _ci(res: dict, key: str, value: float | None = None) -> str:
@@ -82,7 +82,7 @@ def _f(v: float | None) -> str:
 
 def build_validation_report(res: dict, y: np.ndarray, p: np.ndarray, shots: dict) -> str:
     """The self-contained HTML report (figures and thumbnails embedded; no script, no network)."""
-    from lesion_ml.evaluate.report import _table
+    from lesion_ml.evaluate.report import html_table
 
     tt = res["threshold_transfer"]
     cal = res["calibration"]
@@ -91,20 +91,20 @@ def build_validation_report(res: dict, y: np.ndarray, p: np.ndarray, shots: dict
                {"metric": "PR-AUC", "value [95% CI]": _ci(res, "pr_auc")}]
     parts = _header(res)
     parts += [
-        "<h2>Ranking</h2>", _table(ranking, ["metric", "value [95% CI]"]), _roc_png(y, p, res["threshold"], res),
+        "<h2>Ranking</h2>", html_table(ranking, ["metric", "value [95% CI]"]), _roc_png(y, p, res["threshold"], res),
         "<h2>Threshold transfer</h2>",
         f"<p>The exported threshold {res['threshold']:.4g} ({html.escape(str(tt['rule']))}) applied to this set, "
         "next to what it gave on the training data out of fold.</p>",
-        _table(_transfer_rows(res), ["", "out of fold (training data)", "external (this set) [95% CI]"]),
+        html_table(_transfer_rows(res), ["", "out of fold (training data)", "external (this set) [95% CI]"]),
     ]
     if "local_threshold" in res:
         parts += _local_operating_points(res["local_threshold"])
     parts += [
-        "<h2>Calibration</h2>", _table(_calibration_rows(cal), ["", "value"]), _reliability_png(cal, float(y.mean())),
+        "<h2>Calibration</h2>", html_table(_calibration_rows(cal), ["", "value"]), _reliability_png(cal, float(y.mean())),
         "<h2>Confusion matrix at the exported threshold</h2>", _confusion_png(res["confusion_matrix"], res["threshold"]),
         "<h2>Subgroups</h2>",
         "<p>Groups of fewer than 10 images are pooled as 'other'. AUC needs both classes in a group.</p>",
-        _table(res["subgroups"], ["attribute", "group", "n", "n_malignant", "roc_auc", "sensitivity", "specificity"])
+        html_table(res["subgroups"], ["attribute", "group", "n", "n_malignant", "roc_auc", "sensitivity", "specificity"])
         if res["subgroups"] else "<p>The labels have no sex, age or site columns.</p>",
         f"<h2>Missed malignant lesions ({shots['n_missed']}, lowest scores first)</h2>", _grid(shots["missed"]),
         f"<h2>Most confident false alarms ({shots['n_false_alarms']}, highest scores first)</h2>",

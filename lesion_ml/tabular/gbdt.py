@@ -1,6 +1,8 @@
 """Gradient-boosted trees (LightGBM) on the selected metadata features."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -58,3 +60,13 @@ def fit_gbdt(X: pd.DataFrame, y: np.ndarray, cfg: TrainGbdtConfig) -> SeedAverag
 def predict_gbdt(model: SeedAverage, X: pd.DataFrame) -> np.ndarray:  # noqa: N803
     """Malignancy probabilities (mean over seeds)."""
     return model.predict_proba(X)[:, 1]
+
+
+def gbdt_texts(model: SeedAverage) -> list[str]:
+    """Each seed's fitted LightGBM model as LightGBM text (the order of cfg.seeds)."""
+    return [m.booster_.model_to_string() for m in model.models]
+
+
+def gbdt_importances(model: SeedAverage, columns: Sequence[str]) -> dict[str, float]:
+    """The mean gain importance of each feature over the seeds, rounded to 4 decimals."""
+    return dict(zip(columns, model.feature_importances_.round(4)))

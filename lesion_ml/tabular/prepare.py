@@ -174,7 +174,7 @@ def clean_table(table: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
     return features
 
 
-def fit_transform_table(clean: pd.DataFrame, folds: pd.DataFrame, fold: int,
+def fit_transform_table(clean: pd.DataFrame, folds: pd.DataFrame, *, fold: int,
                         cfg: PrepareConfig) -> tuple[pd.DataFrame, list[str]]:
     """`fit_transform_fold` of a `clean_table`, fitted on the rows outside validation fold `fold`
     of the folds table: (every row's selected features after its image_id, the selected names)."""

@@ -15,9 +15,9 @@ studies in one database:
 Feature preparation (clipping, imputation, encoding, selection) is refitted on every inner
 training set, as the prepare stage fits it on every outer one. `<base>` holds a digest of the
 search space, the metric, the inner folds, the untuned params and the data, so a rerun with the
-same inputs continues the stored trials and a changed input starts fresh studies. What the
-studies found (best values, tuned vs untuned scores, trials, importances) is in
-lesion_ml.tune.report, re-exported here.
+same inputs continues the stored trials and a changed input starts fresh studies. The data is
+lesion_ml.tune.data, the models a trial fits lesion_ml.tune.fit; what the studies found (best
+values, tuned vs untuned scores, trials, importances, the report) is lesion_ml.tune.report.
 """
 from __future__ import annotations
 
@@ -26,33 +26,28 @@ import json
 import os
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from lesion_ml.config import Params, PrepareConfig, SearchParam, StudyConfig, TuneConfig, set_dotted, validate_params
+from lesion_ml.config import SearchParam, StudyConfig, TuneConfig, set_dotted
+from lesion_ml.config.tune import CNN_MODELS, TuneBase
 from lesion_ml.evaluate.analysis import RANKING
-from lesion_ml.tune import report as tune_report
-
-# what the studies found lives in lesion_ml.tune.report; callers import it from here as well
-best_values, outer_scores, tuned_vs_default = tune_report.best_values, tune_report.outer_scores, \
-    tune_report.tuned_vs_default
-compare, trials_table, importances = tune_report.compare, tune_report.trials_table, tune_report.importances
+from lesion_ml.tune.data import TuneData
+from lesion_ml.tune.fit import CnnFitter, GbdtFitter
 
 STORAGE_ENV = "LESION_TUNE_STORAGE"
-DEFAULT_STORAGE = "sqlite:///.lesion/optuna.db"  # relative to the repository root; outside every DVC out
 FINISHED = ("COMPLETE", "PRUNED")  # trial states that count towards n_trials
 
 
-def storage_url(cfg: TuneConfig) -> str:
-    """The Optuna database: $LESION_TUNE_STORAGE, else params.yaml tune.storage, else a SQLite file."""
-    url = os.environ.get(STORAGE_ENV) or cfg.storage or DEFAULT_STORAGE
+def storage_url(cfg: TuneConfig, default: str) -> str:
+    """The Optuna database: $LESION_TUNE_STORAGE, else params.yaml tune.storage, else `default`
+    (the caller's, e.g. a SQLite file); a SQLite file's folder is created."""
+    url = os.environ.get(STORAGE_ENV) or cfg.storage or default
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return url
@@ -81,34 +76,6 @@ def open_storage(url: str, attempts: int = 5):
             if attempt == attempts:
                 raise
             time.sleep(0.2 * attempt)
-
-
-@dataclass
-class TuneData:
-    """The cleaned metadata (prepare stage's clean.parquet) aligned with the outer folds."""
-
-    ids: np.ndarray
-    features: pd.DataFrame
-    y: np.ndarray
-    groups: np.ndarray
-    fold: np.ndarray
-
-    @classmethod
-    def load(cls, clean: Path, folds: Path) -> TuneData:
-        features = pd.read_parquet(clean)
-        ids, y = features.pop("image_id").to_numpy(), features.pop("target").to_numpy().astype(int)
-        f = pd.read_parquet(folds).set_index("image_id").reindex(ids)
-        if f["fold"].isna().any():
-            missing = ids[f["fold"].isna().to_numpy()][:5].tolist()
-            raise ValueError(f"{folds}: no fold for images {missing} of {clean}; rerun the split and prepare stages")
-        return cls(ids, features, y, f["patient_id"].astype(str).to_numpy(), f["fold"].to_numpy().astype(int))
-
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for a in (self.ids.astype(str), self.y, self.fold):
-            h.update(np.ascontiguousarray(a).tobytes() if a.dtype != object else "\n".join(a).encode())
-        h.update(pd.util.hash_pandas_object(self.features, index=False).to_numpy().tobytes())
-        return h.hexdigest()
 
 
 def inner_folds(data: TuneData, outer: int | None, n_inner: int, seed: int) -> np.ndarray:
@@ -143,98 +110,21 @@ def suggest(trial, space: dict[str, SearchParam]) -> dict[str, Any]:
     return values
 
 
-def with_values(base: Params, values: dict[str, Any]) -> Params:
-    """`base` with the dotted keys of `values` set, validated."""
-    return validate_params(set_dotted(base.model_dump(mode="json", exclude={"tune"}), values), "a tuning trial")
-
-
-def override(values: dict[str, Any], base: Params) -> dict[str, Any]:
+def override(values: dict[str, Any], base: TuneBase) -> dict[str, Any]:
     """The nested params.yaml override that sets `values` (for `lesion params --merge`). An override
     replaces train_cnn.models as a whole (lesion_ml.config.merge_params), so for an image model's
     keys it carries every model of `base`, with the tuned values set."""
     start = {}
-    if any(k.startswith("train_cnn.models.") for k in values):
-        start = {"train_cnn": {"models": base.model_dump(mode="json")["train_cnn"]["models"]}}
+    if any(k.startswith(CNN_MODELS) for k in values):
+        start = {"train_cnn": {"models": {k: m.model_dump(mode="json") for k, m in base.models.items()}}}
     return set_dotted(start, values)
-
-
-class GbdtFitter:
-    """Fits the metadata track (prepare's preprocessing + LightGBM) on some rows and predicts others.
-
-    It keeps the prepared features of recent (preprocessing params, rows) pairs, so trials that do
-    not tune a prepare key reuse them. They are kept before the k-best cut, with the selector's
-    scores: trials that tune only `prepare.select.k` take the top k of the same scores, exactly
-    what the prepare stage's selector would keep."""
-
-    def __init__(self, data: TuneData, cache_size: int = 24):
-        self.data = data
-        self._cache: OrderedDict[str, tuple[pd.DataFrame, np.ndarray]] = OrderedDict()
-        self._size = cache_size
-
-    def _features(self, prepare: PrepareConfig, scope: np.ndarray, train: np.ndarray) -> pd.DataFrame:
-        from lesion_ml.tabular.prepare import fit_transform_fold
-
-        every = prepare.model_copy(update={"select": prepare.select.model_copy(update={"k": 10**9})})
-        key = hashlib.sha256(every.model_dump_json().encode() + np.packbits(scope).tobytes()
-                             + np.packbits(train).tobytes()).hexdigest()
-        if key in self._cache:
-            self._cache.move_to_end(key)
-        else:
-            rows = np.flatnonzero(scope)
-            X, _, pipe = fit_transform_fold(self.data.features.iloc[rows], pd.Series(self.data.y[rows]),  # noqa: N806
-                                            train[rows], every)
-            scores = pipe.named_steps["select"].scores_[pipe.named_steps["select"].support_]
-            self._cache[key] = (X, np.lexsort((np.arange(X.shape[1]), -scores)))  # best first; ties: earlier
-            while len(self._cache) > self._size:
-                self._cache.popitem(last=False)
-        X, order = self._cache[key]  # noqa: N806
-        return X.iloc[:, np.sort(order[:prepare.select.k])]
-
-    def fit_predict(self, params: Params, train: np.ndarray, test: np.ndarray, seed: int = 0) -> np.ndarray:
-        """Fit on the rows of mask `train` (preprocessing too), predict the rows of mask `test`.
-        `seed` is unused: the LightGBM seeds are train_gbdt.seeds."""
-        from lesion_ml.tabular.gbdt import fit_gbdt, predict_gbdt
-
-        scope = train | test
-        X = self._features(params.prepare, scope, train)  # noqa: N806 - rows of `scope`, in order
-        local_train, local_test = train[scope], test[scope]
-        model = fit_gbdt(X[local_train], self.data.y[train], params.train_gbdt)
-        return predict_gbdt(model, X[local_test])
-
-
-class CnnFitter:
-    """Trains an image model of train_cnn.models (lesion_ml.image.train.train_fold) on some rows and
-    predicts others; a fusion model's metadata features are prepared on the same training rows."""
-
-    def __init__(self, data: TuneData, store, model: str, device: str = "auto", num_workers: int = 0):
-        from lesion_ml.image.inference import select_device
-
-        self.data, self.store, self.model = data, store, model
-        self.device, self.num_workers = select_device(device), num_workers
-        self._meta = GbdtFitter(data, cache_size=4)
-
-    def fit_predict(self, params: Params, train: np.ndarray, test: np.ndarray, seed: int = 0,
-                    on_epoch: Callable[[int, dict], None] | None = None) -> np.ndarray:
-        from lesion_ml.image.train import FoldData, train_fold
-
-        cfg = params.train_cnn.models[self.model]
-        d = self.data
-        fold = FoldData(train_ids=d.ids[train].tolist(), train_y=d.y[train].astype(np.float32),
-                        valid_ids=d.ids[test].tolist(), valid_y=d.y[test], train_groups=d.groups[train])
-        if cfg.fusion.enabled:
-            scope = train | test
-            meta = self._meta._features(params.prepare, scope, train).to_numpy(np.float32)
-            fold.train_meta, fold.valid_meta = meta[train[scope]], meta[test[scope]]
-        result = train_fold(self.store, fold, cfg, self.device, self.num_workers, seed=cfg.seed + seed,
-                            label=f"tune {self.model}", on_epoch=on_epoch)
-        return result.valid_pred
 
 
 def _score(metric: str, y: np.ndarray, p: np.ndarray) -> float:
     return RANKING[metric](y, p) if 0 < y.sum() < len(y) else float("nan")
 
 
-def objective(fitter: GbdtFitter | CnnFitter, base: Params, study: StudyConfig, inner: np.ndarray) -> Callable:
+def objective(fitter: GbdtFitter | CnnFitter, base: TuneBase, study: StudyConfig, inner: np.ndarray) -> Callable:
     """The Optuna objective.
 
     The metadata model: a trial's parameters are fitted on each inner training set and scored on
@@ -250,7 +140,7 @@ def objective(fitter: GbdtFitter | CnnFitter, base: Params, study: StudyConfig, 
     scored = scored_rows(inner, y, study.score_negatives, study.seed)
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run_gbdt(trial, params: Params) -> float:
+    def run_gbdt(trial, params: TuneBase) -> float:
         pooled, running = np.full(len(y), np.nan), []
         for j in range(n_inner):
             valid = scored & (inner == j)
@@ -261,7 +151,7 @@ def objective(fitter: GbdtFitter | CnnFitter, base: Params, study: StudyConfig, 
                 raise optuna.TrialPruned()
         return _score(study.metric, y[scored], pooled[scored])
 
-    def run_cnn(trial, params: Params) -> float:
+    def run_cnn(trial, params: TuneBase) -> float:
         key = "valid_pauc" if study.metric == "pauc_80" else "valid_auc"
 
         def on_epoch(epoch: int, row: dict) -> None:
@@ -276,9 +166,9 @@ def objective(fitter: GbdtFitter | CnnFitter, base: Params, study: StudyConfig, 
         trial.set_user_attr("worker", worker)  # which process ran it (trials of parallel tasks interleave)
         values = suggest(trial, study.space)
         if study.model == "gbdt":
-            return run_gbdt(trial, with_values(base, values))
-        monitor = {f"train_cnn.models.{study.model}.monitor_valid": True}  # the per-epoch inner validation score
-        return run_cnn(trial, with_values(base, {**values, **monitor}))
+            return run_gbdt(trial, base.with_values(values))
+        monitor = {f"{CNN_MODELS}{study.model}.monitor_valid": True}  # the per-epoch inner validation score
+        return run_cnn(trial, base.with_values({**values, **monitor}))
 
     return run
 
@@ -299,12 +189,12 @@ def scored_rows(inner: np.ndarray, y: np.ndarray, negatives: int | None, seed: i
     return keep
 
 
-def study_base(name: str, study: StudyConfig, base: Params, data_digest: str) -> str:
+def study_base(name: str, study: StudyConfig, base: TuneBase, data_digest: str) -> str:
     """`<name>-<digest>`: the digest covers everything a stored trial's value depends on."""
-    raw = base.model_dump(mode="json")
-    relevant = {"prepare": raw["prepare"], **({"train_gbdt": raw["train_gbdt"]} if study.model == "gbdt" else
-                                             {"cnn": raw["train_cnn"]["models"][study.model]})}
-    untuned = set_dotted(relevant, {k.replace(f"train_cnn.models.{study.model}", "cnn"): None for k in study.space})
+    relevant = {"prepare": base.prepare.model_dump(mode="json"),
+                **({"train_gbdt": base.train_gbdt.model_dump(mode="json")} if study.model == "gbdt" else
+                   {"cnn": base.models[study.model].model_dump(mode="json")})}
+    untuned = set_dotted(relevant, {k.replace(f"{CNN_MODELS}{study.model}", "cnn"): None for k in study.space})
     key = json.dumps({"model": study.model, "space": {k: v.model_dump(mode="json") for k, v in study.space.items()},
                       "metric": study.metric, "inner_folds": study.inner_folds, "seed": study.seed,
                       "score_negatives": study.score_negatives,
@@ -313,7 +203,7 @@ def study_base(name: str, study: StudyConfig, base: Params, data_digest: str) ->
 
 
 def study_names(base_name: str, n_folds: int) -> dict[int | None, str]:
-    """Outer fold (None: all folds) -> Optuna study name."""
+    """Outer fold (None: all folds) -> Optuna study name (a name in the database, not a file)."""
     return {**{k: f"{base_name}-fold{k}" for k in range(n_folds)}, None: f"{base_name}-all"}
 
 
@@ -357,23 +247,7 @@ def shares(remaining: int, workers: int) -> list[int]:
     return [remaining // n + (i < remaining % n) for i in range(n)] if n else []
 
 
-def make_fitter(data: TuneData, base: Params, model: str, images: Path | None = None) -> GbdtFitter | CnnFitter:
-    """The fitter of a study's model: the metadata track for gbdt, else the image model
-    `train_cnn.models[model]` on the images of the manifest `images` (data/interim/images.json)."""
-    if model == "gbdt":
-        return GbdtFitter(data)
-    if images is None:
-        raise ValueError(f"tuning image model {model!r} needs the image manifest (data/interim/images.json)")
-    if base.train_cnn.models[model].balance.minority_set:
-        raise ValueError(f"tuning image model {model!r}: balance.minority_set is not supported in tuning trials; "
-                         f"set params.yaml train_cnn.models.{model}.balance.minority_set: false or tune another model")
-    from lesion_ml.data.images import ImageStore
-
-    store = ImageStore.from_manifest(json.loads(Path(images).read_text()))
-    return CnnFitter(data, store, model, base.train_cnn.device, base.train_cnn.num_workers)
-
-
-def run_trials(storage_url_: str, name: str, study: StudyConfig, base: Params, fitter: GbdtFitter | CnnFitter,
+def run_trials(storage_url_: str, name: str, study: StudyConfig, base: TuneBase, fitter: GbdtFitter | CnnFitter,
                outer: int | None, n_trials: int, salt: int = 0) -> int:
     """Run `n_trials` more trials of study `name` (outer fold `outer`); returns how many finished."""
     opt_study = load_study(open_storage(storage_url_), name, study, salt)
@@ -382,3 +256,31 @@ def run_trials(storage_url_: str, name: str, study: StudyConfig, base: Params, f
     opt_study.optimize(objective(fitter, base, study, inner), n_trials=n_trials, timeout=study.timeout_s,
                        gc_after_trial=False)
     return finished(opt_study) - before
+
+
+@dataclass(frozen=True)
+class TrialBatch:
+    """Trials of one study that one task runs: `n_trials` more of study `study_name` (outer fold
+    `outer`; None: all folds), its sampler seeded with `salt`."""
+
+    study_name: str
+    outer: int | None
+    n_trials: int
+    salt: int
+
+
+def share_trials(storage_url_: str, name: str, study: StudyConfig, base: TuneBase, data: TuneData,
+                 workers: int) -> list[TrialBatch]:
+    """Create (or reopen) the study of every outer fold and of all folds of study `name`, and share
+    out the trials each still lacks (n_trials minus those already finished) over at most `workers`
+    batches per study."""
+    names = study_names(study_base(name, study, base, data.digest()), int(data.fold.max()) + 1)
+    storage = open_storage(storage_url_)
+    batches = []
+    for outer, study_name in names.items():
+        done = finished(load_study(storage, study_name, study))
+        for w, n in enumerate(shares(max(study.n_trials - done, 0), workers)):
+            # a sampler seed per study, worker and resume point: no two tasks replay the same draws
+            salt = (outer if outer is not None else 999) * 10_007 + done * 101 + w
+            batches.append(TrialBatch(study_name, outer, n, salt))
+    return batches

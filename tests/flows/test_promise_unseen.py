@@ -55,7 +55,7 @@ def test_the_exported_threshold_keeps_its_sensitivity_on_patients_never_seen(tmp
     params["train_cnn"]["models"] = {}
     params["train_cnn"]["minority_set"]["copies"] = 0
     params["final"] = {"model": "gbdt", "fallback": None}
-    params["external"]["sets"] = {}
+    params["validate"]["sets"] = {}
     params["evaluate"]["bootstrap"] = 0
     repo = tmp_path / "repo"
     repo.mkdir()
