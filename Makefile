@@ -15,7 +15,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test test-fast bench install clean-venv server-start server-stop
+.PHONY: run test test-fast bench install clean-venv server-start server-stop lock data
 
 install: $(STAMP)
 
@@ -43,6 +43,31 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not flow"
+
+# requirements.lock from pyproject.toml's dependencies and its test and dask extras: installs
+# `.[test,dask]` (torch and torchvision held at the project's versions) into a throwaway venv in a
+# temporary folder and writes its `pip freeze`, keeping the pins already there where they still
+# fit. A changed pin retrains every stage (the lock is part of every cache key): preview with
+# `make lock LOCK_ARGS="--resolve-only --output /tmp/requirements.lock"`; `--upgrade` re-resolves
+# everything. tests/test_packaging.py checks that pyproject.toml, the lock and the imports agree.
+LOCK_ARGS ?=
+lock:
+	$(PYTHON) scripts/lock.py $(LOCK_ARGS)
+
+# A real data set into the repository, under DVC: `make data SET=ham10000-400` copies
+# $(SHARED)/ham10000-400 to data/raw/ham10000-400 and `dvc add`s it, so that DVC sees a change to the
+# data and `dvc push` / `dvc pull` carry it (commit data/raw/<set>.dvc, never the images). Several
+# sets at once: SET="ham10000-400 isic-uda1-555". The images keep their licence (SOURCE.txt in each).
+SHARED ?= ../shared/data
+SET ?=
+data: $(STAMP)
+	@test -n "$(SET)" || { echo "usage: make data SET=<folder of $(SHARED)> (e.g. SET=\"ham10000-400 isic-uda1-555\")"; exit 2; }
+	@test -d .git || (git init -q && echo "initialised a git repository (DVC needs one)")
+	@for s in $(SET); do \
+	  test -d "$(SHARED)/$$s" || { echo "no data set $(SHARED)/$$s"; exit 2; }; \
+	  mkdir -p data/raw && rm -rf "data/raw/$$s" && cp -R "$(SHARED)/$$s" "data/raw/$$s" && \
+	  $(BIN)/dvc add -q "data/raw/$$s" && echo "data/raw/$$s: tracked by DVC (git add data/raw/$$s.dvc data/raw/.gitignore)"; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/lesion bench all --json reports/bench.json

@@ -9,7 +9,7 @@ report naming the device. Without a CUDA GPU it says so and runs a tiny CPU vers
 code (so the script stays tested).
 
     python scripts/gpu_check.py [--images 50000] [--backbones efficientnet-b0 resnet18] [--size 128]
-        [--workers N] [--json F] [--markdown docs/gpu_check.md]
+        [--workers N] [--json reports/gpu_check.json] [--markdown F]
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def check_backbone(backbone: str, ing, folds: pd.DataFrame, args, device: torch.
 
 
 def markdown(f: dict) -> str:
-    """docs/gpu_check.md: the figures, with the device and the command named."""
+    """A standalone markdown report: the figures, with the device and the command named."""
     lines = ["# GPU check results", "",
              f"`{f['command']}` on {f['date']}: **{f['device']}** (torch {f['torch']}, {f['cpu_cores']} CPU cores, "
              f"{f['loader_workers']} loader workers), {f['images']:,} generated tiles ({f['generate_s']} s to "
@@ -180,7 +180,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=max(1, min(14, (os.cpu_count() or 2) - 2)))
     parser.add_argument("--json", help="write the figures here too")
-    parser.add_argument("--markdown", help="write the markdown report here (e.g. docs/gpu_check.md)")
+    parser.add_argument("--markdown", help="write a standalone markdown report here")
     args = parser.parse_args()
     command = "scripts/gpu_check.sh " + " ".join(sys.argv[1:])
 

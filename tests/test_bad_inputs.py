@@ -1,6 +1,6 @@
 """The bad-input catalogue: every case gets an error that names the file, row or key, the value
 found and what is allowed, or a documented skip that is reported. One test per case; the ids
-are the catalogue (README, "Bad input").
+are the catalogue (docs/pipeline.md, "Bad input").
 """
 from __future__ import annotations
 
@@ -358,7 +358,7 @@ def test_36_minority_set_requested_but_empty(tmp_path):
                   minority_source=str(tmp_path / "minority"))
 
 
-# The README's catalogue ("Bad input"), behaviour by behaviour, and the tests here that check each.
+# The catalogue of docs/pipeline.md ("Bad input"), behaviour by behaviour, and the tests here that check each.
 CATALOGUE = {
     "malformed CSV": ["test_01_malformed_csv", "test_04_empty_csv_file", "test_05_header_only_csv"],
     "wrong delimiter": ["test_02_wrong_delimiter"],
@@ -388,12 +388,12 @@ CATALOGUE = {
 }
 
 
-def test_every_catalogued_behaviour_is_in_the_readme_and_tested_here():
-    """Behaviours, not test functions: each one the README lists has its tests in this file, and
+def test_every_catalogued_behaviour_is_documented_and_tested_here():
+    """Behaviours, not test functions: each one docs/pipeline.md lists has its tests in this file, and
     every numbered case here belongs to a listed behaviour."""
-    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "pipeline.md").read_text().split())
     for behaviour, tests in CATALOGUE.items():
-        assert behaviour in readme, f"the README's bad-input catalogue no longer lists {behaviour!r}"
+        assert behaviour in page, f"docs/pipeline.md's bad-input catalogue no longer lists {behaviour!r}"
         for name in tests:
             assert callable(globals().get(name)), f"{behaviour!r}: no test {name} in this file"
     numbered = {name for name in globals() if name.startswith("test_") and name[5:7].isdigit()}

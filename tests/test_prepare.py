@@ -162,3 +162,28 @@ def test_label_derived_columns_of_other_sources_never_reach_features():
     features = clean_metadata(table, ALL)
     assert not {"target_excl_akiec", "dx_code", "diagnosis", "dx_type", "target"} & set(features.columns)
     assert {"age_approx", "sex", "anatom_site_general"} <= set(features.columns)
+
+
+def test_an_excluded_site_column_never_reaches_a_model(demo_table):
+    """A site label (here a numeric code, and the image size of a resized set) that nearly gives the
+    label away is what selection would pick; with prepare.exclude_columns it is in no fold's
+    features, engineered ones included, and in no fold of the selection."""
+    from lesion_ml.config import SplitConfig
+    from lesion_ml.data.split import assign_folds
+    from lesion_ml.tabular.prepare import clean_table, fit_transform_table
+
+    rng = np.random.default_rng(0)
+    y = demo_table["target"].to_numpy()
+    site = np.where(rng.random(len(y)) < 0.9, y, 1 - y) + 1  # site 2 holds nearly every malignant lesion
+    table = demo_table.assign(site_code=site, image_width=np.where(site == 2, 600, 450))
+    folds = assign_folds(table, SplitConfig(n_folds=3, seed=0))
+    site_columns = ("site_code", "image_width")
+
+    def selected(exclude: tuple[str, ...]) -> set[str]:
+        prep = PrepareConfig(features=ALL, exclude_columns=exclude, select=SelectConfig(k=8))
+        clean = clean_table(table, prep)
+        names = {n for k in range(3) for n in fit_transform_table(clean, folds, fold=k, cfg=prep)[1]}
+        return names | set(clean.columns)
+
+    assert {c for c in selected(()) if c.startswith(site_columns)}  # a shortcut that selection takes
+    assert not {c for c in selected(site_columns) if any(s in c for s in site_columns)}

@@ -209,13 +209,34 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from lesion_ml.app.docs import stale_pages, write_reference
+    from lesion_ml.app.figures import stale_figures, write_figures
+
+    out = Path(args.out)
+    if args.check:
+        stale = stale_pages(out, parser=build_parser())
+        for path in stale:
+            print(f"{path}: out of date with the code; run `lesion docs --out {out}`", file=sys.stderr)
+        figures = stale_figures(out)
+        for path in figures:
+            print(f"{path}: its figures differ from the committed reports; run `lesion docs --out {out}`",
+                  file=sys.stderr)
+        if not stale and not figures:
+            print(f"{out}: the reference pages and the figures are up to date")
+        return 1 if stale or figures else 0
+    written = write_reference(out, parser=build_parser()) + write_figures(out)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     """`lesion synth`: a demo data set in ISIC 2024 format."""
     synth = sub.add_parser("synth", help="write a demo data set in ISIC 2024 format")
     synth.add_argument("--out", required=True, help="output folder (train-image.hdf5, train-metadata.csv)")
     synth.add_argument("--full-size", action="store_true",
                        help="ISIC 2024 size: 1,042 patients, 401,059 lesions, 393 malignant (other flags override)")
-    synth.add_argument("--patients", type=int, help="number of patients (default from SyntheticConfig)")
+    synth.add_argument("--patients", type=int, help=f"number of patients (default {SyntheticConfig().n_patients})")
     synth.add_argument("--lesions", type=int, help="total lesions, spread heavy-tailed over patients "
                        "(default: 4-14 per patient)")
     synth.add_argument("--malignant", type=int, help="exact number of malignant lesions")
@@ -230,7 +251,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 def _add_metrics(sub: argparse._SubParsersAction) -> None:
     """`lesion metrics`: the evaluate stage's figures as a table."""
     met = sub.add_parser("metrics", help=f"a compact table of {artefacts.METRICS} (out-of-fold, every model)")
-    met.add_argument("path", nargs="?", default=str(artefacts.METRICS))
+    met.add_argument("path", nargs="?", default=str(artefacts.METRICS),
+                     help=f"the evaluate stage's metrics file (default {artefacts.METRICS})")
     met.set_defaults(func=_metrics)
 
 
@@ -244,9 +266,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                                        "metadata models unless the model has an image-only fallback")
     pr.add_argument("--out", default="predictions.csv", help="output CSV (default predictions.csv)")
     pr.add_argument("--tta", action="store_true", help="average the 8 flips/quarter turns of each image")
-    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     pr.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="where to score; auto: CUDA when present, else the CPU")
     pr.add_argument("--skip-bad", action="store_true",
                     help="report unreadable images in the output (status column) instead of stopping")
     pr.set_defaults(func=_predict)
@@ -286,17 +309,19 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
                     help="sensitivity the local threshold reaches on this set (default 0.95)")
     va.add_argument("--export", help="with --recalibrate: write a copy of the model folder with the local threshold "
                                      "(a new folder; the original is never changed)")
-    va.add_argument("--batch-size", type=int, default=64)
+    va.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     va.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    va.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    va.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="where to score; auto: CUDA when present, else the CPU")
     va.set_defaults(func=_validate)
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
     """`lesion explain`: Grad-CAM maps and metadata contributions."""
     ex = sub.add_parser("explain", help="Grad-CAM heat maps and metadata feature contributions")
-    ex.add_argument("--model", default=str(artefacts.FINAL))
-    ex.add_argument("--images", nargs="+", required=True, metavar="PATH")
+    ex.add_argument("--model", default=str(artefacts.FINAL), help=f"the model folder (default {artefacts.FINAL})")
+    ex.add_argument("--images", nargs="+", required=True, metavar="PATH",
+                    help="one HDF5 file, one folder (searched recursively) or image files (as for predict)")
     ex.add_argument("--metadata", help="CSV with one row per image (as for predict)")
     ex.add_argument("--out", required=True, help="output folder (PNG overlays, CSV tables)")
     ex.add_argument("--limit", type=int, default=0, help="explain only the first N images (0: all)")
@@ -306,12 +331,26 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 def _add_server(sub: argparse._SubParsersAction) -> None:
     """`lesion server`: a local Prefect server serving the retrain deployment."""
     sv = sub.add_parser("server", help="a local Prefect server (UI) serving the retrain deployment")
-    sv.add_argument("action", choices=["start", "stop", "status"])
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=4200)
+    sv.add_argument("action", choices=["start", "stop", "status"],
+                    help="start the server and the deployment in the background, stop both, or say whether they run")
+    sv.add_argument("--host", default="127.0.0.1", help="address the server listens on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=4200, help="port of the server and its UI (default 4200)")
     sv.add_argument("--params", default=str(artefacts.PARAMS),
                     help=f"{artefacts.PARAMS} naming the deployment (retrain.name)")
     sv.set_defaults(func=_server)
+
+
+def _add_docs(sub: argparse._SubParsersAction) -> None:
+    """`lesion docs`: the reference pages generated from the code."""
+    do = sub.add_parser("docs", help="write the reference pages params.md (every params.yaml key) and cli.md "
+                        "(every lesion command) from the code, and the marked figures regions of README.md and the docs "
+                        "pages from the committed reports",
+                        description="The folder given by --out sits in the repository root: README.md and reports/ "
+                        "are read beside it.")
+    do.add_argument("--out", default="docs", help="folder the pages are written to (default docs)")
+    do.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each page that differs "
+                    "from what would be written (a staleness check for CI)")
+    do.set_defaults(func=_docs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_explain(sub)
     _add_server(sub)
+    _add_docs(sub)
     return parser
 
 

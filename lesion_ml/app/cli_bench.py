@@ -61,7 +61,8 @@ def _bench_all(args: argparse.Namespace) -> int:
     from lesion_ml.app.bench import bench_all, format_all_table
     from lesion_ml.io import write_json
 
-    result = bench_all(tuple(args.backbones), args.size, args.rows, Path(args.repo))
+    result = bench_all(tuple(args.backbones), args.size, args.rows, repo=Path(args.repo), steps=args.steps,
+                       rounds=args.rounds, n_images=args.images)
     print(format_all_table(result))
     if args.json:
         write_json(result, args.json)
@@ -109,9 +110,9 @@ def _bench_tune(args: argparse.Namespace) -> int:
 def _add_table_size(parser: argparse.ArgumentParser) -> None:
     """The generated metadata table's size (ISIC 2024's by default) and seed."""
     parser.add_argument("--rows", type=int, default=401_059, help="rows of generated metadata (default 401,059)")
-    parser.add_argument("--patients", type=int, default=1_042)
+    parser.add_argument("--patients", type=int, default=1_042, help="patients the rows belong to (default 1,042)")
     parser.add_argument("--malignant", type=int, default=393, help="number of malignant rows")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the generated table (default 0)")
 
 
 def _add_tabular(bench_sub: argparse._SubParsersAction) -> None:
@@ -156,12 +157,13 @@ def _add_scale(bench_sub: argparse._SubParsersAction) -> None:
 def _add_train(bench_sub: argparse._SubParsersAction) -> None:
     """`lesion bench train`: image-model train-step and inference rates."""
     tr = bench_sub.add_parser("train", help="image-model train-step rate: bare vs through our loader, plus inference")
-    tr.add_argument("--backbone", default="resnet18", choices=BACKBONE_NAMES)
+    tr.add_argument("--backbone", default="resnet18", choices=BACKBONE_NAMES, help="the network (default resnet18)")
     tr.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
     tr.add_argument("--steps", type=int, default=8, help="timed steps per measurement (default 8)")
     tr.add_argument("--rounds", type=int, default=3, help="alternating bare/end-to-end rounds; medians reported")
-    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="where to train; auto: CUDA when present, else the CPU")
     tr.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     tr.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
@@ -173,11 +175,12 @@ def _add_loader(bench_sub: argparse._SubParsersAction) -> None:
     """`lesion bench loader`: the image input path, part by part and by worker count."""
     lo = bench_sub.add_parser("loader", help="the image input path, part by part, and loaders of 0, 1, 2, ... workers")
     lo.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    lo.add_argument("--batch-size", type=int, default=32)
+    lo.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     lo.add_argument("--images", type=int, default=512, help="images per pass (default 512)")
     lo.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts (default 0 1 2)")
     lo.add_argument("--epochs", type=int, default=3, help="passes per loader (default 3)")
-    lo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    lo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="where the batches go; auto: CUDA when present, else the CPU")
     lo.add_argument("--data", help="an ISIC 2024-format folder to read images from (default: generated demo tiles)")
     lo.add_argument("--json", help="also write the figures to this JSON file")
     lo.set_defaults(func=_bench_loader)
@@ -186,10 +189,14 @@ def _add_loader(bench_sub: argparse._SubParsersAction) -> None:
 def _add_all(bench_sub: argparse._SubParsersAction) -> None:
     """`lesion bench all`: every benchmark, one table."""
     al = bench_sub.add_parser("all", help="every benchmark, one table (tabular, image input, train steps, dvc)")
-    al.add_argument("--backbones", nargs="+", default=list(BENCH_BACKBONES), choices=BACKBONE_NAMES)
-    al.add_argument("--size", type=int, default=128)
+    al.add_argument("--backbones", nargs="+", default=list(BENCH_BACKBONES), choices=BACKBONE_NAMES,
+                    help="networks whose train steps are timed (default " + " ".join(BENCH_BACKBONES) + ")")
+    al.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     al.add_argument("--rows", type=int, default=401_059, help="rows of the tabular benchmark")
     al.add_argument("--repo", default=".", help="repository whose no-op `dvc repro` is timed")
+    al.add_argument("--steps", type=int, default=6, help="timed training steps per round of each backbone (default 6)")
+    al.add_argument("--rounds", type=int, default=3, help="rounds of the training benchmark (default 3)")
+    al.add_argument("--images", type=int, default=400, help="demo tiles of the image input benchmark (default 400)")
     al.add_argument("--json", help="also write the figures to this JSON file")
     al.set_defaults(func=_bench_all)
 

@@ -17,11 +17,13 @@ class SearchParam(Section):
     """One tuned parameter (Optuna's distributions): a float or int range, optionally on a log
     scale, or a list of choices."""
 
-    type: Literal["float", "int", "categorical"] = "float"
-    low: float | None = None
-    high: float | None = None
+    type: Literal["float", "int", "categorical"] = Field("float", description="a float or int range (low, high), "
+                                                         "or categorical (choices)")
+    low: float | None = Field(None, description="lower end of the range, below high (whole for int)")
+    high: float | None = Field(None, description="upper end of the range (whole for int)")
     log: bool = Field(False, description="sample the range on a log scale (low must be > 0)")
-    choices: tuple[str | int | float | bool | None, ...] | None = None
+    choices: tuple[str | int | float | bool | None, ...] | None = Field(None, description="the values tried "
+                                                                        "(type categorical only)")
 
     @model_validator(mode="after")
     def _range(self) -> SearchParam:
@@ -51,24 +53,26 @@ class StudyConfig(Section):
     model: str = Field("gbdt", description="gbdt: the LightGBM metadata model (space keys train_gbdt.* and "
                        "prepare.*); or a name of train_cnn.models (keys train_cnn.models.<name>.*)")
     space: dict[str, SearchParam] = Field(min_length=1, description="params.yaml key (dotted) -> its range")
-    metric: Literal["pauc_80", "roc_auc", "pr_auc"] = "pauc_80"
+    metric: Literal["pauc_80", "roc_auc", "pr_auc"] = Field("pauc_80", description="the inner cross-validation "
+                                                            "score a study maximises")
     n_trials: int = Field(40, ge=1, description="finished trials per study (each outer fold's and the final one)")
     timeout_s: float | None = Field(None, gt=0, description="time budget of each study in seconds; null: none")
     inner_folds: int = Field(3, ge=2, description="patient-grouped folds inside each outer training fold")
     score_negatives: int | None = Field(20_000, ge=100, description="benign rows a trial predicts per inner "
                                         "validation fold (a fixed random sample, every malignant row kept; the "
                                         "same rows for every trial); null: all")
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random"] = Field("tpe", description="Optuna's sampler: tpe (Bayesian) or random")
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median", description="stops a trial whose intermediate values (per inner fold; per epoch for an image "
         "model) fall behind")
-    seed: int = 0
+    seed: int = Field(0, description="random seed of the sampler")
 
 
 class TuneConfig(Section):
     """Hyper-parameter studies (params section `tune`; stage `tune@<name>`, one per study; none by default)."""
 
-    studies: dict[str, StudyConfig] = Field(default_factory=dict)
+    studies: dict[str, StudyConfig] = Field(default_factory=dict, description="the studies, by name; none by "
+                                            "default")
     storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna database (postgresql://... for "
                                 f"several machines); null: {TUNE_STORAGE}. LESION_TUNE_STORAGE in the "
                                 "environment takes precedence")

@@ -26,7 +26,7 @@ class ExternalSetConfig(Section):
     images: str = Field(description="a folder of images (searched recursively) or an ISIC 2024 HDF5 file")
     labels: str = Field(description="labels CSV: generic, HAM10000, ISIC 2019 or ISIC 2020 (as data.folder)")
     metadata: str | None = Field(None, description="metadata CSV for models that use it (null: the labels CSV)")
-    format: FolderFormat = "auto"
+    format: FolderFormat = Field("auto", description="the labels CSV format; auto: detected from its columns")
     ignore_unlabelled: bool = Field(False, description="score only the labelled images under `images`")
 
 
@@ -38,7 +38,8 @@ class ValidateConfig(Section):
                                                "none by default")
     tta: bool = Field(False, description="average the 8 flips/quarter turns of each image")
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% intervals")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the sets are scored; auto: CUDA "
+                                                   "when present, else the CPU")
 
     @field_validator("sets")
     @classmethod

@@ -6,6 +6,7 @@ whole table. Everything that learns from data lives in `build_preprocessor` and 
 """
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -22,6 +23,8 @@ from lesion_ml.data.schema import ID_COLUMNS, is_leak_column
 from lesion_ml.errors import DataError
 from lesion_ml.tabular.features import engineer
 from lesion_ml.tabular.select import CorrelationPruner, KBestSelector, subsample_rows
+
+log = logging.getLogger(__name__)
 
 SITE_ALIASES = {  # anatomic site spellings of ISIC 2019/2020 and HAM10000 -> ISIC 2024
     "anterior torso": "anterior torso", "torso": "anterior torso", "chest": "anterior torso",
@@ -167,8 +170,13 @@ def fit_transform_fold(features: pd.DataFrame, target: pd.Series, train: np.ndar
 
 def clean_table(table: pd.DataFrame, cfg: PrepareConfig) -> pd.DataFrame:
     """The lesion table's metadata cleaned, with the engineered families of `cfg.features`
-    (`clean_metadata`; no fitting, no labels), after its image_id and target columns."""
-    features = clean_metadata(table, cfg.features)
+    (`clean_metadata`; no fitting, no labels), after its image_id and target columns. The columns
+    of `cfg.exclude_columns` are dropped first, so no feature is made from them."""
+    absent = [c for c in cfg.exclude_columns if c not in table.columns]
+    if absent:
+        log.info("prepare.exclude_columns: the data has no column %s (nothing to exclude)", absent)
+    features = clean_metadata(table.drop(columns=[c for c in cfg.exclude_columns if c in table.columns]),
+                              cfg.features)
     features.insert(0, "image_id", table["image_id"].to_numpy())
     features.insert(1, "target", table["target"].to_numpy())
     return features
