@@ -4,12 +4,12 @@ A region is a line `<!-- figures:NAME -->`, the figures, and a line `<!-- /figur
 what lies between the two markers with what `REGIONS[NAME]` writes from the reports folder, and
 `lesion docs --check` names every page whose regions differ from that. Each table names its machine and date
 once, in its caption, taken from the report (or, for a report that does not record them, from the `reports`
-entry of the hand-kept timings file).
+entry of the timings file).
 
 | region | written from |
 |---|---|
 | demo-metrics | the demo's metrics and ingest reports (`lesion metrics`' table) |
-| timings | the timings file: `make run`, `make test` and the test count, measured by hand |
+| timings | the timings file: a fresh clone's `make run` and `make test`, and the test count (`scripts/timings.py`) |
 | scale, scale-48px | `lesion bench scale` at ISIC 2024 size (32 px and 48 px image models) |
 | gpu-check | `scripts/gpu_check.sh --json` |
 """
@@ -24,7 +24,7 @@ from lesion_ml import artefacts
 from lesion_ml.evaluate.compare import metrics_text
 
 README = "README.md"
-TIMINGS = artefacts.REPORTS / "timings.json"  # hand-kept: `make run` / `make test` and the test count
+TIMINGS = artefacts.REPORTS / "timings.json"  # scripts/timings.py: `make run` / `make test` and the test count
 GPU_CHECK = artefacts.REPORTS / "gpu_check.json"  # `scripts/gpu_check.sh --json`
 SCALE_48PX = artefacts.SCALE.with_name("scale_48px.json")  # `lesion bench scale --overrides` at 48 px
 REGION = re.compile(r"(<!-- figures:([\w-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
@@ -73,7 +73,7 @@ def timings(root: Path) -> str:
     return ("| command | took | what was measured |\n|---|---|---|\n"
             f"| `make run` | {duration(run['seconds'])} | {run['scope']} |\n"
             f"| `make test` | {duration(test['seconds'])} | {test['passed']:,} tests passed; {test['scope']} |\n\n"
-            f"Measured on {t['machine']}, {t['date']} (`{TIMINGS.as_posix()}`).\n")
+            f"Measured on {t['machine']}, {t['date']}, by `python3 scripts/timings.py` (`{TIMINGS.as_posix()}`).\n")
 
 
 def _gib(value: float | None) -> str:
