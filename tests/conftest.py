@@ -193,20 +193,20 @@ def copy_build(build: Path, dest: Path) -> Path:
 # test`, in seconds), so that no long file starts while the other worker is nearly done; the
 # demo build's first user (test_cache, which builds it) leads, so its other users find it built.
 LONGEST_FIRST = [
-    "tests/flows/test_cache.py",  # 130, the demo build included
-    "tests/flows/test_bench_scale.py",  # 100
-    "tests/flows/test_dvc.py",  # 85
-    "tests/test_train.py",  # 80
-    "tests/flows/test_real_sample.py",  # 58
-    "tests/test_cli.py",  # 40
-    "tests/test_tune.py",  # 40
-    "tests/test_faults.py",  # 38
-    "tests/flows/test_flows.py",  # 37
-    "tests/test_small_data.py",  # 35
-    "tests/flows/test_dask.py",  # 20
+    "tests/flows/test_cache.py",  # 146, the demo build included
+    "tests/flows/test_real_sample.py",  # 130
+    "tests/flows/test_bench_scale.py",  # 117
+    "tests/flows/test_dvc.py",  # 91
+    "tests/test_train.py",  # 82
+    "tests/flows/test_flows.py",  # 50
+    "tests/test_small_data.py",  # 45
+    "tests/test_faults.py",  # 44
+    "tests/test_tune.py",  # 43
+    "tests/test_cli.py",  # 25
+    "tests/flows/test_dask.py",  # 22
+    "tests/test_gpu_check.py",  # 17
     "tests/flows/test_promise_unseen.py",  # 14
-    "tests/test_promises.py",  # 12
-    "tests/test_gpu_check.py",  # 11
+    "tests/test_promises.py",  # 13
     "tests/test_validate.py",  # 10
 ]
 
