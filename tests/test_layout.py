@@ -246,7 +246,7 @@ ALLOWED_WRITERS = {
 }
 
 
-def _writes(path: Path) -> list[str]:
+def _writes(path: Path, root: Path = LIBRARY) -> list[str]:
     """Calls that write a file: open(), .write_*(), .to_parquet(), .savefig(), atomic_path(), ...
     (a figure saved into an in-memory buffer, `buf = io.BytesIO()`, writes no file)."""
     tree = ast.parse(path.read_text())
@@ -262,7 +262,7 @@ def _writes(path: Path) -> list[str]:
             if node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in buffers:
                 continue
             if name in WRITE_CALLS:
-                found.append(f"{path.relative_to(LIBRARY)}:{node.lineno} {name}()")
+                found.append(f"{path.relative_to(root)}:{node.lineno} {name}()")
     return found
 
 
@@ -282,17 +282,7 @@ def test_the_write_check_finds_a_write(tmp_path: Path) -> None:
     probe.write_text("import io, os\ndef f(df, p, fig):\n    df.to_parquet(p)\n    os.open(p, 0)\n"
                      "    with open(p, 'w') as fh:\n        fh.write('x')\n    buf = io.BytesIO()\n"
                      "    fig.savefig(buf)\n")
-    assert [w.split(" ", 1)[1] for w in _writes_at(probe)] == ["to_parquet()", "open()"]
-
-
-def _writes_at(path: Path) -> list[str]:
-    """`_writes` of a file outside the package (the check's own test)."""
-    global LIBRARY
-    saved, LIBRARY = LIBRARY, path.parent
-    try:
-        return _writes(path)
-    finally:
-        LIBRARY = saved
+    assert [w.split(" ", 1)[1] for w in _writes(probe, root=tmp_path)] == ["to_parquet()", "open()"]
 
 
 # -- no function of the library takes the whole Params -----------------------------------------
@@ -324,15 +314,15 @@ def test_the_params_check_finds_a_function_taking_params(tmp_path: Path) -> None
 
 
 # -- no import circle in lesion_ml ------------------------------------------------------------
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(REPO).with_suffix("")
+def _module_name(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).with_suffix("")
     return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
 
 
-def _import_graph(paths: list[Path]) -> dict[str, set[str]]:
+def _import_graph(paths: list[Path], root: Path = REPO) -> dict[str, set[str]]:
     """Module -> the lesion_ml modules it imports, at the top or inside a function (`from a import
     b` counts as importing a.b when that is a module, else a)."""
-    modules = {_module_name(p): p for p in paths}
+    modules = {_module_name(p, root): p for p in paths}
     graph = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
@@ -381,12 +371,7 @@ def test_the_circle_check_finds_a_circle_through_a_function_import(tmp_path: Pat
     (pkg / "b.py").write_text("def g():\n    from pkg import c\n")
     (pkg / "c.py").write_text("import pkg.a\n")
     (pkg / "d.py").write_text("from pkg.a import g\n")
-    global REPO
-    saved, REPO = REPO, tmp_path
-    try:
-        graph = _import_graph(sorted(pkg.glob("*.py")))
-    finally:
-        REPO = saved
+    graph = _import_graph(sorted(pkg.glob("*.py")), root=tmp_path)
     assert _circles(graph) == [("pkg.a", "pkg.b"), ("pkg.a", "pkg.c"), ("pkg.b", "pkg.c")]
 
 
