@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lesion_ml import artefacts
 from lesion_ml.app.cli_bench import add_bench_commands
+from lesion_ml.app.cli_server import add_server_command
 from lesion_ml.config import SyntheticConfig
 
 ISIC2024_SIZE = {"n_patients": 1_042, "n_lesions": 401_059, "n_malignant": 393}  # the 2024 training set
@@ -184,31 +185,6 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _server(args: argparse.Namespace) -> int:
-    from lesion_ml.app import server
-    from lesion_ml.config import load_params
-
-    folder = artefacts.SERVER
-    if args.action == "start":
-        name = load_params(args.params).retrain.name
-        try:
-            info = server.start(Path.cwd(), folder, host=args.host, port=args.port, deployment=f"retrain/{name}")
-        except server.ServerError as err:
-            print(f"lesion server start: {err}", file=sys.stderr)
-            return 1
-        print(f"Prefect UI: {info['ui']}  (deployments: {info['ui']}/deployments)\n"
-              f"serving deployment retrain/{name}; trigger it with\n"
-              f"  PREFECT_API_URL={info['api']} prefect deployment run 'retrain/{name}'\n"
-              f"logs: {folder}/server.log, {folder}/retrain.log; stop with `lesion server stop`")
-    elif args.action == "stop":
-        stopped = server.stop(folder)
-        print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
-    else:
-        st = server.status(folder)
-        print(", ".join(f"{k}: {'pid ' + str(v) if v else 'not running'}" for k, v in st.items()))
-    return 0
-
-
 def _docs(args: argparse.Namespace) -> int:
     from lesion_ml.app.docs import stale_pages, write_reference
     from lesion_ml.app.figures import stale_figures, write_figures
@@ -328,18 +304,6 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     ex.set_defaults(func=_explain)
 
 
-def _add_server(sub: argparse._SubParsersAction) -> None:
-    """`lesion server`: a local Prefect server serving the retrain deployment."""
-    sv = sub.add_parser("server", help="a local Prefect server (UI) serving the retrain deployment")
-    sv.add_argument("action", choices=["start", "stop", "status"],
-                    help="start the server and the deployment in the background, stop both, or say whether they run")
-    sv.add_argument("--host", default="127.0.0.1", help="address the server listens on (default 127.0.0.1)")
-    sv.add_argument("--port", type=int, default=4200, help="port of the server and its UI (default 4200)")
-    sv.add_argument("--params", default=str(artefacts.PARAMS),
-                    help=f"{artefacts.PARAMS} naming the deployment (retrain.name)")
-    sv.set_defaults(func=_server)
-
-
 def _add_docs(sub: argparse._SubParsersAction) -> None:
     """`lesion docs`: the reference pages generated from the code."""
     do = sub.add_parser("docs", help="write the reference pages params.md (every params.yaml key) and cli.md "
@@ -368,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params(sub)
     _add_validate(sub)
     _add_explain(sub)
-    _add_server(sub)
+    add_server_command(sub)
     _add_docs(sub)
     return parser
 

@@ -6,11 +6,17 @@ file in `folder` (default: artefacts.SERVER), and waits until the server answers
 and the deployment is registered. `stop` sends SIGINT (a served flow shuts down cleanly on SIGINT; SIGTERM would leave
 its runs behind), waits, and only then escalates; no process is left.
 
-Only processes and HTTP: no Prefect import, so the CLI stays fast.
+`run_with_api` runs one command (`make run`: `dvc repro`) with a Prefect API for all the stage
+flows it starts: the one in PREFECT_API_URL, the server of `start`, or else one temporary server for
+the command's whole duration, instead of one per stage flow (each costs 5-10 s). Their runs are
+kept in PREFECT_HOME's database, so the UI of a later `start` shows them.
+
+Only processes and HTTP: Prefect is imported only to start that temporary server, so the CLI stays fast.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +30,7 @@ from lesion_ml.artefacts import SERVER
 from lesion_ml.errors import ServerError
 
 PROCESSES = ("retrain", "server")  # stopped in this order
+API_FILE = "server.api"  # the running server's API address (written by `start`)
 
 
 def _alive(pid: int) -> bool:
@@ -101,6 +108,7 @@ def start(repo: Path, folder: Path = SERVER, host: str = "127.0.0.1", port: int 
         if not _alive(pid):
             raise ServerError(f"the Prefect server exited at start; see {log}:\n{log.read_text()[-2000:]}")
         env["PREFECT_API_URL"] = api
+        (folder / API_FILE).write_text(api)
         rlog = folder / "retrain.log"
         rpid = _spawn([sys.executable, "-m", "flows.retrain", "serve"], rlog, env, repo)
         (folder / "retrain.pid").write_text(str(rpid))
@@ -138,9 +146,62 @@ def stop(folder: Path = SERVER, timeout: float = 30.0) -> list[str]:
                 pass
             stopped.append(f"{name} (pid {pid})")
         (folder / f"{name}.pid").unlink(missing_ok=True)
+    (folder / API_FILE).unlink(missing_ok=True)
     return stopped
 
 
 def status(folder: Path = SERVER) -> dict[str, int | None]:
     """The pid of each process of PROCESSES (None when it is not running), from `folder`'s pid files."""
     return {name: _pid(folder, name) for name in PROCESSES}
+
+
+def running_api(folder: Path = SERVER) -> str | None:
+    """The API address of the server `start` runs, when it runs and answers; else None."""
+    try:
+        api = (folder / API_FILE).read_text().strip()
+    except OSError:
+        return None
+    return api if _pid(folder, "server") and _get(f"{api}/health") is True else None
+
+
+def run_with_api(command: list[str], folder: Path = SERVER, say=print) -> int:
+    """Run `command` with PREFECT_API_URL set, and return its exit status.
+
+    The API is the one PREFECT_API_URL already names, else the server of `start` (when it runs),
+    else a temporary one (Prefect's own, as a flow without a server starts) that lives until the
+    command ends. A Ctrl-C reaches the command too (it is in the same process group); this
+    process waits for the command to stop before it stops the server, so that `dvc repro` can
+    release its lock.
+    """
+    if not command:
+        raise ServerError("no command to run; e.g. `lesion server run -- dvc repro`")
+    env = dict(os.environ)
+    api = env.get("PREFECT_API_URL") or running_api(folder)
+    if api:
+        say(f"Prefect API {api}")
+        env["PREFECT_API_URL"] = api
+        return _wait_for(command, env)
+    os.environ.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")  # before Prefect reads them
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    try:
+        env["PREFECT_API_URL"] = server.api_url
+        say(f"Prefect API {server.api_url} (a temporary server for this command's stage flows)")
+        return _wait_for(command, env)
+    finally:
+        server.stop()
+
+
+def _wait_for(command: list[str], env: dict[str, str]) -> int:
+    try:
+        proc = subprocess.Popen(command, env=env)
+    except FileNotFoundError:
+        raise ServerError(f"{command[0]}: no such command") from None
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the command got the SIGINT too; let it finish cleanly
+            continue

@@ -1,5 +1,5 @@
 """`dvc repro` and its companions on the tiny demo build: the no-op rerun, an experiment, a stage
-without a Prefect server, and the retraining deployment served by `lesion server` (each test that
+with and without a shared Prefect server, and the retraining deployment served by `lesion server` (each test that
 changes the build on its own copy). Its own file, so pytest-xdist runs it beside test_flows.py."""
 from __future__ import annotations
 
@@ -170,11 +170,16 @@ def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_
         _api(f"{api}/health")
 
 
-def test_a_stage_runs_without_a_prefect_server_as_make_run_does(workdir, tmp_path_factory):
-    """`make run` gives the stage processes no PREFECT_API_URL: each starts Prefect's temporary
-    server, runs its flow through it and stops it again."""
+def test_a_stage_finds_a_prefect_api_by_hand_and_under_make_run(workdir, tmp_path_factory):
+    """Run by hand without PREFECT_API_URL (`python -m flows.X`, a plain `dvc repro`), a stage
+    starts Prefect's temporary server, runs its flow through it and stops it again. Under `make run`
+    (`lesion server run -- dvc repro`), the stages share one server started for the command; it is
+    stopped afterwards, and every stage's run stays in PREFECT_HOME's database for the UI."""
+    import sqlite3
+
+    home = tmp_path_factory.mktemp("prefect-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-home")), PYTHONPATH=str(workdir),
+    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(workdir),
                PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     run = subprocess.run([sys.executable, "-m", "flows.ingest"], cwd=workdir, env=env, capture_output=True,
                          text=True, timeout=300)
@@ -186,3 +191,17 @@ def test_a_stage_runs_without_a_prefect_server_as_make_run_does(workdir, tmp_pat
     assert report["n_images"] == len(table) > 0
     assert (workdir / ".lesion/prefect/keys").is_dir()  # the task cache recorded its results
     assert not _processes_mentioning("prefect", "server", env["PREFECT_HOME"])  # the server was stopped
+
+    two = "python -m flows.split && python -m flows.split"  # two stage processes, one server
+    shared = subprocess.run([f"{os.path.dirname(sys.executable)}/lesion", "server", "run", "--", "sh", "-c", two],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    out = shared.stdout + shared.stderr
+    assert shared.returncode == 0, out[-3000:]
+    assert out.count("Starting temporary server") == 1 and "a temporary server for this command" in out
+    assert out.count("Beginning flow run") == 2 and (workdir / "data/processed/folds.parquet").is_file()
+    port = re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", out).group(1)
+    assert not _processes_mentioning("uvicorn", f"--port {port}")  # stopped when the command ended
+    with sqlite3.connect(home / "prefect.db") as db:
+        runs = db.execute("select flow.name, flow_run.state_type from flow_run join flow on flow.id = "
+                          "flow_run.flow_id").fetchall()
+    assert sorted(runs) == [("ingest", "COMPLETED"), ("split", "COMPLETED"), ("split", "COMPLETED")]
