@@ -164,7 +164,10 @@ def demo_build(tmp_path_factory, prefect_api_url) -> Path:
     build works on its own copy (`copy_build`)."""
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every worker of the session
+    base = tmp_path_factory.getbasetemp()
+    # under pytest-xdist each worker's base is popen-gw<N> inside the session's folder: its parent is
+    # shared by the session's workers (and only by them); without xdist the base is the session's own
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     root = shared / "demo_build"
     with FileLock(str(shared / "demo_build.lock")):
         if not (shared / "demo_build.done").exists():

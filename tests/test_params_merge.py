@@ -31,7 +31,9 @@ def test_the_shipped_example_merges_into_valid_params(tmp_path, capsys):
     assert list(p.train_cnn.models) == list(example["train_cnn"]["models"])
     assert p.data.source == "folder" and p.final.fallback in p.train_cnn.models
     assert not p.train_cnn.models[p.final.fallback].fusion.enabled  # image-only: scores images without metadata
-    assert p.split == load_params(REPO / "params.yaml").split  # what the example does not name stays
+    shipped = load_params(REPO / "params.yaml")
+    assert p.split.n_folds == example["split"]["n_folds"] != shipped.split.n_folds  # merged key by key:
+    assert p.split.seed == shipped.split.seed and p.evaluate == shipped.evaluate  # what it does not name stays
     assert "merged" in capsys.readouterr().out
 
 
