@@ -49,3 +49,20 @@ def test_a_bad_override_names_the_file_and_leaves_params_alone(tmp_path):
     with pytest.raises(ConfigError, match="expected a mapping"):
         apply_override(bad, params)
     assert params.read_bytes() == before
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_every_example_merges_into_valid_params(tmp_path, example):
+    """Each file of examples/ merges into the shipped params.yaml and validates: what it names is
+    what the pipeline then runs."""
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    apply_override(REPO / "examples" / example, params)
+    p = load_params(params)
+    named = yaml.safe_load((REPO / "examples" / example).read_text())
+    if "train_cnn" in named:
+        assert list(p.train_cnn.models) == list(named["train_cnn"]["models"])
+    if "split" in named:
+        assert p.split.n_folds == named["split"]["n_folds"]
+    if "validate" in named:
+        assert list(p.validate.sets) == list(named["validate"]["sets"])
