@@ -165,7 +165,8 @@ def running_api(folder: Path = SERVER) -> str | None:
 
 
 def run_with_api(command: list[str], folder: Path = SERVER, say=print) -> int:
-    """Run `command` with PREFECT_API_URL set, and return its exit status.
+    """Run `command` with PREFECT_API_URL set, and return its exit status (128 + N when signal N
+    ended it).
 
     The API is the one PREFECT_API_URL already names, else the server of `start` (when it runs),
     else a temporary one (Prefect's own, as a flow without a server starts) that lives until the
@@ -196,12 +197,19 @@ def run_with_api(command: list[str], folder: Path = SERVER, say=print) -> int:
 
 
 def _wait_for(command: list[str], env: dict[str, str]) -> int:
+    """Run `command` to its end and return its exit status. A SIGTERM to this process is passed on
+    to the command (which then ends as it handles it), so the caller's cleanup still runs."""
     try:
         proc = subprocess.Popen(command, env=env)
     except FileNotFoundError:
         raise ServerError(f"{command[0]}: no such command") from None
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:  # the command got the SIGINT too; let it finish cleanly
-            continue
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
+            except KeyboardInterrupt:  # the command got the SIGINT too; let it finish cleanly
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)

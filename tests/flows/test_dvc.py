@@ -126,6 +126,33 @@ def _processes_mentioning(*needles: str) -> list[str]:
     return found
 
 
+def test_lesion_server_run_stops_its_server_when_it_is_terminated(tmp_path):
+    """A SIGTERM to `lesion server run` (a scheduler ending the job) reaches the command, and the
+    temporary server is stopped before it exits: no process is left behind."""
+    import select
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    command = [sys.executable, "-c", "import time; print('command started', flush=True); time.sleep(300)"]
+    proc = subprocess.Popen([f"{os.path.dirname(sys.executable)}/lesion", "server", "run", "--", *command],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, port = "", None
+    try:
+        while "command started" not in seen:
+            ready, _, _ = select.select([proc.stdout], [], [], 120)
+            assert ready and proc.poll() is None, seen[-2000:]
+            seen += proc.stdout.readline()
+        port = re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", seen).group(1)
+        assert _processes_mentioning("uvicorn", f"--port {port}")  # the server runs beside the command
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM  # the command's end, as a shell reports it
+    finally:
+        proc.kill()
+    assert not _processes_mentioning("uvicorn", f"--port {port}")
+    assert not _processes_mentioning("command started")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (apt-get install chromium; .ci/run does)")
 def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_path):
