@@ -197,8 +197,7 @@ def copy_build(build: Path, dest: Path) -> Path:
 # demo build's first user (test_cache, which builds it) leads, so its other users find it built.
 LONGEST_FIRST = [
     "tests/flows/test_cache.py",  # 146, the demo build included
-    "tests/flows/test_real_sample.py",  # 130
-    "tests/flows/test_bench_scale.py",  # 117
+    "tests/flows/test_real_sample.py",  # 110, `lesion bench scale`'s whole run included
     "tests/flows/test_dvc.py",  # 91
     "tests/test_train.py",  # 82
     "tests/flows/test_flows.py",  # 50

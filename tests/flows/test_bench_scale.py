@@ -1,4 +1,5 @@
-"""`lesion bench scale`: its measurements, its work folder, and a small-scale run of the same code."""
+"""`lesion bench scale`: its measurements and its work folder. A whole run of it (every stage, then
+`lesion predict`) is tests/flows/test_real_sample.py's, on the real ISIC 2024 sample."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, TINY
+from conftest import REPO
 
 from lesion_ml.app import bench_scale as bs
 from lesion_ml.app.bench_scale import format_scale_table, prepare_workdir, run_measured
@@ -62,47 +63,6 @@ def test_prepare_workdir_links_the_data_and_merges_the_profile(tmp_path):
     assert (work / "dvc.yaml").is_file() and (work / ".git").is_dir()
     assert not (work / "tests").exists() and not (work / "dvc.lock").exists()
     prepare_workdir(REPO, work, data, overrides)  # again over the same folder (a continued run)
-
-
-@pytest.mark.slow
-@pytest.mark.flow
-def test_bench_scale_runs_every_stage_and_predict_at_small_scale(tmp_path, monkeypatch, prefect_api_url):
-    from lesion_ml.app.bench_scale import bench_scale
-    from lesion_ml.data.synthetic import generate_synthetic
-
-    data = tmp_path / "data"
-    generate_synthetic(data, TINY.model_copy(update={"n_patients": 16, "n_lesions": 90, "n_malignant": 14}))
-    overrides = tmp_path / "profile.yaml"
-    model = {"backbone": "resnet18", "image_size": 16, "epochs": 1, "batch_size": 8, "eval_batch_size": 32}
-    overrides.write_text(yaml.safe_dump({
-        "data": {"source": "isic2024"}, "split": {"n_folds": 2},
-        "train_gbdt": {"n_estimators": 5, "num_leaves": 4, "min_child_samples": 2, "n_jobs": 1, "seeds": [1]},
-        "evaluate": {"bootstrap": 20}, "final": {"model": "stack_gbdt_images", "fallback": "small"},
-        "train_cnn": {"threads": 1, "models": {"small": model, "small_fusion": {**model, "fusion": {"enabled": True}}}}}))
-    out = tmp_path / "scale.json"
-    monkeypatch.setenv("PREFECT_API_URL", prefect_api_url)  # the stages report to the session's server
-    result = bench_scale(data, tmp_path / "work", REPO, overrides, predict_workers=0, predict_batch=16, out=out)
-    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    stages = ["ingest", "split", "prepare", "train_gbdt", "minority_set", "train_cnn@small", "train_cnn@small_fusion",
-              "evaluate", "final"]
-    assert [s["stage"] for s in result["stages"]] == stages
-    assert all(s["returncode"] == 0 and s["ran"] and s["seconds"] > 0 and s["peak_rss_gib"] > 0.1
-               for s in result["stages"])
-    assert result["data"] == {"path": str(data), "lesions": 90, "patients": 16, "malignant": 14}
-    for name in ("small", "small_fusion"):
-        oof = result["oof_inference"][name]
-        assert oof["images"] == 90 and oof["batch_size"] == 32 and oof["bare_forward_per_s"] > 0
-    p = result["predict"]
-    assert p["images"] == 90 and p["returncode"] == 0 and p["ratio_vs_bare"] > 0  # both CNNs, one decode pass
-    assert 0 < p["image_pass_seconds"] < p["seconds"] and p["image_pass_ratio_vs_bare"] > p["ratio_vs_bare"]
-    assert p["bare_forward_per_s"] == pytest.approx((p["bare_before_per_s"] + p["bare_after_per_s"]) / 2, abs=0.1)
-    low, high = p["ratio_vs_bare_range"]
-    assert low <= p["ratio_vs_bare"] <= high
-    assert len((tmp_path / "work/predictions.csv").read_text().splitlines()) == 91
-    assert {"cnn_small", "cnn_small_fusion", "gbdt"} <= set(result["metrics"]["models"])
-    table = format_scale_table(result)
-    assert all(s in table for s in stages) and "lesion predict" in table and "OOF inference small_fusion" in table
-    assert "of which the image pass" in table
 
 
 def test_predict_only_keeps_the_stage_figures_of_a_finished_run(tmp_path):
