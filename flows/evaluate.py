@@ -4,9 +4,10 @@ from __future__ import annotations
 from prefect import flow
 
 from lesion_ml import artefacts as cat
-from lesion_ml.catalogue import base_models
+from lesion_ml.catalogue import base_models, derived_models
 from lesion_ml.config import load_params
 from tasks.evaluate import evaluate_models
+from tasks.outputs import keep_only
 
 
 @flow(name="evaluate")
@@ -15,6 +16,8 @@ def evaluate_flow(params: str = str(cat.PARAMS)) -> dict:
     p = load_params(params)
     models = base_models(p.train_cnn.models)
     n = p.split.n_folds
+    for kind in cat.CURVE_KINDS:  # no curve of a model these params no longer evaluate (runs without DVC)
+        keep_only(cat.curves(kind), [f"{r.name}.csv" for r in [*models, *derived_models(models, p.evaluate)]])
     return evaluate_models(
         oof_files={r.name: cat.GBDT_OOF if r.kind == "gbdt" else cat.cnn_oof(r.cnns[0]) for r in models},
         models=models, cfg=p.evaluate, gbdt_cfg=p.train_gbdt, lesions=cat.LESIONS,

@@ -41,8 +41,8 @@ def _run_here(root) -> list[str]:
 
 
 def test_reruns_only_what_changed(tmp_path, demo_build, prefect_api_url):
-    """On a copy of the tiny demo build (made by `dvc repro`, whose stage processes filled the task
-    cache): the pipeline runs nothing, then only what each change touches."""
+    """On a copy of the tiny demo build (its run filled the task cache): the pipeline runs only
+    what each change touches."""
     api_url = prefect_api_url
     params = tiny_params()
     copy_build(demo_build, tmp_path)

@@ -1,4 +1,4 @@
-"""`dvc repro` and its companions on the tiny demo build: the no-op rerun, an experiment, a stage
+"""`dvc repro` and its companions on the tiny demo build: the no-op run, an experiment, a stage
 with and without a shared Prefect server, and the retraining deployment served by `lesion server` (each test that
 changes the build on its own copy). Its own file, so pytest-xdist runs it beside test_flows.py."""
 from __future__ import annotations
@@ -31,15 +31,15 @@ def workdir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def reproduced(demo_build, tmp_path):
-    """A copy of the tiny demo build after `dvc repro`, for a test that changes it."""
+    """A copy of the tiny demo build (its dvc.lock recorded), for a test that changes it."""
     return copy_build(demo_build, tmp_path / "repo")
 
 
-def test_dvc_repro_end_to_end_then_noop(demo_build):
+def test_the_demo_builds_figures_and_a_dvc_repro_with_nothing_to_do(demo_build):
     """Every figure of reports/metrics.json is what the out-of-fold scores evaluate wrote give
     again (ranking metrics, and the confusion matrix at the threshold), every model's threshold
-    keeps 95% sensitivity there, no report names a patient, and a second `dvc repro` has nothing
-    to do."""
+    keeps 95% sensitivity there, no report names a patient, and `dvc repro` finds nothing to do
+    (what `dvc commit` recorded is what the stages' dependencies and outputs are)."""
     from sklearn.metrics import roc_auc_score
 
     from lesion_ml.evaluate.metrics import partial_auc

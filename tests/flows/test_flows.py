@@ -28,7 +28,7 @@ MODELS = {"gbdt", "cnn_tiny", "cnn_tiny_fusion", "ensemble_mean", "ensemble_rank
 def pipeline(tmp_path_factory, demo_build, prefect_harness):
     """flows/pipeline.py (every stage flow as a subflow) run in process, with the session's Prefect
     server, on a copy of the tiny demo build: its tasks find their results in the content-keyed
-    cache that `dvc repro` left (relocated to the copy); yields the folder and what each stage
+    cache that the build's run left (relocated to the copy); yields the folder and what each stage
     flow returned."""
     from flows.pipeline import pipeline_flow
     from tasks.cache import executed
@@ -47,7 +47,9 @@ def pipeline(tmp_path_factory, demo_build, prefect_harness):
 
 def test_stage_flows_in_process(pipeline):
     workdir, out, ran = pipeline
-    assert ran == []  # every task found its result in the cache that `dvc repro` left, in a copied project
+    assert ran == []  # every task found its result in the cache that the build left, in a copied project
+    # the copied repository held the shipped models' curves: the run leaves only its own models'
+    assert {f.stem for f in (workdir / "reports/curves/roc").glob("*.csv")} == MODELS
     assert list(out) == ["ingest", "split", "prepare", "train_gbdt", "minority_set", "train_cnn@tiny",
                          "train_cnn@tiny_fusion", "evaluate", "final", "validate@demo"]
     ext = json.loads((workdir / "reports/external/demo.json").read_text())

@@ -58,6 +58,15 @@ def test_the_real_isic2024_sample_with_shipped_params_stage_by_stage_then_under_
     assert params["train_cnn"] == shipped["train_cnn"] and params["data"]["path"] == shipped["data"]["path"]
     _check_scale_run(result, repo, params, sample, raw)
     _check_reports(repo, sample, params, n)
+    # the stage processes keyed their task results as flows/pipeline.py in this process does: a run
+    # without DVC finds every one (the tiny demo build is made that way, then `dvc commit`ed)
+    from flows.pipeline import pipeline_flow
+    from tasks.cache import executed
+
+    monkeypatch.chdir(repo)
+    executed.clear()
+    pipeline_flow()
+    assert executed == []
 
     # the raw set under DVC: the link `lesion bench scale` made becomes the data itself, `dvc add`ed.
     # The .dvc file lands in data/raw, ingest's dependency: ingest reruns, writes the same bytes,
