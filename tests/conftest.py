@@ -45,25 +45,108 @@ def tiny_demo(tmp_path_factory) -> Path:
     return out
 
 
+SESSION_API = "LESION_TEST_PREFECT_API"  # the session server's API URL, for the pytest-xdist workers
+SESSION_DB = "LESION_TEST_PREFECT_DB"  # a copy of its database as it started: migrated, no runs yet
+
+
+def pytest_configure(config) -> None:
+    """One temporary Prefect API server for the whole test session, started by the pytest-xdist
+    controller (or the only process) before the workers exist: they find its URL in the
+    environment they inherit. It starts in a thread while the workers import and collect;
+    `prefect_harness` waits for it. One server instead of one per worker: a first start costs
+    about 20 s of CPU, 11 of them building the database from Prefect's migrations. A copy of
+    that database, taken before any run, starts the servers of the tests that need their own
+    (`fresh_prefect_home`)."""
+    if hasattr(config, "workerinput") or os.environ.get(SESSION_API):
+        return
+    import socket
+    import threading
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = SubprocessASGIServer(port=port)
+    template = Path(tempfile.mkdtemp(prefix="lesion-ml-prefect-db-")) / "prefect.db"
+    os.environ[SESSION_API], os.environ[SESSION_DB] = server.api_url, str(template)
+
+    def start() -> None:
+        import sqlite3
+        from contextlib import closing
+
+        try:
+            server.start(timeout=180)
+            partial = template.with_suffix(".partial")
+            with closing(sqlite3.connect(Path(os.environ["PREFECT_HOME"]) / "prefect.db")) as src, \
+                    closing(sqlite3.connect(partial)) as dst:
+                src.backup(dst)
+            partial.replace(template)  # the workers wait for this name
+        except Exception as exc:  # noqa: BLE001 - reported by every test that needs the server
+            template.with_suffix(".error").write_text(f"{type(exc).__name__}: {exc}")
+
+    config._lesion_prefect = (server, threading.Thread(target=start, daemon=True))
+    config._lesion_prefect[1].start()
+
+
+def pytest_unconfigure(config) -> None:
+    if hasattr(config, "_lesion_prefect"):
+        server, starting = config._lesion_prefect
+        starting.join(timeout=180)
+        server.stop()
+        for key in (SESSION_API, SESSION_DB):
+            os.environ.pop(key, None)
+
+
+def _session_server_started() -> Path:
+    """The session server's database copy, once the server answers (waits up to 180 s)."""
+    import time
+
+    template = Path(os.environ[SESSION_DB])
+    deadline = time.monotonic() + 180
+    while not template.exists():
+        error = template.with_suffix(".error")
+        if error.exists():
+            raise RuntimeError(f"the session's Prefect server did not start: {error.read_text()}")
+        assert time.monotonic() < deadline, f"the session's Prefect server at {os.environ[SESSION_API]} " \
+                                            "did not start in 180 s"
+        time.sleep(0.2)
+    return template
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect API server for every flow test of the session. The flows run in the
-    test processes send no heartbeats (Prefect's own test suite turns them off too): each flow run
-    would otherwise wait up to a second at its end for the heartbeat thread to stop."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+    """The session's Prefect API server (`pytest_configure`) for the flows run in this process.
+    The flows run in the test processes send no heartbeats (Prefect's own test suite turns them
+    off too): each flow run would otherwise wait up to a second at its end for the heartbeat
+    thread to stop."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=60), \
-            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    _session_server_started()
+    with temporary_settings(updates={PREFECT_API_URL: os.environ[SESSION_API],
+                                     PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+@pytest.fixture
+def fresh_prefect_home(tmp_path_factory) -> Path:
+    """A PREFECT_HOME of its own, for a test whose commands start their own Prefect server: it
+    holds a copy of the session server's database as that server started (migrated, no runs), as
+    a user's home holds after a first run; building it from the migrations would cost each such
+    test 11 s of CPU."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    shutil.copyfile(_session_server_started(), home / "prefect.db")
+    return home
 
 
 @pytest.fixture(scope="session")
 def prefect_api_url(prefect_harness) -> str:
     """The session server's API URL, for subprocesses (stage flows under `dvc repro`): given as
     PREFECT_API_URL they report there instead of each starting a temporary server (5-10 s per
-    stage). The temporary-server path stays covered by tests/test_faults.py, whose stage
-    subprocesses are given no URL."""
+    stage). The temporary-server path (a stage run with no URL) is tests/flows/test_dvc.py's
+    `test_a_stage_finds_a_prefect_api_by_hand_and_under_make_run`."""
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value()

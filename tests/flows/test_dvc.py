@@ -126,14 +126,14 @@ def _processes_mentioning(*needles: str) -> list[str]:
     return found
 
 
-def test_lesion_server_run_stops_its_server_when_it_is_terminated(tmp_path):
+def test_lesion_server_run_stops_its_server_when_it_is_terminated(tmp_path, fresh_prefect_home):
     """A SIGTERM to `lesion server run` (a scheduler ending the job) reaches the command, and the
     temporary server is stopped before it exits: no process is left behind."""
     import select
     import signal
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"))
+    env.update(PREFECT_HOME=str(fresh_prefect_home))
     command = [sys.executable, "-c", "import time; print('command started', flush=True); time.sleep(300)"]
     proc = subprocess.Popen([f"{os.path.dirname(sys.executable)}/lesion", "server", "run", "--", *command],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -155,14 +155,14 @@ def test_lesion_server_run_stops_its_server_when_it_is_terminated(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (apt-get install chromium; .ci/run does)")
-def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_path):
+def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_path, fresh_prefect_home):
     root = reproduced
     remote = tmp_path / "remote"
     assert _dvc("remote", "add", "-d", "local", str(remote), cwd=root).returncode == 0
     port = _free_port()
     bin_dir = os.path.dirname(sys.executable)
     # the served runner looks for scheduled runs every second (default 10 s): the run starts at once
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PREFECT_HOME=str(tmp_path / "prefect-home"),
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PREFECT_HOME=str(fresh_prefect_home),
                PREFECT_RUNNER_POLL_FREQUENCY="1")
     env.pop("PREFECT_API_URL", None)
     api = f"http://127.0.0.1:{port}/api"
@@ -197,14 +197,14 @@ def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_
         _api(f"{api}/health")
 
 
-def test_a_stage_finds_a_prefect_api_by_hand_and_under_make_run(workdir, tmp_path_factory):
+def test_a_stage_finds_a_prefect_api_by_hand_and_under_make_run(workdir, fresh_prefect_home):
     """Run by hand without PREFECT_API_URL (`python -m flows.X`, a plain `dvc repro`), a stage
     starts Prefect's temporary server, runs its flow through it and stops it again. Under `make run`
     (`lesion server run -- dvc repro`), the stages share one server started for the command; it is
     stopped afterwards, and every stage's run stays in PREFECT_HOME's database for the UI."""
     import sqlite3
 
-    home = tmp_path_factory.mktemp("prefect-home")
+    home = fresh_prefect_home
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(PREFECT_HOME=str(home), PYTHONPATH=str(workdir),
                PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
