@@ -3,10 +3,13 @@ every process of the session (stage subprocesses included) gets one BLAS/OpenMP 
 pytest-xdist workers share 2 cores, and more threads than cores only spin."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lesion-ml-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)  # each process's own
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                      "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
                      "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
@@ -57,7 +60,7 @@ def pytest_configure(config) -> None:
     about 20 s of CPU, 11 of them building the database from Prefect's migrations. A copy of
     that database, taken before any run, starts the servers of the tests that need their own
     (`fresh_prefect_home`)."""
-    if hasattr(config, "workerinput") or os.environ.get(SESSION_API):
+    if hasattr(config, "workerinput") or os.environ.get(SESSION_API) or config.option.collectonly:
         return
     import socket
     import threading
@@ -94,8 +97,8 @@ def pytest_unconfigure(config) -> None:
         server, starting = config._lesion_prefect
         starting.join(timeout=180)
         server.stop()
-        for key in (SESSION_API, SESSION_DB):
-            os.environ.pop(key, None)
+        shutil.rmtree(Path(os.environ.pop(SESSION_DB)).parent, ignore_errors=True)
+        os.environ.pop(SESSION_API, None)
 
 
 def _session_server_started() -> Path:
