@@ -296,18 +296,18 @@ def copy_build(build: Path, dest: Path) -> Path:
 # test`, in seconds), so that no long file starts while the other worker is nearly done; the
 # demo build's first user (test_cache, which builds it) leads, so its other users find it built.
 LONGEST_FIRST = [
-    "tests/flows/test_cache.py",  # 146, the demo build included
-    "tests/flows/test_real_sample.py",  # 110, `lesion bench scale`'s whole run included
-    "tests/flows/test_dvc.py",  # 91
-    "tests/test_train.py",  # 82
-    "tests/flows/test_flows.py",  # 50
-    "tests/test_small_data.py",  # 45
-    "tests/test_faults.py",  # 44
-    "tests/test_tune.py",  # 43
-    "tests/test_cli.py",  # 25
-    "tests/flows/test_dask.py",  # 22
+    "tests/flows/test_cache.py",  # 63, the demo build (30) included
+    "tests/flows/test_real_sample.py",  # 139, `lesion bench scale`'s whole run included
+    "tests/flows/test_dvc.py",  # 104
+    "tests/test_train.py",  # 83
+    "tests/flows/test_flows.py",  # 44
+    "tests/test_small_data.py",  # 47
+    "tests/test_faults.py",  # 52
+    "tests/test_tune.py",  # 59
+    "tests/test_cli.py",  # 46
+    "tests/flows/test_dask.py",  # 23
     "tests/test_gpu_check.py",  # 17
-    "tests/flows/test_promise_unseen.py",  # 14
+    "tests/flows/test_promise_unseen.py",  # 20
     "tests/test_promises.py",  # 13
     "tests/test_validate.py",  # 10
 ]
