@@ -137,8 +137,6 @@ def fresh_prefect_home(tmp_path_factory) -> Path:
     holds a copy of the session server's database as that server started (migrated, no runs), as
     a user's home holds after a first run; building it from the migrations would cost each such
     test 11 s of CPU."""
-    import shutil
-
     home = tmp_path_factory.mktemp("prefect-home")
     shutil.copyfile(_session_server_started(), home / "prefect.db")
     return home
@@ -158,8 +156,6 @@ def prefect_api_url(prefect_harness) -> str:
 def write_competition_files(sample: Path, dest: Path) -> int:
     """The real ISIC 2024 sample as the competition ships it: train-image.hdf5 with one scalar
     fixed-length bytes dataset (dtype |S<n>) per isic_id, and train-metadata.csv."""
-    import shutil
-
     import h5py
     import numpy as np
 
@@ -214,7 +210,6 @@ def tiny_params() -> dict:
 
 def copy_repo(dest: Path, params: dict) -> None:
     """The repository's tracked files (tests aside) with `params`, as a git repo in `dest`."""
-    import shutil
     import subprocess
 
     import yaml
@@ -263,8 +258,6 @@ def demo_build(tmp_path_factory, prefect_api_url) -> Path:
     root = shared / "demo_build"
     with FileLock(str(shared / "demo_build.lock")):
         if not (shared / "demo_build.done").exists():
-            import shutil
-
             from flows.pipeline import pipeline_flow
 
             shutil.rmtree(root, ignore_errors=True)
@@ -284,8 +277,6 @@ def demo_build(tmp_path_factory, prefect_api_url) -> Path:
 
 def copy_build(build: Path, dest: Path) -> Path:
     """A copy of a built repository (git, DVC cache, task cache and outputs) that a test may change."""
-    import shutil
-
     shutil.copytree(build, dest, symlinks=True, dirs_exist_ok=True)
     return dest
 
