@@ -1,16 +1,7 @@
 """The stages' Prefect tasks: read inputs, call one lesion_ml function, write outputs."""
-import os
+from lesion_ml.app.server import prefect_defaults
 
-# Quiet, offline runs; lesion_ml's log records go to the Prefect run logs.
-for _key, _value in {
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "NO_ALBUMENTATIONS_UPDATE": "1",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "lesion_ml",
-    # lesion_ml also logs outside flow runs (tests, the CLI): no warning for those records
-    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
-}.items():
-    os.environ.setdefault(_key, _value)
+prefect_defaults()  # quiet, offline runs; lesion_ml's log records in the Prefect run logs; see there
 
 import logging  # noqa: E402
 

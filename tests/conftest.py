@@ -12,9 +12,11 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lesion-ml-prefect-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)  # each process's own
 for _key, _value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                      "DVC_NO_ANALYTICS": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
-                     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
                      "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}.items():
     os.environ[_key] = _value
+from lesion_ml.app.server import prefect_defaults  # noqa: E402
+
+prefect_defaults()  # as a stage process sets them; the session's Prefect server starts with them too
 
 from pathlib import Path  # noqa: E402
 

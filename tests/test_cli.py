@@ -89,11 +89,11 @@ def test_bench_all_prints_one_table_with_every_part(tmp_path, capsys):
     import json
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "all", "--backbones", "resnet18", "--size", "32", "--rows", "3000", "--steps", "2",
+    assert main(["bench", "all", "--backbones", "resnet18", "--size", "32", "--rows", "1100", "--steps", "2",
                  "--rounds", "1", "--images", "40", "--repo", str(tmp_path), "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert set(r) >= {"tabular", "image_input", "train", "dvc_repro_noop", "cached_pipeline_rerun"}
-    assert r["tabular"]["rows"] == 3000 and r["train"]["resnet18"]["images_per_s"]["bare"] > 0
+    assert r["tabular"]["rows"] == 1100 and r["train"]["resnet18"]["images_per_s"]["bare"] > 0
     assert r["image_input"]["images_per_s"]["decode"] > 0
     assert r["dvc_repro_noop"]["seconds"] is None and "no dvc.lock" in r["dvc_repro_noop"]["note"]
     table = capsys.readouterr().out

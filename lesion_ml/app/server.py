@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from lesion_ml.artefacts import SERVER
@@ -31,6 +32,33 @@ from lesion_ml.errors import ServerError
 
 PROCESSES = ("retrain", "server")  # stopped in this order
 API_FILE = "server.api"  # the running server's API address (written by `start`)
+
+
+# The environment lesion-ml gives Prefect, in every process that runs flows or starts a Prefect server
+# (the stage processes through tasks/__init__.py, `start`, `run_with_api`, the tests), unless the
+# user's own environment sets a key: quiet, offline runs; lesion_ml's log records in the Prefect run
+# logs. And one setting for Prefect's SQLite server: its task-run recorder writes each task-run
+# event in a transaction of its own by default (batch size 1). A flow that creates a run meanwhile
+# (every subflow of flows/pipeline.py does) finds the database locked, gets a 503 and retries 2 s
+# later (CHANGELOG.md: most of a pipeline run with nothing to do). Batched (100 events, or every
+# 5 s: the recorder's flush interval, and at the server's shutdown), such retries are rare, and the
+# UI shows each task run at most 5 s later.
+PREFECT_DEFAULTS = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "lesion_ml",
+    # lesion_ml also logs outside flow runs (tests, the CLI): no warning for those records
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+}
+
+
+def prefect_defaults(env: MutableMapping[str, str] = os.environ) -> MutableMapping[str, str]:
+    """Each of PREFECT_DEFAULTS that `env` does not set yet; returns `env`."""
+    for key, value in PREFECT_DEFAULTS.items():
+        env.setdefault(key, value)
+    return env
 
 
 def _alive(pid: int) -> bool:
@@ -95,8 +123,8 @@ def start(repo: Path, folder: Path = SERVER, host: str = "127.0.0.1", port: int 
     api = f"http://{host}:{port}/api"
     if _get(f"{api}/health") is not None:
         raise ServerError(f"something already answers on {host}:{port}; stop it or pass --port")
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_SERVER_API_HOST=host, PREFECT_SERVER_API_PORT=str(port),
+    env = prefect_defaults(dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1"))
+    env.update(PREFECT_SERVER_API_HOST=host, PREFECT_SERVER_API_PORT=str(port),
                PREFECT_UI_API_URL=api)  # the UI calls this address (its default is port 4200)
     env.pop("PREFECT_API_URL", None)
     prefect = str(Path(sys.executable).with_name("prefect"))
@@ -183,6 +211,7 @@ def run_with_api(command: list[str], folder: Path = SERVER, say=print) -> int:
         env["PREFECT_API_URL"] = api
         return _wait_for(command, env)
     os.environ.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")  # before Prefect reads them
+    prefect_defaults()  # the temporary server's settings too
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
     from prefect.server.api.server import SubprocessASGIServer
 

@@ -15,9 +15,18 @@ from conftest import TINY_PARAMS, copy_build, tiny_params
 pytestmark = pytest.mark.flow
 
 
+# `python -m flows.pipeline` without flow-run heartbeats, as the flows in the test processes run
+# (conftest.prefect_harness): each of its ten stage subflows would wait up to 1 s at its end for
+# the heartbeat thread, and Prefect reads no "off" from the environment
+PIPELINE = ("import runpy\n"
+            "from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings\n"
+            "with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):\n"
+            "    runpy.run_module('flows.pipeline', run_name='__main__', alter_sys=True)\n")
+
+
 def _run(root, api_url: str) -> list[str]:
     env = dict(os.environ, PREFECT_API_URL=api_url, PYTHONPATH=str(root))
-    run = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=root, env=env, capture_output=True,
+    run = subprocess.run([sys.executable, "-c", PIPELINE], cwd=root, env=env, capture_output=True,
                          text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     line = re.search(r"^tasks run: (\d+) \((.*)\)$", run.stdout, re.M)

@@ -16,8 +16,11 @@ import pytest
 from conftest import copy_build, copy_repo, tiny_params
 from conftest import dvc as _dvc
 
+from lesion_ml.artefacts import SERVER
+
 pytestmark = pytest.mark.flow
 
+BATCH = "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE"  # one of lesion_ml/app/server.py PREFECT_DEFAULTS
 MODELS = {"gbdt", "cnn_tiny", "cnn_tiny_fusion", "ensemble_mean", "ensemble_rank", "stack_gbdt_images"}
 
 
@@ -132,7 +135,7 @@ def test_lesion_server_run_stops_its_server_when_it_is_terminated(tmp_path, fres
     import select
     import signal
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API") and k != BATCH}
     env.update(PREFECT_HOME=str(fresh_prefect_home))
     command = [sys.executable, "-c", "import time; print('command started', flush=True); time.sleep(300)"]
     proc = subprocess.Popen([f"{os.path.dirname(sys.executable)}/lesion", "server", "run", "--", *command],
@@ -165,12 +168,15 @@ def test_server_serves_the_retrain_deployment_and_stops_cleanly(reproduced, tmp_
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PREFECT_HOME=str(fresh_prefect_home),
                PREFECT_RUNNER_POLL_FREQUENCY="1")
     env.pop("PREFECT_API_URL", None)
+    env.pop(BATCH)  # the tests' own environment sets it (conftest); `lesion server start` must
     api = f"http://127.0.0.1:{port}/api"
     start = subprocess.run([f"{bin_dir}/lesion", "server", "start", "--port", str(port)], cwd=root, env=env,
                            capture_output=True, text=True, timeout=300)
     try:
         assert start.returncode == 0, start.stdout + start.stderr
         assert f"http://127.0.0.1:{port}" in start.stdout and "retrain/demo" in start.stdout
+        server_pid = (root / SERVER / "server.pid").read_text().strip()
+        assert f"{BATCH}=100".encode() in Path(f"/proc/{server_pid}/environ").read_bytes().split(b"\0")
         run = subprocess.run([f"{bin_dir}/prefect", "deployment", "run", "retrain/demo", "--watch",
                               "--watch-interval", "1", "--watch-timeout", "600"], cwd=root, env=dict(env, PREFECT_API_URL=api),
                              capture_output=True, text=True, timeout=700)
@@ -205,7 +211,7 @@ def test_a_stage_finds_a_prefect_api_by_hand_and_under_make_run(workdir, fresh_p
     import sqlite3
 
     home = fresh_prefect_home
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API") and k != BATCH}
     env.update(PREFECT_HOME=str(home), PYTHONPATH=str(workdir),
                PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     run = subprocess.run([sys.executable, "-m", "flows.ingest"], cwd=workdir, env=env, capture_output=True,
@@ -232,3 +238,9 @@ def test_a_stage_finds_a_prefect_api_by_hand_and_under_make_run(workdir, fresh_p
         runs = db.execute("select flow.name, flow_run.state_type from flow_run join flow on flow.id = "
                           "flow_run.flow_id").fetchall()
     assert sorted(runs) == [("ingest", "COMPLETED"), ("split", "COMPLETED"), ("split", "COMPLETED")]
+    # the task runs too: the server's recorder writes them in batches (lesion_ml/app/server.py PREFECT_DEFAULTS), the
+    # last one as the server stops
+    with sqlite3.connect(home / "prefect.db") as db:
+        done = db.execute("select flow_run_id, count(*) from task_run where state_type = 'COMPLETED' "
+                          "group by flow_run_id").fetchall()
+    assert len(done) == 3, done
