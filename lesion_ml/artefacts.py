@@ -68,6 +68,8 @@ TRAIN_PLOTS = REPORTS / "train_cnn"  # per-epoch metrics, one folder per image m
 TUNE = REPORTS / "tune"  # tune@<study>
 EXTERNAL = REPORTS / "external"  # validate@<set>
 SCALE = REPORTS / "scale.json"  # `lesion bench scale`
+LEARNING_CURVE = REPORTS / "learning_curve.json"  # `lesion bench curve`
+LEARNING_CURVE_PLOT = Path("docs") / "figures" / "learning_curve.png"  # its plot, shown by docs/validation.md
 
 
 def curves(kind: str) -> Path:

@@ -101,9 +101,8 @@ def run_measured(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | Non
             "peak_rss_tree_gib": round(peak[0] / GIB, 2)}  # the whole tree at once
 
 
-def prepare_workdir(repo: Path, workdir: Path, data: Path, overrides: Path) -> dict:
-    """The pipeline in `workdir` (a git repository) with `data` as data/raw/isic2024 and the
-    repository's params.yaml merged with `overrides` (whose train_cnn.models replace the list)."""
+def copy_project(repo: Path, workdir: Path) -> None:
+    """`repo`'s pipeline files (git ls-files but data, models, reports, dvc.lock, tests, docs) in a git repo `workdir`."""
     files = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
     skip = ("tests/", "data/", "models/", "reports/", "dvc.lock", "docs/")
     for rel in files:
@@ -111,16 +110,26 @@ def prepare_workdir(repo: Path, workdir: Path, data: Path, overrides: Path) -> d
             continue
         (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / rel, workdir / rel)
-    link = workdir / cat.ISIC2024_RAW
+    if not (workdir / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+
+
+def link_folder(link: Path, target: Path) -> None:
+    """`link` (replaced if there) pointing at the folder `target`."""
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to(data.resolve(), target_is_directory=True)
+    link.symlink_to(target.resolve(), target_is_directory=True)
+
+
+def prepare_workdir(repo: Path, workdir: Path, data: Path, overrides: Path) -> dict:
+    """The pipeline in `workdir` (a git repository) with `data` as data/raw/isic2024 and the
+    repository's params.yaml merged with `overrides` (whose train_cnn.models replace the list)."""
+    copy_project(repo, workdir)
+    link_folder(workdir / cat.ISIC2024_RAW, data)
     params = merge_params(yaml.safe_load((repo / "params.yaml").read_text()), yaml.safe_load(overrides.read_text()))
     params["data"]["path"] = cat.ISIC2024_RAW.as_posix()
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if not (workdir / ".git").exists():
-        subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
     return params
 
 
@@ -206,7 +215,7 @@ def _metrics(workdir: Path) -> dict[str, Any]:
                        for k, v in m["models"].items()}}
 
 
-def _pipeline_env(workdir: Path) -> dict[str, str]:
+def pipeline_env(workdir: Path) -> dict[str, str]:
     """The environment of the stages and of `lesion predict`: this interpreter's scripts first on
     PATH, no telemetry, the work folder's own Prefect home."""
     bindir = Path(sys.executable).parent
@@ -338,7 +347,7 @@ def bench_scale(data: Path, workdir: Path, repo: Path = Path("."), overrides: Pa
     Raises:
         RuntimeError: a stage failed; its log is named.
     """
-    env = _pipeline_env(workdir)
+    env = pipeline_env(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     params = prepare_workdir(repo.resolve(), workdir, data, overrides)
     result = _new_result(data, overrides)

@@ -87,6 +87,24 @@ def _bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_curve(args: argparse.Namespace) -> int:
+    from lesion_ml.app.bench_curve import format_curve_table, learning_curve, plot_curve
+
+    data, external, recipe = Path(args.data), Path(args.external), Path(args.recipe)
+    if not (data / "labels.csv").is_file():
+        raise ValueError(f"{data}: no labels.csv (--data: a labelled image folder, e.g. ../shared/data/ham10000-2000)")
+    if not external.is_dir():
+        raise ValueError(f"{external}: no such folder (--external: the recipe's validate set)")
+    if not recipe.is_file():
+        raise ValueError(f"{recipe}: no such recipe (--recipe)")
+    result = learning_curve(data, external, recipe, sorted(args.sizes), Path(args.workdir), Path(args.repo),
+                            args.seed, args.group or None, Path(args.json))
+    plot_curve(result, Path(args.plot))
+    print(format_curve_table(result))
+    print(f"wrote {args.json} and {args.plot}")
+    return 0
+
+
 def _bench_tune(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -154,6 +172,25 @@ def _add_scale(bench_sub: argparse._SubParsersAction) -> None:
     sc.set_defaults(func=_bench_scale)
 
 
+def _add_curve(bench_sub: argparse._SubParsersAction) -> None:
+    """`lesion bench curve`: a recipe's learning curve on nested subsets of a labelled folder."""
+    cu = bench_sub.add_parser("curve", help="a real-data recipe on nested subsets (e.g. 400, 1,000, 2,000 "
+                              "images): out-of-fold and external ROC-AUC, as `make run` runs it")
+    cu.add_argument("--data", required=True, help="labelled image folder with labels.csv (e.g. ../shared/data/ham10000-2000)")
+    cu.add_argument("--external", required=True, help="the folder of the recipe's one validate set "
+                    "(e.g. ../shared/data/isic-uda1-555); never trained on")
+    cu.add_argument("--recipe", default="examples/ham10000-2000.yaml", help="override file merged into params.yaml")
+    cu.add_argument("--sizes", type=int, nargs="+", default=[400, 1000, 2000], help="subset sizes in images")
+    cu.add_argument("--seed", type=int, default=0, help="the subsets' order (default 0)")
+    cu.add_argument("--group", default="lesion_id", help="labels column keeping a lesion's images together "
+                    "('' for none; default lesion_id)")
+    cu.add_argument("--workdir", required=True, help="folder for the subsets and one run per size (kept)")
+    cu.add_argument("--repo", default=".", help="the lesion-ml repository whose pipeline runs (default .)")
+    cu.add_argument("--json", default=str(cat.LEARNING_CURVE), help=f"figures (default {cat.LEARNING_CURVE})")
+    cu.add_argument("--plot", default=str(cat.LEARNING_CURVE_PLOT), help=f"the plot (default {cat.LEARNING_CURVE_PLOT})")
+    cu.set_defaults(func=_bench_curve)
+
+
 def _add_train(bench_sub: argparse._SubParsersAction) -> None:
     """`lesion bench train`: image-model train-step and inference rates."""
     tr = bench_sub.add_parser("train", help="image-model train-step rate: bare vs through our loader, plus inference")
@@ -208,6 +245,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     _add_tabular(bench_sub)
     _add_tune(bench_sub)
     _add_scale(bench_sub)
+    _add_curve(bench_sub)
     _add_train(bench_sub)
     _add_loader(bench_sub)
     _add_all(bench_sub)

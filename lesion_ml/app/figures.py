@@ -12,6 +12,7 @@ entry of the timings file).
 | timings | the timings file: a fresh clone's `make run` and `make test`, and the test count (`scripts/timings.py`) |
 | scale, scale-48px | `lesion bench scale` at ISIC 2024 size (32 px and 48 px image models) |
 | gpu-check | `scripts/gpu_check.sh --json` |
+| learning-curve | `lesion bench curve`: a real-data recipe on nested subsets (its plot: docs/figures) |
 """
 from __future__ import annotations
 
@@ -136,6 +137,20 @@ def gpu_check(root: Path) -> str:
     if f.get("loader_table"):
         lines += ["", "Input path profile (`lesion bench loader` on the same tiles):", "", "```", f["loader_table"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def learning_curve(root: Path) -> str:
+    """`lesion bench curve`'s table and plot, with the recipe, the machine and the date."""
+    from lesion_ml.app.bench_curve import format_curve_table
+
+    r = _report(root, artefacts.LEARNING_CURVE)
+    return (format_curve_table(r) + "\n\n"
+            f"![learning curve]({artefacts.LEARNING_CURVE_PLOT.relative_to('docs').as_posix()})\n\n"
+            f"`{r['recipe']}` on nested subsets of `{r['data']}` (seed {r['seed']}, lesions kept whole by "
+            f"`{r['group']}`), each run as `make run` runs it, judged on `{r['external']}`; the exported model "
+            f"(`{r['sizes'][-1]['model']}`), its sensitivity and specificity at its threshold. Measured on "
+            f"{r['machine']['cpus']} CPU cores, {r['date']}, by `lesion bench curve` "
+            f"(`{artefacts.LEARNING_CURVE.as_posix()}`).\n")
 
 
 REGIONS: dict[str, Callable[[Path], str]] = {
