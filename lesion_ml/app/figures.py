@@ -159,6 +159,7 @@ REGIONS: dict[str, Callable[[Path], str]] = {
     "scale": lambda root: scale_table(root, artefacts.SCALE),
     "scale-48px": lambda root: scale_table(root, SCALE_48PX),
     "gpu-check": gpu_check,
+    "learning-curve": learning_curve,
 }
 
 
