@@ -70,6 +70,8 @@ EXTERNAL = REPORTS / "external"  # validate@<set>
 SCALE = REPORTS / "scale.json"  # `lesion bench scale`
 LEARNING_CURVE = REPORTS / "learning_curve.json"  # `lesion bench curve`
 LEARNING_CURVE_PLOT = Path("docs") / "figures" / "learning_curve.png"  # its plot, shown by docs/validation.md
+LEAVE_ONE_SITE_OUT = REPORTS / "leave_one_site_out.json"  # `lesion bench sites`
+RECIPE_400 = REPORTS / "recipe_ham10000-400.json"  # `lesion bench curve` of examples/ham10000-400.yaml, all 400 images
 
 
 def curves(kind: str) -> Path:

@@ -17,7 +17,7 @@ log = logging.getLogger("lesion_ml.model.card")
 @cached_task(outputs=('out', 'checkpoints'))
 def export_final(*, cfg: FinalSections, metrics: Path, detail: Path, scores: Path, lesions: Path, clean: Path,
                  images: Path, minority_index: Path, minority_images: Path, out: Path,
-                 checkpoints: dict[str, Path]) -> dict:
+                 checkpoints: dict[str, Path], fold_weights: dict[str, list[Path]] | None = None) -> dict:
     """Retrain the model that params.yaml final.model names on all rows; write the bundle `out`.
     The minority set is read only when an image model uses it; `checkpoints` holds each image
     model's resumable retraining state, by train_cnn.models key."""
@@ -26,7 +26,7 @@ def export_final(*, cfg: FinalSections, metrics: Path, detail: Path, scores: Pat
                           scores=pd.read_parquet(scores).set_index("image_id"), table=pd.read_parquet(lesions),
                           feats=pd.read_parquet(clean), images=json.loads(images.read_text()),
                           minority_index=pd.read_parquet(minority_index) if uses_minority else None,
-                          minority_images=minority_images, checkpoints=checkpoints)
+                          minority_images=minority_images, checkpoints=checkpoints, fold_weights=fold_weights)
     write_bundle(out, manifest=bundle.manifest, files=bundle.files, card=bundle.card)
     m = bundle.manifest
     log.info("final model %s written to %s", m["model"], out)

@@ -88,12 +88,15 @@ def test_metrics_prints_one_row_per_model_best_first(tmp_path, capsys):
 def test_bench_all_prints_one_table_with_every_part(tmp_path, capsys):
     import json
 
-    out = tmp_path / "bench.json"
+    out, params = tmp_path / "bench.json", tmp_path / "params.yaml"
+    params.write_text("prepare: {select: {k: 6}}\ntrain_gbdt: {n_estimators: 20, seeds: [42]}\n")  # the tabular part's
     assert main(["bench", "all", "--backbones", "resnet18", "--size", "32", "--rows", "1100", "--steps", "2",
-                 "--rounds", "1", "--images", "40", "--repo", str(tmp_path), "--json", str(out)]) == 0
+                 "--rounds", "1", "--images", "40", "--repo", str(tmp_path), "--params", str(params),
+                 "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert set(r) >= {"tabular", "image_input", "train", "dvc_repro_noop", "cached_pipeline_rerun"}
     assert r["tabular"]["rows"] == 1100 and r["train"]["resnet18"]["images_per_s"]["bare"] > 0
+    assert r["tabular"]["n_selected"] == 6  # the --params file's prepare.select.k
     assert r["image_input"]["images_per_s"]["decode"] > 0
     assert r["dvc_repro_noop"]["seconds"] is None and "no dvc.lock" in r["dvc_repro_noop"]["note"]
     table = capsys.readouterr().out

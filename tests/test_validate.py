@@ -230,7 +230,7 @@ def test_bad_input_is_named_and_nothing_is_written(tmp_path, external, capsys):
     man = json.loads((model / "manifest.json").read_text())
     (model / "manifest.json").write_text(json.dumps({**man, "format": "lesion-ml-model/0"}))
     assert main(base + ["--labels", str(ext / "labels.csv")]) == 2
-    assert "format 'lesion-ml-model/0', expected 'lesion-ml-model/2'" in capsys.readouterr().err
+    assert "format 'lesion-ml-model/0', expected 'lesion-ml-model/3'" in capsys.readouterr().err
     assert not out.exists()
 
 

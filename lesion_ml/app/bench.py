@@ -148,10 +148,11 @@ def _noop_dvc_repro(repo: Path) -> dict[str, Any]:
 
 def bench_all(backbones: tuple[str, ...] = BENCH_BACKBONES, size: int = 128, tabular_rows: int = 401_059, *,
               repo: Path = Path("."), steps: int = 6, rounds: int = 3, batch_size: int = 16,
-              n_images: int = 400) -> dict[str, Any]:
-    """Every benchmark once, in one process, for one table (see `format_all_table`)."""
+              n_images: int = 400, tabular: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every benchmark once, in one process, for one table (see `format_all_table`); `tabular`:
+    `bench_tabular`'s prepare, gbdt and split configs (defaults when absent)."""
     start = time.perf_counter()
-    out: dict[str, Any] = {"tabular": bench_tabular(n_rows=tabular_rows)}
+    out: dict[str, Any] = {"tabular": bench_tabular(n_rows=tabular_rows, **(tabular or {}))}
     out["image_input"] = bench_images(size, n_images)
     out["train"] = {b: bench_train(b, size, batch_size, steps, rounds) for b in backbones}
     out["dvc_repro_noop"] = _noop_dvc_repro(repo)

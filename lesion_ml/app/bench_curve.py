@@ -81,7 +81,9 @@ def _figures(workdir: Path, external: str) -> dict[str, Any]:
     manifest = json.loads((workdir / cat.FINAL / "manifest.json").read_text())
     m = metrics["models"][manifest["model"]]
     ext = json.loads((workdir / cat.REPORTS / "external" / f"{external}.json").read_text())
+    weights = [spec["weights"] for spec in manifest.get("cnn", {}).values()]
     return {"model": manifest["model"],
+            "image_models": "fold_average" if any(isinstance(w, list) for w in weights) else "retrain",
             "oof": {"roc_auc": m["roc_auc"], "roc_auc_ci95": m["ci95"]["roc_auc"], "sensitivity": m["recall"],
                     "specificity": m["specificity"], "n": m["n"], "n_positive": m["n_positive"]},
             "external": {"roc_auc": ext["roc_auc"], "roc_auc_ci95": ext["roc_auc_ci95"],
@@ -89,8 +91,10 @@ def _figures(workdir: Path, external: str) -> dict[str, Any]:
                          "n": ext["n_images"], "n_positive": ext["n_malignant"]}}
 
 
-def run_size(repo: Path, workdir: Path, subset: Path, external: Path, recipe: dict, env: dict[str, str]) -> float:
-    """The recipe on `subset` in `workdir` (`lesion server run -- dvc repro`); its seconds.
+def run_size(repo: Path, workdir: Path, subset: Path, external: Path | None, recipe: dict, env: dict[str, str],
+             stages: tuple[str, ...] = ()) -> float:
+    """The recipe on `subset` in `workdir` (`lesion server run -- dvc repro [stages]`); its seconds.
+    Without `external` the recipe's validate sets are dropped (no external set is scored).
 
     Raises:
         RuntimeError: the run failed; its log is named.
@@ -99,17 +103,18 @@ def run_size(repo: Path, workdir: Path, subset: Path, external: Path, recipe: di
 
     copy_project(repo, workdir)
     params = merge_params(yaml.safe_load((repo / "params.yaml").read_text()), recipe)
-    data_path = Path(params["data"]["path"])
-    link_folder(workdir / data_path, subset)
-    for name, cfg in params["validate"]["sets"].items():
+    link_folder(workdir / Path(params["data"]["path"]), subset)
+    if external is None:
+        params["validate"]["sets"] = {}
+    for cfg in params["validate"]["sets"].values():
         link_folder(workdir / Path(cfg["images"]).parent, external)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = workdir / "logs" / "run.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.run([sys.executable, "-m", "lesion_ml.app.cli", "server", "run", "--", "dvc", "repro"],
-                              cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run([sys.executable, "-m", "lesion_ml.app.cli", "server", "run", "--", "dvc", "repro",
+                               *stages], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     if code:
         raise RuntimeError(f"the run on {subset} failed (exit {code}); see {log}")
     return time.perf_counter() - start

@@ -26,14 +26,20 @@ def _report(result: dict, table: str, json_path: str | None) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from lesion_ml.app.bench import bench_tabular, format_table
+def _tabular_params(path: str) -> dict:
+    """The tabular benchmark's configs from a params.yaml (its prepare, train_gbdt and split
+    sections), or {} for the defaults when the file is absent."""
     from lesion_ml.config import load_params
 
-    params = load_params(args.params) if Path(args.params).is_file() else None
-    kw = {"prepare": params.prepare, "gbdt": params.train_gbdt, "split": params.split} if params else {}
+    params = load_params(path) if Path(path).is_file() else None
+    return {"prepare": params.prepare, "gbdt": params.train_gbdt, "split": params.split} if params else {}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from lesion_ml.app.bench import bench_tabular, format_table
+
     result = bench_tabular(n_rows=args.rows, n_patients=args.patients, malignant=args.malignant,
-                           seed=args.seed, **kw)
+                           seed=args.seed, **_tabular_params(args.params))
     return _report(result, format_table(result), args.json)
 
 
@@ -62,7 +68,7 @@ def _bench_all(args: argparse.Namespace) -> int:
     from lesion_ml.io import write_json
 
     result = bench_all(tuple(args.backbones), args.size, args.rows, repo=Path(args.repo), steps=args.steps,
-                       rounds=args.rounds, n_images=args.images)
+                       rounds=args.rounds, n_images=args.images, tabular=_tabular_params(args.params))
     print(format_all_table(result))
     if args.json:
         write_json(result, args.json)
@@ -99,9 +105,25 @@ def _bench_curve(args: argparse.Namespace) -> int:
         raise ValueError(f"{recipe}: no such recipe (--recipe)")
     result = learning_curve(data, external, recipe, sorted(args.sizes), Path(args.workdir), Path(args.repo),
                             args.seed, args.group or None, Path(args.json))
-    plot_curve(result, Path(args.plot))
+    if args.plot:
+        plot_curve(result, Path(args.plot))
     print(format_curve_table(result))
-    print(f"wrote {args.json} and {args.plot}")
+    print(f"wrote {args.json}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
+
+
+def _bench_sites(args: argparse.Namespace) -> int:
+    from lesion_ml.app.bench_sites import format_sites_table, leave_one_site_out, table_models
+
+    data, recipe = Path(args.data), Path(args.recipe)
+    if not (data / "labels.csv").is_file():
+        raise ValueError(f"{data}: no labels.csv (--data: a labelled image folder, e.g. ../shared/data/ham10000-2000)")
+    if not recipe.is_file():
+        raise ValueError(f"{recipe}: no such recipe (--recipe)")
+    result = leave_one_site_out(data, recipe, Path(args.workdir), args.site, args.group or None, Path(args.repo),
+                                Path(args.json))
+    print(format_sites_table(result, table_models(result)))
+    print(f"wrote {args.json} ({result['seconds'] / 60:.1f} min)")
     return 0
 
 
@@ -187,8 +209,23 @@ def _add_curve(bench_sub: argparse._SubParsersAction) -> None:
     cu.add_argument("--workdir", required=True, help="folder for the subsets and one run per size (kept)")
     cu.add_argument("--repo", default=".", help="the lesion-ml repository whose pipeline runs (default .)")
     cu.add_argument("--json", default=str(cat.LEARNING_CURVE), help=f"figures (default {cat.LEARNING_CURVE})")
-    cu.add_argument("--plot", default=str(cat.LEARNING_CURVE_PLOT), help=f"the plot (default {cat.LEARNING_CURVE_PLOT})")
+    cu.add_argument("--plot", default=str(cat.LEARNING_CURVE_PLOT), help=f"the plot (default {cat.LEARNING_CURVE_PLOT}; '' for none)")
     cu.set_defaults(func=_bench_curve)
+
+
+def _add_sites(bench_sub: argparse._SubParsersAction) -> None:
+    """`lesion bench sites`: a recipe left one site out."""
+    si = bench_sub.add_parser("sites", help="a real-data recipe with one fold per contributing site (leave one "
+                              "site out): per-site and pooled out-of-fold ROC-AUC, without the external set")
+    si.add_argument("--data", required=True, help="labelled image folder with labels.csv (e.g. ../shared/data/ham10000-2000)")
+    si.add_argument("--recipe", default="examples/ham10000-2000.yaml", help="override file merged into params.yaml")
+    si.add_argument("--site", default="ham_dataset", help="labels column naming each image's site (default ham_dataset)")
+    si.add_argument("--group", default="lesion_id", help="labels column the intervals resample ('' for images; "
+                    "default lesion_id)")
+    si.add_argument("--workdir", required=True, help="folder for the run (kept)")
+    si.add_argument("--repo", default=".", help="the lesion-ml repository whose pipeline runs (default .)")
+    si.add_argument("--json", default=str(cat.LEAVE_ONE_SITE_OUT), help=f"figures (default {cat.LEAVE_ONE_SITE_OUT})")
+    si.set_defaults(func=_bench_sites)
 
 
 def _add_train(bench_sub: argparse._SubParsersAction) -> None:
@@ -231,6 +268,8 @@ def _add_all(bench_sub: argparse._SubParsersAction) -> None:
     al.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     al.add_argument("--rows", type=int, default=401_059, help="rows of the tabular benchmark")
     al.add_argument("--repo", default=".", help="repository whose no-op `dvc repro` is timed")
+    al.add_argument("--params", default="params.yaml", help="params.yaml whose prepare/train_gbdt/split sections "
+                    "the tabular part uses (defaults if absent)")
     al.add_argument("--steps", type=int, default=6, help="timed training steps per round of each backbone (default 6)")
     al.add_argument("--rounds", type=int, default=3, help="rounds of the training benchmark (default 3)")
     al.add_argument("--images", type=int, default=400, help="demo tiles of the image input benchmark (default 400)")
@@ -246,6 +285,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     _add_tune(bench_sub)
     _add_scale(bench_sub)
     _add_curve(bench_sub)
+    _add_sites(bench_sub)
     _add_train(bench_sub)
     _add_loader(bench_sub)
     _add_all(bench_sub)

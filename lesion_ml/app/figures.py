@@ -139,6 +139,9 @@ def gpu_check(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+EXPORTED = {"retrain": "retrained on every image", "fold_average": "mean of the fold models"}
+
+
 def learning_curve(root: Path) -> str:
     """`lesion bench curve`'s table and plot, with the recipe, the machine and the date."""
     from lesion_ml.app.bench_curve import format_curve_table
@@ -148,9 +151,50 @@ def learning_curve(root: Path) -> str:
             f"![learning curve]({artefacts.LEARNING_CURVE_PLOT.relative_to('docs').as_posix()})\n\n"
             f"`{r['recipe']}` on nested subsets of `{r['data']}` (seed {r['seed']}, lesions kept whole by "
             f"`{r['group']}`), each run as `make run` runs it, judged on `{r['external']}`; the exported model "
-            f"(`{r['sizes'][-1]['model']}`), its sensitivity and specificity at its threshold. Measured on "
+            f"(`{r['sizes'][-1]['model']}`, {EXPORTED.get(r['sizes'][-1].get('image_models'), 'retrained')}), its "
+            "sensitivity and specificity at its threshold. Measured on "
             f"{r['machine']['cpus']} CPU cores, {r['date']}, by `lesion bench curve` "
             f"(`{artefacts.LEARNING_CURVE.as_posix()}`).\n")
+
+
+def leave_one_site_out(root: Path) -> str:
+    """`lesion bench sites`'s table (the exported model and the metadata model), beside the recipe's
+    out-of-fold figure on lesion-grouped folds from the learning curve's largest run."""
+    from lesion_ml.app.bench_sites import format_sites_table, table_models
+
+    r = _report(root, artefacts.LEAVE_ONE_SITE_OUT)
+    full = _report(root, artefacts.LEARNING_CURVE)["sizes"][-1]
+    o = full["oof"]
+    return (format_sites_table(r, table_models(r)) + "\n\n"
+            f"`{r['recipe']}` on `{r['data']}` with one fold per `{r['site_column']}` value: each site scored by "
+            f"models trained on the others, sensitivity and specificity at the run's out-of-fold threshold "
+            f"(intervals resample `{r['group']}`). The same recipe on {full['images']:,} images with folds "
+            f"grouped by lesion (`{artefacts.LEARNING_CURVE.as_posix()}`): `{full['model']}` out-of-fold "
+            f"ROC-AUC {o['roc_auc']:.3f} [{o['roc_auc_ci95'][0]:.3f}, {o['roc_auc_ci95'][1]:.3f}]. Measured on "
+            f"{r['machine']['cpus']} CPU cores, {r['date']}, by `lesion bench sites` "
+            f"(`{artefacts.LEAVE_ONE_SITE_OUT.as_posix()}`).\n")
+
+
+def real_data(root: Path) -> str:
+    """The two HAM10000 examples, each on all of its images as `make run` runs it: out of fold and on
+    the external set, with the run's wall time."""
+    rows = [("examples/ham10000-400.yaml", _report(root, artefacts.RECIPE_400), artefacts.RECIPE_400),
+            ("examples/ham10000-2000.yaml", _report(root, artefacts.LEARNING_CURVE), artefacts.LEARNING_CURVE)]
+    ext = rows[0][1]["external"]
+    lines = ["| `make run PARAMS=...` | images (malignant) | out-of-fold ROC-AUC [95 % CI] | "
+             f"{ext} ROC-AUC [95 % CI] | {ext} sens. / spec. | exported image model | minutes (2 CPU cores) | "
+             "measured |", "|---|---|---|---|---|---|---|---|"]
+    for recipe, r, rel in rows:
+        s = r["sizes"][-1]
+        o, e = s["oof"], s["external"]
+        lines.append(f"| `{recipe}` | {s['images']:,} ({s['malignant']:,}) | {o['roc_auc']:.3f} "
+                     f"[{o['roc_auc_ci95'][0]:.3f}, {o['roc_auc_ci95'][1]:.3f}] | {e['roc_auc']:.3f} "
+                     f"[{e['roc_auc_ci95'][0]:.3f}, {e['roc_auc_ci95'][1]:.3f}] | {e['sensitivity']:.2f} / "
+                     f"{e['specificity']:.2f} | {EXPORTED.get(s.get('image_models'), 'retrained')} | "
+                     f"{s['seconds'] / 60:.1f} | {r['date']}, `{rel.as_posix()}` |")
+    return "\n".join(lines) + ("\n\nEach run by `lesion bench curve` as `make run` runs it (`dvc repro`, the "
+                               "validate stage included); the exported model's sensitivity and specificity at its "
+                               "threshold.\n")
 
 
 REGIONS: dict[str, Callable[[Path], str]] = {
@@ -160,6 +204,8 @@ REGIONS: dict[str, Callable[[Path], str]] = {
     "scale-48px": lambda root: scale_table(root, SCALE_48PX),
     "gpu-check": gpu_check,
     "learning-curve": learning_curve,
+    "leave-one-site-out": leave_one_site_out,
+    "real-data": real_data,
 }
 
 

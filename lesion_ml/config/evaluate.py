@@ -30,12 +30,17 @@ class EvaluateConfig(Section):
 
 
 class FinalConfig(Section):
-    """The model exported to models/final (stage `final`): retrained on every labelled row."""
+    """The model exported to models/final (stage `final`): retrained on every labelled row, or its image
+    models the mean of their fold models (`image_models`)."""
 
     model: str = Field("best", description="best (evaluate's best_model) or a model name of reports/metrics.json")
     fallback: str | None = Field(None, description="an image-only model of train_cnn.models also exported, used "
                                  "by `lesion predict` for images without metadata; null: metadata is required")
     seed_offset: int = Field(1000, ge=0, description="the final CNNs train with seed + this (the folds used seed + k)")
+    image_models: Literal["retrain", "fold_average"] = Field(
+        "retrain", description="retrain: each exported image model trained again on every labelled row; "
+        "fold_average: the mean logit of its cross-validation fold models, nothing trained again (the out-of-fold "
+        "threshold is then that of the exported models; image-only models)")
 
 
 class RetrainConfig(Section):

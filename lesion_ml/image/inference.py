@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lesion_ml.image.net import LesionNet
+from lesion_ml.image.net import FoldAverage, LesionNet
 
 __all__ = ["MAX_STREAMS", "cpu_streams", "dihedral", "forward_logits", "forward_prob", "on_streams", "predict",
            "select_device", "to_device", "use_threads"]
@@ -40,7 +40,7 @@ def forward_logits(model: nn.Module, batch: dict, device: torch.device) -> torch
     meta = batch.get("meta")
     meta = None if meta is None else meta.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(x, meta) if isinstance(model, LesionNet) else model(x)
+        out = model(x, meta) if isinstance(model, (LesionNet, FoldAverage)) else model(x)
     return out.squeeze(1).float()
 
 

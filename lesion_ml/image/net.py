@@ -82,3 +82,19 @@ class LesionNet(nn.Module):
             p.requires_grad_(not frozen)
         if frozen:
             self.backbone.eval()
+
+
+class FoldAverage(nn.Module):
+    """The mean logit of several image-only LesionNets of one architecture: the cross-validation
+    fold models exported as one model (params.yaml `final.image_models: fold_average`)."""
+
+    def __init__(self, members: list[LesionNet]):
+        super().__init__()
+        if not members or any(m.n_meta for m in members):
+            raise ValueError("a fold average needs at least one image-only model")
+        self.members = nn.ModuleList(members)
+        self.n_meta = 0
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """The members' mean malignancy logit (N, 1)."""
+        return torch.stack([m(image) for m in self.members]).mean(0)

@@ -123,6 +123,33 @@ def combination(p: FinalSections, ref: ModelRef, scores: pd.DataFrame, y: np.nda
     return spec
 
 
+def _fold_averages(p: FinalSections, keys: list[str], fold_weights: Mapping[str, list[Path]], files: dict,
+                   manifest: dict) -> None:
+    """Each image model of `keys` exported as the mean logit of its fold models (their weight files
+    copied into the bundle), nothing trained.
+
+    Raises:
+        ConfigError: a fusion model (each fold's model reads that fold's selected features), or no
+            fold weights for a model.
+    """
+    for key in keys:
+        cfg = p.train_cnn.models[key]
+        if cfg.fusion.enabled:
+            raise ConfigError(f"params.yaml final.image_models: fold_average cannot export train_cnn.models.{key}: "
+                              "it uses metadata (fusion.enabled), and each fold's model reads the features selected "
+                              "in its own fold; set final.image_models: retrain, or export an image-only model")
+        paths = list(fold_weights.get(key, []))
+        if not paths:
+            raise ConfigError(f"params.yaml final.image_models: fold_average: no fold weights of "
+                              f"train_cnn.models.{key}; run its train_cnn stage first (dvc repro)")
+        name = cnn_ref(key, cfg).name
+        names = [f"{name}_fold{k}.safetensors" for k in range(len(paths))]
+        files.update({n: Path(path).read_bytes() for n, path in zip(names, paths)})
+        manifest["cnn"][name] = {"weights": names, "config": to_plain(cfg), "n_meta": 0,
+                                 "members": "the mean logit of the cross-validation fold models"}
+        log.info("final %s: the mean of its %d fold models (final.image_models: fold_average)", key, len(paths))
+
+
 def operating_point(ref: ModelRef, cfg: EvaluateConfig, m: dict, oof: pd.DataFrame) -> dict:
     """The exported calibration and threshold of `ref`: the calibrator fitted on every out-of-fold
     row (rows in evaluate's order: `oof` is its score table), and the threshold evaluate chose on
@@ -134,8 +161,10 @@ def operating_point(ref: ModelRef, cfg: EvaluateConfig, m: dict, oof: pd.DataFra
 
 def build_bundle(p: FinalSections, *, metrics: dict, detail: dict, scores: pd.DataFrame, table: pd.DataFrame,
                  feats: pd.DataFrame, images: dict, minority_index: pd.DataFrame | None = None,
-                 minority_images: Path | None = None, checkpoints: Mapping[str, Path] | None = None) -> Bundle:
-    """Retrain the chosen model (`choose_model`) and its image-only fallback on every row.
+                 minority_images: Path | None = None, checkpoints: Mapping[str, Path] | None = None,
+                 fold_weights: Mapping[str, list[Path]] | None = None) -> Bundle:
+    """Retrain the chosen model (`choose_model`) and its image-only fallback on every row (with
+    `final.image_models: fold_average`, its image models are the mean of their fold models instead).
 
     Args:
         metrics, detail: reports/metrics.json and reports/evaluation.json.
@@ -145,6 +174,8 @@ def build_bundle(p: FinalSections, *, metrics: dict, detail: dict, scores: pd.Da
         images: the image store's manifest; minority_index, minority_images: the minority set
             (for image models that use it).
         checkpoints: the resumable checkpoint of each retrained image model, by train_cnn.models key.
+        fold_weights: each image model's fold weights (safetensors), fold 0 first, by train_cnn.models
+            key; read with `final.image_models: fold_average`.
     """
     ref, fb = choose_model(p, metrics), fallback_model(p)
     oof = scores
@@ -159,7 +190,10 @@ def build_bundle(p: FinalSections, *, metrics: dict, detail: dict, scores: pd.Da
     manifest["combiner"] = combination(p, ref, scores, y, X, files)
     cnn_table = table[["image_id", "target", "patient_id"]].reset_index(drop=True)
     meta = fold_meta(X.assign(image_id=ids.to_numpy()), cnn_table["image_id"]) if X is not None else None
-    for key in sorted(set(ref.cnns) | (set(fb.cnns) if fb else set())):
+    keys = sorted(set(ref.cnns) | (set(fb.cnns) if fb else set()))
+    if p.final.image_models == "fold_average":
+        _fold_averages(p, keys, fold_weights or {}, files, manifest)
+    for key in keys if p.final.image_models == "retrain" else []:
         cfg = p.train_cnn.models[key]
         weights, n_meta = retrain_cnn(cfg, p.train_cnn, cnn_table, seed=cfg.seed + p.final.seed_offset,
                                       label=f"final {key}", meta=meta if cfg.fusion.enabled else None,

@@ -8,7 +8,9 @@ Layout of a bundle folder (written by `write_bundle`, read by `FinalModel.load`)
     preprocess.json      the metadata preprocessor (lesion_ml.tabular.export), when metadata is used
     gbdt_seed<s>.txt     LightGBM text models (the metadata model), one per seed
     stack_seed<s>.txt    LightGBM text models of the stack (metadata + image scores)
-    cnn_<name>.safetensors  image-model weights (safetensors: tensors only)
+    cnn_<name>.safetensors  image-model weights (safetensors: tensors only); with
+                         final.image_models: fold_average, cnn_<name>_fold<k>.safetensors, one per
+                         fold model, whose mean logit is the image model's
     MODEL_CARD.md        data, metrics with intervals, subgroups, intended use, limitations
 
 Nothing in it is a pickle: JSON, LightGBM's own text format and safetensors.
@@ -28,12 +30,13 @@ import torch
 from lesion_ml.config import CnnModelConfig
 from lesion_ml.errors import DataError
 from lesion_ml.evaluate.combine import Calibrator, StackEnsemble, combiner_from_json
-from lesion_ml.image.net import LesionNet
+from lesion_ml.image.net import FoldAverage, LesionNet
 from lesion_ml.io import json_ready, load_weights, atomic_folder
 
 log = logging.getLogger(__name__)
 
-FORMAT = "lesion-ml-model/2"  # 2: safetensors weights, combiners and calibration as estimator JSON
+FORMAT = "lesion-ml-model/3"  # 2: safetensors weights, combiners and calibration as estimator JSON; 3: an
+READABLE = ("lesion-ml-model/2", FORMAT)  # image model's weights may be a list (the mean of its fold models)
 
 
 def inside(folder: Path, name: object, key: str) -> Path:
@@ -60,12 +63,26 @@ def inside(folder: Path, name: object, key: str) -> Path:
     return Path(folder) / rel
 
 
+def _load_net(path: Path, cfg: CnnModelConfig, n_meta: int, file: str, name: str) -> LesionNet:
+    """One image network of the bundle `path` from its safetensors file (a DataError naming the
+    file when it is not one)."""
+    net = LesionNet(cfg.backbone, "false", n_meta, cfg.fusion.hidden, cfg.fusion.dropout)
+    weights = inside(path, file, f"cnn.{name}.weights")
+    try:
+        state = load_weights(weights)
+    except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: say which
+        raise DataError(f"{weights}: cannot load the weights (not a safetensors file of tensors: {err}); "
+                        "re-export the model with this version of lesion-ml") from None
+    net.load_state_dict(state)
+    return net
+
+
 @dataclass
 class CnnComponent:
     name: str
     config: CnnModelConfig
     n_meta: int
-    net: LesionNet
+    net: LesionNet | FoldAverage  # FoldAverage: the mean of the fold models (final.image_models: fold_average)
 
 
 @dataclass
@@ -109,7 +126,7 @@ class FinalModel:
             manifest = json.loads(man_file.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"{man_file}: not valid JSON ({err})") from None
-        if manifest.get("format") != FORMAT:
+        if manifest.get("format") not in READABLE:
             raise DataError(f"{man_file}: format {manifest.get('format')!r}, expected {FORMAT!r}; re-export the "
                             "model with this version of lesion-ml")
         model = cls(path, manifest)
@@ -130,14 +147,9 @@ class FinalModel:
                 raise DataError(f"{man_file}: combiner is not one lesion-ml writes ({err!r})") from None
         for name, spec in manifest.get("cnn", {}).items():
             cfg = CnnModelConfig.model_validate(spec["config"])
-            net = LesionNet(cfg.backbone, "false", spec["n_meta"], cfg.fusion.hidden, cfg.fusion.dropout)
-            weights = inside(path, spec["weights"], f"cnn.{name}.weights")
-            try:
-                state = load_weights(weights)
-            except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: say which
-                raise DataError(f"{weights}: cannot load the weights (not a safetensors file of tensors: {err}); "
-                                "re-export the model with this version of lesion-ml") from None
-            net.load_state_dict(state)
+            files = spec["weights"] if isinstance(spec["weights"], list) else [spec["weights"]]
+            nets = [_load_net(path, cfg, spec["n_meta"], f, name) for f in files]
+            net = FoldAverage(nets) if isinstance(spec["weights"], list) else nets[0]
             # channels-last, as in training: `forward_logits` feeds NHWC batches
             net = net.to(torch.device(device)).to(memory_format=torch.channels_last).eval()
             model.cnns[name] = CnnComponent(name, cfg, spec["n_meta"], net)

@@ -49,7 +49,8 @@ def _what_it_is(manifest: dict[str, Any]) -> list[str]:
              "## What it is", "",
              f"- Task: probability that a skin lesion is malignant, from {manifest['inputs']}.",
              f"- Recipe: `{manifest['model']}` ({manifest['combine']} of {', '.join(manifest['components'])}), "
-             "retrained on every labelled row after the out-of-fold comparison chose it "
+             + ("its image models the mean of their fold models" if _fold_averaged(manifest) else
+                "retrained on every labelled row") + " after the out-of-fold comparison chose it "
              f"(params.yaml evaluate.select_metric: {manifest['select_metric']}).",
              f"- Decision: malignant when the probability is at least **{manifest['threshold']:.6g}** "
              f"({manifest['threshold_rule']}, chosen on the out-of-fold scores).",
@@ -82,13 +83,20 @@ def _selection_lines(sel: dict[str, Any], name: str) -> list[str]:
     return lines
 
 
+def _fold_averaged(manifest: dict[str, Any]) -> bool:
+    return any(isinstance(spec["weights"], list) for spec in manifest.get("cnn", {}).values())
+
+
 def _image_model_line(name: str, spec: dict[str, Any]) -> str:
     """One image model of the bundle: backbone, input size, epochs and whether it fuses metadata."""
     cfg = spec["config"]
     constancy = ", Shades of Grey colour constancy" if cfg.get("colour_constancy", "none") != "none" else ""
+    members = (f"; the mean logit of its {len(spec['weights'])} cross-validation fold models, not retrained "
+               "(final.image_models: fold_average), so the out-of-fold figures and threshold are those of the "
+               "exported networks" if isinstance(spec["weights"], list) else "")
     return (f"- Image model `{name}`: {cfg['backbone']} at {cfg['image_size']} px ({cfg['resize']}{constancy}), "
             f"{cfg['epochs']} epochs, " + (f"fusion with {spec['n_meta']} metadata features"
-                                            if spec["n_meta"] else "image only") + ".")
+                                            if spec["n_meta"] else "image only") + members + ".")
 
 
 def _training_data(data: dict[str, Any]) -> list[str]:

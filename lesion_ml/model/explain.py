@@ -48,15 +48,16 @@ def grad_cam(net: nn.Module, image: torch.Tensor, meta: torch.Tensor | None = No
     When no region has positive evidence (every weighted sum is negative, so Grad-CAM's ReLU
     leaves nothing), the map shows where the evidence is least negative (min-max scaled) and
     the flag is False. The map has the backbone's last feature-map resolution (input / 32),
-    upsampled."""
-    layer = pooling_layer(net)
-    store: dict[str, torch.Tensor] = {}
+    upsampled. For a fold average (`FoldAverage`) the map is that of its mean logit: the sum of
+    each member's weighted feature maps, each weighted by the gradient of the mean."""
+    members = list(net.members) if hasattr(net, "members") else [net]
+    store: list[torch.Tensor] = []
 
     def keep(_module, inputs):
         inputs[0].retain_grad()
-        store["act"] = inputs[0]
+        store.append(inputs[0])
 
-    handle = layer.register_forward_pre_hook(keep)
+    handles = [pooling_layer(m).register_forward_pre_hook(keep) for m in members]
     try:
         net.eval()
         with torch.enable_grad():
@@ -64,11 +65,11 @@ def grad_cam(net: nn.Module, image: torch.Tensor, meta: torch.Tensor | None = No
             logit = net(x, None if meta is None else meta.unsqueeze(0).float()).squeeze()
             net.zero_grad(set_to_none=True)
             logit.backward()
-        act, grad = store["act"].detach()[0], store["act"].grad.detach()[0]
+        maps = [(a.detach()[0], a.grad.detach()[0]) for a in store]
     finally:
-        handle.remove()
-    weights = grad.mean(dim=(1, 2))
-    raw = (weights[:, None, None] * act).sum(0).numpy().astype(np.float32)
+        for handle in handles:
+            handle.remove()
+    raw = sum((grad.mean(dim=(1, 2))[:, None, None] * act).sum(0) for act, grad in maps).numpy().astype(np.float32)
     positive = bool(raw.max() > 0)
     cam = np.maximum(raw, 0) if positive else raw - raw.min()
     cam = cv2.resize(cam, (image.shape[2], image.shape[1]), interpolation=cv2.INTER_LINEAR)

@@ -357,3 +357,57 @@ def test_lowering_n_folds_leaves_no_file_of_a_fold_that_no_longer_exists(pipelin
     assert "stale_feature" not in (root / "reports/report.html").read_text()
     metrics = json.loads((root / "reports/metrics.json").read_text())["models"]
     assert all(set(m["fold_roc_auc"]) == {"0", "1"} for m in metrics.values())
+
+
+def test_fold_average_exports_the_mean_logit_of_the_fold_models(pipeline, tmp_path, monkeypatch):
+    """`final.image_models: fold_average`: the bundle holds the fold models' weights as trained,
+    scores an image by their mean logit (predict and explain alike), keeps the out-of-fold
+    threshold, and trains nothing; a fusion model is refused with the key to change."""
+    from flows.final import final_flow
+    from lesion_ml.app.cli import main
+    from lesion_ml.errors import ConfigError
+    from lesion_ml.image.net import FoldAverage
+    from lesion_ml.io import load_weights
+    from lesion_ml.model.bundle import FinalModel
+    from tasks.cache import executed
+
+    root = tmp_path / "copy"
+    shutil.copytree(pipeline[0], root, symlinks=True)
+    monkeypatch.chdir(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["final"].update(model="cnn_tiny", fallback=None, image_models="fold_average")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    executed.clear()
+    final_flow()
+    assert executed == ["export_final"]
+    manifest = json.loads((root / "models/final/manifest.json").read_text())
+    spec = manifest["cnn"]["cnn_tiny"]
+    assert spec["weights"] == ["cnn_tiny_fold0.safetensors", "cnn_tiny_fold1.safetensors"]
+    for k, name in enumerate(spec["weights"]):
+        assert (root / "models/final" / name).read_bytes() == (root / f"models/cnn/tiny/fold{k}.safetensors").read_bytes()
+    metrics = json.loads((root / "reports/metrics.json").read_text())["models"]["cnn_tiny"]
+    assert manifest["threshold"] == metrics["threshold"]
+    assert "mean logit of its 2 cross-validation fold models" in (root / "models/final/MODEL_CARD.md").read_text()
+
+    net = FinalModel.load(root / "models/final").cnns["cnn_tiny"].net
+    assert isinstance(net, FoldAverage) and len(net.members) == 2
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        logits = [m(x) for m in net.members]
+        assert torch.allclose(net(x), (logits[0] + logits[1]) / 2) and not torch.allclose(logits[0], logits[1])
+    fold0, state = load_weights(root / "models/cnn/tiny/fold0.safetensors"), net.members[0].state_dict()
+    assert set(fold0) <= set(state) and all(torch.equal(state[k], v) for k, v in fold0.items())
+
+    images = root / "data/interim/demo/train-image.hdf5"
+    assert _predict("--model", "models/final", "--images", str(images), "--out", str(tmp_path / "p.csv")) == 0
+    assert main(["explain", "--model", "models/final", "--images", str(images), "--limit", "3",
+                 "--out", str(tmp_path / "x")]) == 0
+    cams = pd.read_csv(tmp_path / "x/gradcam.csv").set_index("image_id")
+    pred = pd.read_csv(tmp_path / "p.csv").set_index("image_id").loc[cams.index]
+    assert (cams["probability"] - pred["probability"]).abs().max() < 1e-4  # both score the mean logit
+
+    params["final"].update(model="cnn_tiny_fusion")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="final.image_models: fold_average cannot export "
+                                          "train_cnn.models.tiny_fusion: it uses metadata"):
+        final_flow()
