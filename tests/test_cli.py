@@ -99,6 +99,7 @@ def test_bench_all_prints_one_table_with_every_part(tmp_path, capsys):
     assert r["tabular"]["n_selected"] == 6  # the --params file's prepare.select.k
     assert r["image_input"]["images_per_s"]["decode"] > 0
     assert r["dvc_repro_noop"]["seconds"] is None and "no dvc.lock" in r["dvc_repro_noop"]["note"]
+    assert r["cached_pipeline_rerun"]["seconds"] is None and "no dvc.lock" in r["cached_pipeline_rerun"]["note"]
     table = capsys.readouterr().out
     assert "train resnet18" in table and "no-op dvc repro" in table and "n/a" in table
 

@@ -28,13 +28,14 @@ from sklearn.metrics import roc_auc_score
 
 from lesion_ml import artefacts as cat
 from lesion_ml.config.params import merge_params
+from lesion_ml.data.sources import ID_COLUMNS
 
 SITE_FAMILY = "patient_relative"  # engineered per patient: per site, once the site is the fold group
 
 
 def image_ids(labels: pd.DataFrame) -> pd.Series:
     """The image ids ingest gives a labels CSV's rows: its id column, else the image file's stem."""
-    col = next((c for c in ("image_id", "isic_id", "image", "image_name") if c in labels.columns), None)
+    col = next((c for c in ID_COLUMNS if c in labels.columns), None)
     return labels[col].astype(str) if col else labels["image_file"].map(lambda f: Path(str(f)).stem)
 
 

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
 HAM10000_DX = frozenset({"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"})
+ID_COLUMNS = ("image_id", "isic_id", "image", "image_name")  # a labels CSV's image id column: the first present
 RENAMES = {  # other sources' names -> ISIC 2024 names
     "age": "age_approx",
     "localization": "anatom_site_general",
@@ -168,7 +169,7 @@ def parse_labels(meta: pd.DataFrame, cfg: FolderConfig, csv: Path,
             table["target"] = _map_diagnosis(table["benign_malignant"], {"malignant"}, csv, "benign_malignant",
                                              allowed={"benign", "malignant"})
     else:
-        id_col = next((c for c in ("image_id", "isic_id", "image", "image_name") if c in meta.columns), None)
+        id_col = next((c for c in ID_COLUMNS if c in meta.columns), None)
         if id_col is None and "image_file" not in meta.columns:
             raise DataError(f"{csv}: no image column; expected one of image_file, image_id, isic_id, image")
         table = meta.rename(columns={id_col: "image_id"}) if id_col else meta.copy()

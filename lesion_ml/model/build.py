@@ -193,17 +193,18 @@ def build_bundle(p: FinalSections, *, metrics: dict, detail: dict, scores: pd.Da
     keys = sorted(set(ref.cnns) | (set(fb.cnns) if fb else set()))
     if p.final.image_models == "fold_average":
         _fold_averages(p, keys, fold_weights or {}, files, manifest)
-    for key in keys if p.final.image_models == "retrain" else []:
-        cfg = p.train_cnn.models[key]
-        weights, n_meta = retrain_cnn(cfg, p.train_cnn, cnn_table, seed=cfg.seed + p.final.seed_offset,
-                                      label=f"final {key}", meta=meta if cfg.fusion.enabled else None,
-                                      images=images, minority_index=minority_index,
-                                      minority_images=minority_images,
-                                      checkpoint=(checkpoints or {}).get(key))
-        name = cnn_ref(key, p.train_cnn.models[key]).name
-        files[f"{name}.safetensors"] = weights
-        manifest["cnn"][name] = {"weights": f"{name}.safetensors", "config": to_plain(p.train_cnn.models[key]),
-                                 "n_meta": n_meta}
+    else:
+        for key in keys:
+            cfg = p.train_cnn.models[key]
+            weights, n_meta = retrain_cnn(cfg, p.train_cnn, cnn_table, seed=cfg.seed + p.final.seed_offset,
+                                          label=f"final {key}", meta=meta if cfg.fusion.enabled else None,
+                                          images=images, minority_index=minority_index,
+                                          minority_images=minority_images,
+                                          checkpoint=(checkpoints or {}).get(key))
+            name = cnn_ref(key, p.train_cnn.models[key]).name
+            files[f"{name}.safetensors"] = weights
+            manifest["cnn"][name] = {"weights": f"{name}.safetensors", "config": to_plain(p.train_cnn.models[key]),
+                                     "n_meta": n_meta}
     m = metrics["models"][ref.name]
     manifest.update(operating_point(ref, p.evaluate, m, oof), threshold_rule=threshold_rule(p.evaluate), metrics=m,
                     inputs="the lesion image and its metadata" if ref.needs_metadata else "the lesion image alone")
