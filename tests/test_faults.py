@@ -17,36 +17,57 @@ import pandas as pd
 import pytest
 from conftest import REPO, TINY
 
-# Runs the ingest, split and prepare stages' task bodies (no Prefect server) in `workdir`;
-# with KILL_AT=n the process SIGKILLs itself at the n-th atomic rename, i.e. after that
-# output's temporary file is complete but before it replaces the target.
+# Runs the ingest, split and prepare stages' task bodies (no Prefect server) in `workdir`, once per
+# line "KILL_AT LOG" on its stdin, each run in a fresh child forked after the imports (a few seconds
+# each, paid once): the child writes its output to LOG and, with KILL_AT=n > 0, SIGKILLs itself at the
+# n-th atomic rename, i.e. after that output's temporary file is complete but before it replaces the
+# target. The server answers each line with the child's return code, as subprocess reports it.
 DRIVER = r"""
-import os, signal, sys
+import os, signal, sys, traceback
 sys.path.insert(0, {repo!r})
 os.chdir({workdir!r})
-kill_at = int(os.environ.get("KILL_AT", "0"))
-if kill_at:
-    real_replace, calls = os.replace, [0]
-    def replace(src, dst):
-        calls[0] += 1
-        if calls[0] == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real_replace(src, dst)
-    os.replace = replace
 from lesion_ml.config import DataConfig, PrepareConfig, SplitConfig, SelectConfig, SyntheticConfig
 from lesion_ml.data.sources import count_metadata_columns
 from lesion_ml import artefacts as cat
 from tasks.ingest import generate_demo, ingest_source
 from tasks.prepare import clean_features, prepare_fold, write_selection
 from tasks.split import make_folds
-data = DataConfig(source="synthetic", synthetic=SyntheticConfig(**{tiny!r}))
-generate_demo.fn(cfg=data.synthetic, out=cat.DEMO_DIR)
-ingest_source.fn(cfg=data, synthetic_dir=cat.DEMO_DIR, lesions=cat.LESIONS, images=cat.IMAGES, report=cat.INGEST_REPORT)
-make_folds.fn(lesions=cat.LESIONS, cfg=SplitConfig(n_folds=3, seed=0), out=cat.FOLDS)
-prep = PrepareConfig(select=SelectConfig(k=6))
-n = clean_features.fn(lesions=cat.LESIONS, cfg=prep, out=cat.CLEAN)
-per_fold = [prepare_fold.fn(clean=cat.CLEAN, folds=cat.FOLDS, cfg=prep, fold=k, out=cat.features(k)) for k in range(3)]
-write_selection.fn(per_fold=per_fold, n_columns=count_metadata_columns(cat.LESIONS), n_candidates=n, out=cat.SELECTION)
+
+def stages(kill_at):
+    if kill_at:
+        real_replace, calls = os.replace, [0]
+        def replace(src, dst):
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_replace(src, dst)
+        os.replace = replace
+    data = DataConfig(source="synthetic", synthetic=SyntheticConfig(**{tiny!r}))
+    generate_demo.fn(cfg=data.synthetic, out=cat.DEMO_DIR)
+    ingest_source.fn(cfg=data, synthetic_dir=cat.DEMO_DIR, lesions=cat.LESIONS, images=cat.IMAGES, report=cat.INGEST_REPORT)
+    make_folds.fn(lesions=cat.LESIONS, cfg=SplitConfig(n_folds=3, seed=0), out=cat.FOLDS)
+    prep = PrepareConfig(select=SelectConfig(k=6))
+    n = clean_features.fn(lesions=cat.LESIONS, cfg=prep, out=cat.CLEAN)
+    per_fold = [prepare_fold.fn(clean=cat.CLEAN, folds=cat.FOLDS, cfg=prep, fold=k, out=cat.features(k)) for k in range(3)]
+    write_selection.fn(per_fold=per_fold, n_columns=count_metadata_columns(cat.LESIONS), n_candidates=n, out=cat.SELECTION)
+
+print("ready", flush=True)
+for line in sys.stdin:
+    kill_at, log = line.split(maxsplit=1)
+    pid = os.fork()
+    if pid == 0:
+        fd = os.open(log.strip(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)  # the answers alone go to the server's stdout
+        os.dup2(fd, 2)
+        try:
+            stages(int(kill_at))
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+        os._exit(0)
+    status = os.waitpid(pid, 0)[1]
+    print(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
 """
 
 OUTPUTS = ["data/interim/demo/train-image.hdf5", "data/interim/demo/train-metadata.csv",
@@ -55,10 +76,25 @@ OUTPUTS = ["data/interim/demo/train-image.hdf5", "data/interim/demo/train-metada
            *[f"data/processed/features/fold{k}.parquet" for k in range(3)], "reports/selection.json"]
 
 
-def _run(workdir: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
-    code = DRIVER.format(repo=str(REPO), workdir=str(workdir), tiny=TINY.model_dump(mode="json"))
-    env = dict(os.environ, KILL_AT=str(kill_at))
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+class _Driver:
+    """The DRIVER process of one work folder: `run(kill_at)` gives a forked run's return code and stderr."""
+
+    def __init__(self, workdir: Path):
+        code = DRIVER.format(repo=str(REPO), workdir=str(workdir), tiny=TINY.model_dump(mode="json"))
+        self.workdir, self.runs = workdir, 0
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        ready = self.proc.stdout.readline()
+        assert ready == "ready\n", ready + self.proc.stderr.read()[-3000:]
+
+    def run(self, kill_at: int = 0) -> tuple[int, str]:
+        self.runs += 1
+        log = self.workdir.parent / f"{self.workdir.name}-run{self.runs}.log"
+        self.proc.stdin.write(f"{kill_at} {log}\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        assert answer, self.proc.stderr.read()[-3000:]
+        return int(answer), log.read_text()
 
 
 def _digests(workdir: Path) -> dict[str, str | None]:
@@ -69,28 +105,32 @@ def _digests(workdir: Path) -> dict[str, str | None]:
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("faults")
-    run = _run(workdir)
-    assert run.returncode == 0, run.stderr[-3000:]
+    driver = _Driver(workdir)
+    code, err = driver.run()
+    assert code == 0, err[-3000:]
     digests = _digests(workdir)
     assert None not in digests.values()
-    return workdir, digests
+    yield driver, digests
+    driver.proc.stdin.close()
+    assert driver.proc.wait(timeout=60) == 0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at, stage", [(2, "ingest"), (4, "ingest"), (6, "split"), (8, "prepare"),
                                             (10, "prepare")])
 def test_sigkill_mid_stage_leaves_no_partial_output_and_a_rerun_is_identical(clean_run, kill_at, stage):
-    workdir, expected = clean_run
+    driver, expected = clean_run
+    workdir = driver.workdir
     for rel in OUTPUTS:  # start from nothing, as DVC does
         (workdir / rel).unlink(missing_ok=True)
-    killed = _run(workdir, kill_at)
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    code, err = driver.run(kill_at)
+    assert code == -9, err[-2000:]
     after_kill = _digests(workdir)
     # every output under its final name is complete (identical to the clean run's) or absent
     assert all(d is None or d == expected[rel] for rel, d in after_kill.items()), after_kill
     assert sum(d is not None for d in after_kill.values()) < len(OUTPUTS)
-    rerun = _run(workdir)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    code, err = driver.run()
+    assert code == 0, err[-3000:]
     assert _digests(workdir) == expected
 
 
