@@ -77,7 +77,7 @@ OUTPUTS = ["data/interim/demo/train-image.hdf5", "data/interim/demo/train-metada
 
 
 class _Driver:
-    """The DRIVER process of one work folder: `run(kill_at)` gives a forked run's return code and stderr."""
+    """The DRIVER process of one work folder: `run(kill_at)` gives a forked run's return code and its output."""
 
     def __init__(self, workdir: Path):
         code = DRIVER.format(repo=str(REPO), workdir=str(workdir), tiny=TINY.model_dump(mode="json"))
@@ -88,10 +88,15 @@ class _Driver:
         assert ready == "ready\n", ready + self.proc.stderr.read()[-3000:]
 
     def run(self, kill_at: int = 0) -> tuple[int, str]:
+        import select
+
         self.runs += 1
         log = self.workdir.parent / f"{self.workdir.name}-run{self.runs}.log"
         self.proc.stdin.write(f"{kill_at} {log}\n")
         self.proc.stdin.flush()
+        if not select.select([self.proc.stdout], [], [], 600)[0]:  # the limit each run had as its own process
+            self.proc.kill()
+            pytest.fail(f"a run with KILL_AT={kill_at} gave no answer in 600 s; its output: {log}")
         answer = self.proc.stdout.readline()
         assert answer, self.proc.stderr.read()[-3000:]
         return int(answer), log.read_text()
