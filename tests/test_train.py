@@ -220,22 +220,41 @@ def test_fusion_without_metadata_is_a_clear_error(tiny_demo):
                    torch.device("cpu"))
 
 
-KILLED_RUN = r"""
-import os, signal, sys
-import numpy as np, torch
-sys.path.insert(0, {tests!r})
-from test_train import _resume_setup
-store, data, cfg = _resume_setup({demo!r}, {ema!r})
-from lesion_ml.image.train import train_fold
+def _killed_in_epoch_2(demo, ema: float, ckpt, marker) -> int:
+    """`train_fold` with a checkpoint in a child forked from this process (with the imports a fresh
+    interpreter would redo), which SIGKILLs itself at the second step of epoch 2 and touches
+    `marker` just before; the child's return code, as subprocess reports it. The child opens its
+    own image store, writes any traceback to the captured stderr and never returns into pytest."""
+    import os
+    import signal
+    import time
+    import traceback
 
-def kill(epoch, step):
-    if epoch == 1 and step == 2:
-        open({marker!r}, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            store, data, cfg = _resume_setup(demo, ema)
 
-torch.set_num_threads(1)
-train_fold(store, data, cfg, torch.device("cpu"), seed=5, checkpoint=__import__("pathlib").Path({ckpt!r}), on_step=kill)
-"""
+            def kill(epoch, step):
+                if epoch == 1 and step == 2:
+                    open(marker, "w").close()
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            torch.set_num_threads(1)
+            train_fold(store, data, cfg, torch.device("cpu"), seed=5, checkpoint=ckpt, on_step=kill)
+        except BaseException:  # noqa: BLE001 - reported through the exit code and stderr
+            traceback.print_exc()
+        finally:
+            os._exit(1)  # not reached when the kill happened
+    deadline = time.monotonic() + 300  # the limit the run had as its own process
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the run to be killed in epoch 2 did not end in 300 s")
+        time.sleep(0.05)
+    status = done[1]
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 def _resume_setup(demo, ema: float = 0.0):
@@ -256,17 +275,10 @@ def _resume_setup(demo, ema: float = 0.0):
 @pytest.mark.parametrize("ema", [0.0, 0.5])
 def test_run_killed_in_epoch_2_resumes_from_its_checkpoint_to_the_same_weights(tiny_demo, tmp_path, ema):
     """With a weight average too: it is checkpointed and resumed with the weights it averages."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    store, data, cfg = _resume_setup(tiny_demo, ema)
     ckpt, marker = tmp_path / "fold0.pt", tmp_path / "killed"
-    code = KILLED_RUN.format(tests=str(Path(__file__).parent), demo=str(tiny_demo), marker=str(marker),
-                             ckpt=str(ckpt), ema=ema)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL, in epoch 2
+    assert _killed_in_epoch_2(tiny_demo, ema, ckpt, marker) == -9  # SIGKILL, in epoch 2
     assert marker.exists()
+    store, data, cfg = _resume_setup(tiny_demo, ema)
     state = torch.load(ckpt, weights_only=True)
     assert len(state["history"]) == 1 and not state["done"]  # epoch 1's checkpoint survived the kill
     assert not list(tmp_path.glob("*.tmp*"))
