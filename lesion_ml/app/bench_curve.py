@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from lesion_ml import artefacts as cat
+from lesion_ml.app.children import own_group
 from lesion_ml.config.params import merge_params
 
 def nested_subsets(labels: pd.DataFrame, sizes: list[int], seed: int, group: str | None,
@@ -112,9 +113,9 @@ def run_size(repo: Path, workdir: Path, subset: Path, external: Path | None, rec
     log = workdir / "logs" / "run.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with open(log, "w") as out:
-        code = subprocess.run([sys.executable, "-m", "lesion_ml.app.cli", "server", "run", "--", "dvc", "repro",
-                               *stages], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    command = [sys.executable, "-m", "lesion_ml.app.cli", "server", "run", "--", "dvc", "repro", *stages]
+    with open(log, "w") as out, own_group(command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT) as run:
+        code = run.wait()  # an interrupted bench stops the run's whole process group (children.py)
     if code:
         raise RuntimeError(f"the run on {subset} failed (exit {code}); see {log}")
     return time.perf_counter() - start

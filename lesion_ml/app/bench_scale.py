@@ -7,9 +7,8 @@ wall time and peak memory are its own; then ``lesion predict`` scores every imag
 model. Memory is reported twice, both sampled four times a second over the stage's process tree:
 the largest peak of any one process (its VmHWM, the kernel's high-water mark) and the peak of the
 whole tree's resident memory summed (loader or Dask workers included; pages shared after a fork
-counted in each process).
-Image-model inference is compared with the bare forward pass of the same network, timed in this
-process on random images of the same size and batch size.
+counted in each process). Image-model inference is compared with the bare forward pass of the same
+network, timed in this process on random images of the same size and batch size.
 """
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ import numpy as np
 import yaml
 
 from lesion_ml import artefacts as cat
+from lesion_ml.app.children import own_group
 from lesion_ml.config import merge_params
 
 GIB = 2**30
@@ -73,14 +73,14 @@ def _children_cpu() -> float:
 
 def run_measured(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None,
                  interval: float = 0.25) -> dict[str, Any]:
-    """Run `cmd`, its output to `log`; its wall time, exit status, peak memory (see the module) and
-    CPU time (`cpu_seconds`: user + system of the command and every process it waited for, such as
-    its loader workers)."""
+    """Run `cmd` (its process group stopped if this process is interrupted: lesion_ml/app/children.py),
+    its output to `log`; its wall time, exit status, peak memory (see the module) and CPU time
+    (`cpu_seconds`: user + system of the command and every process it waited for, such as its loader
+    workers)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
+    with open(log, "wb") as out, own_group(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT) as proc:
         cpu_before = _children_cpu()
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         peak, done = [0, 0], threading.Event()
 
         def sample() -> None:

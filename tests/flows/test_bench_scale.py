@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -44,6 +47,70 @@ def test_run_measured_counts_the_cpu_time_of_the_command_and_its_children(tmp_pa
     assert r["returncode"] == 0, (tmp_path / "logs/busy.log").read_text()
     assert 0.6 <= r["cpu_seconds"] < 0.6 + 1.5  # the child's 0.6 s of CPU, plus two interpreters starting
     assert r["cpu_seconds"] < r["seconds"]  # the parent's sleep is wall time only
+
+
+# A command as a stage run is: it starts a process of its own (as `dvc repro` starts the stage's
+# Python), writes both pids, and waits. With STUBBORN both ignore SIGINT and SIGTERM (only SIGKILL ends them).
+STAGE = """
+import os, signal, subprocess, sys, time
+if {stubborn}:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(sys.argv[1] + ".tmp", "w").write(f"{{os.getpid()}} {{kid.pid}}")
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+kid.wait()
+"""
+# `lesion bench scale`'s measured run of that command, in a process of its own (the bench), with the
+# stop's grace periods shortened from 20 and 10 s
+BENCH = """
+import signal, sys
+from pathlib import Path
+from lesion_ml.app import children
+from lesion_ml.app.bench_scale import run_measured
+children.STOP_STEPS = ((signal.SIGINT, 1.0), (signal.SIGTERM, 1.0), (signal.SIGKILL, 5.0))
+folder = Path(sys.argv[1])
+run_measured([sys.executable, "-c", sys.argv[2], str(folder / "pids")], folder, folder / "stage.log")
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has ended
+
+
+@pytest.mark.parametrize("signum, stubborn", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["sigterm", "ctrl-c-stubborn-stage"])
+def test_an_interrupted_bench_leaves_no_stage_process_running(tmp_path, signum, stubborn):
+    """A SIGTERM (a scheduler, `kill`) or a Ctrl-C's SIGINT to the bench stops the command it runs
+    and every process that command started (SIGINT, then SIGTERM, then SIGKILL) before the bench
+    exits. Before children.py, the command and its stage went on running without the bench."""
+    import subprocess
+    import time
+
+    bench = subprocess.Popen([sys.executable, "-c", BENCH, str(tmp_path), STAGE.format(stubborn=stubborn)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids_file, deadline = tmp_path / "pids", time.monotonic() + 60
+    while not pids_file.exists():
+        assert bench.poll() is None and time.monotonic() < deadline, bench.communicate()[0][-3000:]
+        time.sleep(0.05)
+    stage, kid = map(int, pids_file.read_text().split())
+    try:
+        assert _running(stage) and _running(kid)
+        bench.send_signal(signum)
+        out = bench.communicate(timeout=60)[0]
+        assert bench.returncode == (143 if signum == signal.SIGTERM else -signal.SIGINT), out[-3000:]
+        ended = time.monotonic() + 5  # an orphan may take a moment to be reaped
+        while (_running(stage) or _running(kid)) and time.monotonic() < ended:
+            time.sleep(0.05)
+        assert not _running(stage) and not _running(kid), out[-3000:]
+    finally:  # whatever failed, nothing of the test goes on running
+        for pid in (bench.pid, stage, kid):
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_prepare_workdir_links_the_data_and_merges_the_profile(tmp_path):
