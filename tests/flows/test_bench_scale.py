@@ -62,13 +62,16 @@ os.replace(sys.argv[1] + ".tmp", sys.argv[1])
 kid.wait()
 """
 # `lesion bench scale`'s measured run of that command, in a process of its own (the bench), with the
-# stop's grace periods shortened from 20 and 10 s
+# stop's grace periods shortened from 20 and 10 s. The bench takes Ctrl-C as it does in a terminal:
+# a test session started as a background job of a script (as CI may start it) ignores SIGINT, and
+# every process it starts inherits that.
 BENCH = """
 import signal, sys
 from pathlib import Path
 from lesion_ml.app import children
 from lesion_ml.app.bench_scale import run_measured
 children.STOP_STEPS = ((signal.SIGINT, 1.0), (signal.SIGTERM, 1.0), (signal.SIGKILL, 5.0))
+signal.signal(signal.SIGINT, signal.default_int_handler)
 folder = Path(sys.argv[1])
 run_measured([sys.executable, "-c", sys.argv[2], str(folder / "pids")], folder, folder / "stage.log")
 """
