@@ -253,8 +253,7 @@ def _killed_in_epoch_2(demo, ema: float, ckpt, marker) -> int:
             os.waitpid(pid, 0)
             pytest.fail("the run to be killed in epoch 2 did not end in 300 s")
         time.sleep(0.05)
-    status = done[1]
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    return os.waitstatus_to_exitcode(done[1])
 
 
 def _resume_setup(demo, ema: float = 0.0):
