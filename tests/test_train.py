@@ -172,6 +172,40 @@ def test_frozen_backbone_trains_the_head_only_and_keeps_batchnorm_statistics():
     assert not torch.equal(before["meta.0.weight"], after["meta.0.weight"])
 
 
+def test_the_fused_optimiser_makes_the_update_of_adamws_loop_for_each_group():
+    """make_optimizer's fused AdamW (what train_fold and `lesion bench train` step with) applies each
+    group's own learning rate and the weight decay as torch's per-tensor AdamW loop does, to
+    rounding. (A small network without BatchNorm: behind a BatchNorm a bias gets a gradient of
+    rounding noise only, which Adam scales up to whole steps of either sign.)"""
+    from lesion_ml.image.schedule import make_optimizer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    frozen = torch.nn.Parameter(torch.ones(3))  # no gradient: moved by the weight decay alone
+    x, y = torch.randn(8, 3, 6, 6), torch.randn(8, 1)
+    start = [p.detach().clone() for p in net.parameters()]
+    moved = {}
+    for fused in (True, False):
+        with torch.no_grad():
+            for p, p0 in zip(net.parameters(), start):
+                p.copy_(p0)
+            frozen.fill_(1.0)
+        groups = [{"params": [*net[0].parameters(), frozen], "lr": 0.001}, {"params": list(net[3].parameters()), "lr": 0.05}]
+        opt = make_optimizer(groups, 0.1) if fused else torch.optim.AdamW(groups, weight_decay=0.1, foreach=False)
+        assert opt.defaults["fused"] is (True if fused else None)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            frozen.grad = torch.zeros(3)
+            opt.step()
+        moved[fused] = [p.detach().clone() for p in (*net.parameters(), frozen)]
+    for a, b in zip(moved[True], moved[False]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    steps = [float((p - p0).abs().max()) for p, p0 in zip(moved[True], start)]
+    assert min(steps[2:]) > 10 * max(steps[:2]) > 0  # each group its own rate (Adam's steps are about lr)
+    torch.testing.assert_close(moved[True][-1], torch.full((3,), (1 - 0.001 * 0.1) ** 3))  # decoupled decay
+
+
 @pytest.mark.slow
 def test_downsampling_run_logs_the_ratio_it_trained_on_and_early_stops_on_a_patient_holdout(tiny_demo):
     store, ids, y, groups = _tiny(tiny_demo)

@@ -78,11 +78,12 @@ def _add_model(run: _TrainRun, backbone: str, seed: int) -> None:
     from lesion_ml.config import CnnModelConfig
     from lesion_ml.image.inference import to_device
     from lesion_ml.image.net import LesionNet
+    from lesion_ml.image.schedule import make_optimizer
 
     torch.manual_seed(seed)
     run.model = to_device(LesionNet(backbone, "false"), run.dev)
     cfg = CnnModelConfig(backbone=backbone)
-    run.opt = torch.optim.AdamW(run.model.parameters(), lr=cfg.lr)
+    run.opt = make_optimizer([{"params": list(run.model.parameters()), "lr": cfg.lr}], cfg.weight_decay)
     run.sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda _: 1.0)
     run.loss_fn = torch.nn.BCEWithLogitsLoss()
 

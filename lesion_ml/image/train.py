@@ -36,7 +36,7 @@ from lesion_ml.image.balance import EpochSampler, make_loss
 from lesion_ml.image.inference import dihedral, forward_logits, forward_prob, predict, select_device, to_device
 from lesion_ml.image.loaders import LesionImages, SeededSampler, loader_worker_init, make_loader
 from lesion_ml.image.net import LesionNet
-from lesion_ml.image.schedule import LrShape, make_schedule, weight_average
+from lesion_ml.image.schedule import LrShape, make_optimizer, make_schedule, weight_average
 from lesion_ml.io import save_torch
 
 log = logging.getLogger(__name__)
@@ -276,8 +276,8 @@ def _build(cfg: CnnModelConfig, data: FoldData, fit_y: np.ndarray, fit_meta: np.
     if cfg.fusion.enabled:
         model.set_meta_scaling(torch.from_numpy(np.nanmean(fit_meta, 0)), torch.from_numpy(np.nanstd(fit_meta, 0)))
     model = to_device(model, device)
-    optimizer = torch.optim.AdamW([{"params": model.backbone_parameters(), "lr": cfg.lr * cfg.backbone_lr_mult},
-                                   {"params": model.head_parameters(), "lr": cfg.lr}], weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer([{"params": model.backbone_parameters(), "lr": cfg.lr * cfg.backbone_lr_mult},
+                                {"params": model.head_parameters(), "lr": cfg.lr}], cfg.weight_decay)
     scheduler = make_schedule(cfg, optimizer, max(1, cfg.epochs * steps_per_epoch))
     average = weight_average(model, cfg.ema_half_life, steps_per_epoch)
     return _Run(model, model if average is None else average.module, average, optimizer, scheduler,
