@@ -80,9 +80,10 @@ def _bare_rates(backbone: str, size: int, batch: int, device: torch.device, step
     network, optimiser, channels-last layout and autocast as training: the ceilings the loaders
     should reach."""
     from lesion_ml.image.net import LesionNet
+    from lesion_ml.image.schedule import make_optimizer
 
     model = to_device(LesionNet(backbone), device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer([{"params": list(model.parameters()), "lr": 1e-4}], 0.0001)
     x = torch.randint(0, 256, (batch, 3, size, size), device=device, dtype=torch.uint8)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,), device=device).float()
