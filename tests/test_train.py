@@ -181,7 +181,7 @@ def test_the_fused_optimiser_makes_the_update_of_adamws_loop_for_each_group():
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(64, 1))
-    frozen = torch.nn.Parameter(torch.ones(3))  # no gradient: moved by the weight decay alone
+    idle = torch.nn.Parameter(torch.ones(3))  # a zero gradient: moved by the weight decay alone
     x, y = torch.randn(8, 3, 6, 6), torch.randn(8, 1)
     start = [p.detach().clone() for p in net.parameters()]
     moved = {}
@@ -189,16 +189,16 @@ def test_the_fused_optimiser_makes_the_update_of_adamws_loop_for_each_group():
         with torch.no_grad():
             for p, p0 in zip(net.parameters(), start):
                 p.copy_(p0)
-            frozen.fill_(1.0)
-        groups = [{"params": [*net[0].parameters(), frozen], "lr": 0.001}, {"params": list(net[3].parameters()), "lr": 0.05}]
+            idle.fill_(1.0)
+        groups = [{"params": [*net[0].parameters(), idle], "lr": 0.001}, {"params": list(net[3].parameters()), "lr": 0.05}]
         opt = make_optimizer(groups, 0.1) if fused else torch.optim.AdamW(groups, weight_decay=0.1, foreach=False)
         assert opt.defaults["fused"] is (True if fused else None)
         for _ in range(3):
             opt.zero_grad()
             torch.nn.functional.mse_loss(net(x), y).backward()
-            frozen.grad = torch.zeros(3)
+            idle.grad = torch.zeros(3)
             opt.step()
-        moved[fused] = [p.detach().clone() for p in (*net.parameters(), frozen)]
+        moved[fused] = [p.detach().clone() for p in (*net.parameters(), idle)]
     for a, b in zip(moved[True], moved[False]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     steps = [float((p - p0).abs().max()) for p, p0 in zip(moved[True], start)]
